@@ -1,0 +1,299 @@
+//! `sampler-cli`: turns a fewstep bundle into PNG images on this machine's CPU.
+//!
+//! Exit codes: 0 on success, 2 on any error (bad flags, unreadable or corrupted bundle,
+//! label out of range, unwritable output). Output files are written to a temporary file
+//! beside the target and renamed into place, so a failure never leaves half a PNG.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use indicatif::{ProgressBar, ProgressStyle};
+use sampler_core::bundle::{Bundle, ModelSpec};
+use sampler_core::model::NetConfig;
+use sampler_core::{Images, Sampler};
+
+/// Generate images from a fewstep bundle (weights + learned noise levels) with the
+/// few-step Euler sampler.
+#[derive(Parser, Debug)]
+#[command(version, about, long_about = None)]
+struct Args {
+    /// The bundle to sample from (e.g. bundles/face8.bin).
+    #[arg(long, value_name = "FILE")]
+    bundle: PathBuf,
+
+    /// Number of images to generate.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    count: u32,
+
+    /// Seed of the initial noise; the same seed gives the same images on every target.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+
+    /// Class label for conditional bundles (default: labels cycle 0, 1, 2, ...).
+    #[arg(long, value_name = "K")]
+    label: Option<u32>,
+
+    /// Write all images as one PNG grid to this file.
+    #[arg(
+        long,
+        value_name = "FILE",
+        conflicts_with = "out_dir",
+        default_value = "samples.png"
+    )]
+    out: PathBuf,
+
+    /// Write one PNG per image (000000.png, 000001.png, ...) into this directory instead.
+    #[arg(long, value_name = "DIR")]
+    out_dir: Option<PathBuf>,
+
+    /// Images per batch (memory grows with it).
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    batch: u32,
+
+    /// Print the bundle's metadata and its T noise levels, then exit.
+    #[arg(long)]
+    info: bool,
+}
+
+fn main() -> ExitCode {
+    let args = match Args::try_parse() {
+        Ok(a) => a,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(args: &Args) -> Result<()> {
+    let bytes = std::fs::read(&args.bundle)
+        .with_context(|| format!("cannot read bundle {}", args.bundle.display()))?;
+    let bundle =
+        Bundle::from_bytes(&bytes).with_context(|| format!("{}", args.bundle.display()))?;
+    if args.info {
+        print_info(&bundle);
+        return Ok(());
+    }
+    let device = sampler_core::burn::tensor::Device::flex();
+    let sampler =
+        Sampler::new(bundle, &device).with_context(|| format!("{}", args.bundle.display()))?;
+
+    let start = Instant::now();
+    let count = args.count as usize;
+    let batch = args.batch as usize;
+    let progress = progress_bar(count);
+    let mut images: Option<Images> = None;
+    let mut first = 0usize;
+    while first < count {
+        let n = batch.min(count - first);
+        let part = sampler.generate_range(args.seed, first as u64, n, args.label, |_| {})?;
+        images = Some(match images {
+            None => part,
+            Some(mut all) => {
+                all.data.extend_from_slice(&part.data);
+                all.count += part.count;
+                all
+            }
+        });
+        first += n;
+        progress.set_position(first as u64);
+    }
+    progress.finish_and_clear();
+    let images = images.context("no images were generated")?;
+    let elapsed = start.elapsed().as_secs_f64();
+
+    let target = match &args.out_dir {
+        Some(dir) => {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create output directory {}", dir.display()))?;
+            for k in 0..images.count {
+                write_png(&dir.join(format!("{k:06}.png")), &one_image(&images, k))?;
+            }
+            dir.display().to_string()
+        }
+        None => {
+            write_png(&args.out, &grid(&images))?;
+            args.out.display().to_string()
+        }
+    };
+    println!(
+        "wrote {} images to {} in {:.2} s ({:.1} images/s, T = {})",
+        images.count,
+        target,
+        elapsed,
+        images.count as f64 / elapsed.max(1e-9),
+        sampler.bundle().schedule.len()
+    );
+    Ok(())
+}
+
+fn progress_bar(count: usize) -> ProgressBar {
+    if count <= 16 || !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(count as u64);
+    if let Ok(style) =
+        ProgressStyle::with_template("{bar:40} {pos}/{len} images {per_sec} eta {eta}")
+    {
+        bar.set_style(style);
+    }
+    bar
+}
+
+fn print_info(b: &Bundle) {
+    println!("name:        {}", b.name);
+    if !b.description.is_empty() {
+        println!("description: {}", b.description);
+    }
+    println!(
+        "image:       {} x {} x {} (C x H x W)",
+        b.image.channels, b.image.height, b.image.width
+    );
+    println!(
+        "labels:      {}",
+        if b.label_count == 0 {
+            "unconditional".to_string()
+        } else {
+            b.label_count.to_string()
+        }
+    );
+    println!("precond:     {:?}", b.precond);
+    println!("solver:      {:?}", b.solver);
+    match &b.model {
+        ModelSpec::Network { config, weights } => {
+            let kind = match config {
+                NetConfig::UNet(_) => "U-Net (DDPM++)",
+                NetConfig::Mlp(_) => "MLP",
+            };
+            println!("model:       {kind}, {} bytes of weights", weights.len());
+        }
+        ModelSpec::Mixture(m) => {
+            println!(
+                "model:       Gaussian mixture, {} components in {} dimensions",
+                m.components(),
+                m.dim
+            )
+        }
+    }
+    let p = &b.provenance;
+    println!("dataset:     {}", p.dataset);
+    println!(
+        "training:    {} steps; schedule: {}",
+        p.training_steps, p.schedule_method
+    );
+    let levels: Vec<String> = b
+        .schedule
+        .sigmas()
+        .iter()
+        .map(|s| format!("{s:.6}"))
+        .collect();
+    println!("T:           {}", b.schedule.len());
+    println!("sigmas:      {}", levels.join(" "));
+    let lambdas: Vec<String> = b
+        .schedule
+        .lambda_weights()
+        .iter()
+        .map(|l| format!("{l:.6}"))
+        .collect();
+    println!("lambdas:     {}", lambdas.join(" "));
+}
+
+/// 8-bit pixels of image `k` with its shape, interleaved for PNG.
+struct Pixels {
+    channels: u32,
+    width: u32,
+    height: u32,
+    data: Vec<u8>,
+}
+
+fn one_image(images: &Images, k: usize) -> Pixels {
+    let s = images.shape;
+    let (c, h, w) = (s.channels as usize, s.height as usize, s.width as usize);
+    let src = images.image(k);
+    let mut data = vec![0u8; c * h * w];
+    for ch in 0..c {
+        for i in 0..h * w {
+            data[i * c + ch] = sampler_core::sampler::to_u8(src[ch * h * w + i]);
+        }
+    }
+    Pixels {
+        channels: s.channels,
+        width: s.width,
+        height: s.height,
+        data,
+    }
+}
+
+/// All images in a near-square grid with a 2-pixel black border.
+fn grid(images: &Images) -> Pixels {
+    let s = images.shape;
+    let (c, h, w) = (s.channels as usize, s.height as usize, s.width as usize);
+    let cols = (images.count as f64).sqrt().ceil().max(1.0) as usize;
+    let rows = images.count.div_ceil(cols);
+    let pad = 2;
+    let (gw, gh) = (cols * (w + pad) + pad, rows * (h + pad) + pad);
+    let mut data = vec![0u8; gw * gh * c];
+    for k in 0..images.count {
+        let img = one_image(images, k);
+        let (x0, y0) = (pad + (k % cols) * (w + pad), pad + (k / cols) * (h + pad));
+        for y in 0..h {
+            let dst = ((y0 + y) * gw + x0) * c;
+            data[dst..dst + w * c].copy_from_slice(&img.data[y * w * c..(y + 1) * w * c]);
+        }
+    }
+    Pixels {
+        channels: s.channels,
+        width: gw as u32,
+        height: gh as u32,
+        data,
+    }
+}
+
+/// Encodes a PNG and moves it into place atomically.
+fn write_png(path: &Path, px: &Pixels) -> Result<()> {
+    use image::ImageEncoder;
+    let color = match px.channels {
+        1 => image::ExtendedColorType::L8,
+        3 => image::ExtendedColorType::Rgb8,
+        4 => image::ExtendedColorType::Rgba8,
+        n => bail!("cannot write a PNG with {n} channels"),
+    };
+    let mut buf = Vec::new();
+    image::codecs::png::PngEncoder::new(&mut buf)
+        .write_image(&px.data, px.width, px.height, color)
+        .context("PNG encoding failed")?;
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .with_context(|| format!("{} is not a file path", path.display()))?;
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    std::fs::write(&tmp, &buf).with_context(|| format!("cannot write {}", tmp.display()))?;
+    if let Err(e) = std::fs::rename(&tmp, path) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e)
+            .with_context(|| format!("cannot move the image into place at {}", path.display()));
+    }
+    Ok(())
+}

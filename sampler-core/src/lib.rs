@@ -1,0 +1,25 @@
+//! fewstep's deployable half: everything needed to turn a bundle into images, and the one
+//! home of every definition the trainer shares (schedule, preconditioning, network).
+//!
+//! `no_std` + `alloc`; runs on a workstation CPU, a GPU (through burn's backends) and a
+//! Cortex-M4. See docs/method.md for the formulas and docs/architecture.md for the layout.
+#![cfg_attr(not(test), no_std)]
+#![deny(missing_docs)]
+
+extern crate alloc;
+#[cfg(feature = "std")]
+extern crate std;
+
+pub mod bundle;
+pub mod gmm;
+pub mod model;
+pub mod precond;
+pub mod rng;
+pub mod sampler;
+pub mod schedule;
+pub mod solver;
+
+pub use bundle::{Bundle, BundleError};
+pub use burn;
+pub use sampler::{Images, Sampler, SamplerError};
+pub use schedule::{Schedule, Warp};

@@ -1,0 +1,175 @@
+//! The denoiser network F: one definition, used by the trainer (with autodiff) and by the
+//! sampler (without). [`NetConfig`] is the serializable description a bundle carries;
+//! [`Network`] is the burn module it builds; [`Preconditioned`] wraps it into the denoiser
+//! `D(x, s)` of docs/method.md §1.
+
+mod mlp;
+mod unet;
+
+pub use mlp::{Mlp, MlpConfig};
+pub use unet::{SongUNet, UNetBlock, UNetConfig};
+
+use alloc::string::String;
+use burn::module::Module;
+use burn::nn::Linear;
+use burn::tensor::activation::silu;
+use burn::tensor::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+
+use crate::precond::Precond;
+use crate::solver::Denoiser;
+
+/// Which network, with its hyper-parameters.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum NetConfig {
+    /// EDM's DDPM++ U-Net (`SongUNet`), for images.
+    UNet(UNetConfig),
+    /// A residual MLP, for low-dimensional data.
+    Mlp(MlpConfig),
+}
+
+impl NetConfig {
+    /// Checks the hyper-parameters; `Err` says which one is wrong.
+    pub fn validate(&self) -> Result<(), String> {
+        match self {
+            NetConfig::UNet(c) => c.validate(),
+            NetConfig::Mlp(c) => c.validate(),
+        }
+    }
+
+    /// Dimension of one flattened sample.
+    pub fn dim(&self) -> usize {
+        match self {
+            NetConfig::UNet(c) => c.in_channels * c.img_resolution * c.img_resolution,
+            NetConfig::Mlp(c) => c.dim,
+        }
+    }
+
+    /// Number of class labels it is conditioned on (0: unconditional).
+    pub fn label_dim(&self) -> usize {
+        match self {
+            NetConfig::UNet(c) => c.label_dim,
+            NetConfig::Mlp(c) => c.label_dim,
+        }
+    }
+
+    /// Builds the module with freshly initialized weights (burn's initializers, seeded by
+    /// the device's RNG). Call [`NetConfig::validate`] first.
+    pub fn init(&self, device: &Device) -> Network {
+        match self {
+            NetConfig::UNet(c) => Network::UNet(c.init(device)),
+            NetConfig::Mlp(c) => Network::Mlp(c.init(device)),
+        }
+    }
+}
+
+/// The raw network F(c_in x, c_noise [, label]).
+#[derive(Module, Debug)]
+pub enum Network {
+    /// See [`SongUNet`].
+    UNet(SongUNet),
+    /// See [`Mlp`].
+    Mlp(Mlp),
+}
+
+impl Network {
+    /// `F(x, c_noise, labels)` on flattened samples.
+    ///
+    /// # Shapes
+    /// `x`: `[B, d]`, `c_noise`: `[B]`, `labels`: one-hot `[B, L]` -> `[B, d]`.
+    pub fn forward(
+        &self,
+        x: Tensor<2>,
+        c_noise: Tensor<1>,
+        labels: Option<Tensor<2>>,
+    ) -> Tensor<2> {
+        match self {
+            Network::UNet(n) => n.forward_flat(x, c_noise, labels),
+            Network::Mlp(n) => n.forward(x, c_noise, labels),
+        }
+    }
+}
+
+/// The network with its preconditioning: the denoiser
+/// `D(x, s) = c_skip x + c_out F(c_in x, c_noise)` (docs/method.md §1).
+pub struct Preconditioned<'a> {
+    /// The raw network F.
+    pub net: &'a Network,
+    /// How F is wrapped.
+    pub precond: Precond,
+    /// Dimension of one flattened sample.
+    pub dim: usize,
+}
+
+impl Denoiser for Preconditioned<'_> {
+    fn dim(&self) -> usize {
+        self.dim
+    }
+
+    fn denoise(&self, x: Tensor<2>, sigma: Tensor<1>, labels: Option<Tensor<2>>) -> Tensor<2> {
+        let b = x.dims()[0];
+        let c = self.precond.coeffs(sigma);
+        let col = |t: Tensor<1>| t.reshape([b, 1]);
+        let f = self.net.forward(x.clone() * col(c.c_in), c.c_noise, labels);
+        x * col(c.c_skip) + f * col(c.c_out)
+    }
+}
+
+/// EDM's `PositionalEmbedding` (endpoint = true, max_positions = 10000) followed by the
+/// `flip` of `SongUNet.forward`, so the layout is `[sin | cos]` as in EDM checkpoints.
+///
+/// # Shapes
+/// `c_noise`: `[B]` -> `[B, channels]`.
+pub(crate) fn positional_embedding(c_noise: Tensor<1>, channels: usize) -> Tensor<2> {
+    let half = channels / 2;
+    let b = c_noise.dims()[0];
+    let denom = (half.max(2) - 1) as f64;
+    let freqs: alloc::vec::Vec<f32> = (0..half)
+        .map(|i| libm::pow(1.0 / 10_000.0, i as f64 / denom) as f32)
+        .collect();
+    let freqs = Tensor::<1>::from_data(
+        burn::tensor::TensorData::new(freqs, [half]),
+        (&c_noise.device(), c_noise.dtype()),
+    );
+    let arg = c_noise.reshape([b, 1]) * freqs.reshape([1, half]); // [B, half]
+    Tensor::cat(alloc::vec![arg.clone().sin(), arg.cos()], 1)
+}
+
+/// EDM's noise/label mapping: `emb = silu(map_layer1(silu(map_layer0(pos(c_noise) + map_label(y)))))`.
+pub(crate) fn embed(
+    c_noise: Tensor<1>,
+    labels: Option<Tensor<2>>,
+    noise_channels: usize,
+    map_label: Option<&Linear>,
+    map_layer0: &Linear,
+    map_layer1: Option<&Linear>,
+) -> Tensor<2> {
+    let mut emb = positional_embedding(c_noise, noise_channels);
+    if let (Some(map_label), Some(y)) = (map_label, labels) {
+        // EDM scales one-hot labels by sqrt(in_features).
+        let scale = libm::sqrt(y.dims()[1] as f64);
+        emb = emb + map_label.forward(y.mul_scalar(scale));
+    }
+    let emb = silu(map_layer0.forward(emb));
+    match map_layer1 {
+        Some(l) => silu(l.forward(emb)),
+        None => emb,
+    }
+}
+
+/// The weights of `net` as burnpack bytes (what a bundle stores).
+pub fn weights_to_bytes(net: &Network) -> Result<alloc::vec::Vec<u8>, burn::store::RecordError> {
+    Ok(net.clone().into_record().into_bytes()?.to_vec())
+}
+
+/// A network of architecture `config` with the weights of `bytes` (from
+/// [`weights_to_bytes`]); every tensor must be present with its exact shape.
+pub fn network_from_bytes(
+    config: &NetConfig,
+    bytes: &[u8],
+    device: &Device,
+) -> Result<Network, burn::store::RecordError> {
+    let record =
+        burn::store::ModuleRecord::from_bytes(burn::tensor::Bytes::from_bytes_vec(bytes.to_vec()))?;
+    config.init(device).try_load_record(record)
+}

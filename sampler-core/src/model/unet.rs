@@ -1,0 +1,377 @@
+//! EDM's DDPM++ U-Net (`SongUNet` in NVlabs/edm training/networks.py, Song et al. 2021):
+//! GroupNorm, SiLU, positional noise embedding, residual blocks with the embedding added
+//! after the first convolution, 2x average-pool down and nearest up sampling (EDM's
+//! `resample_filter = [1, 1]`), optional single-head self-attention at chosen resolutions,
+//! optional class-label embedding. Field names are SongUNet's (`map_layer0`, `norm0`,
+//! `conv0`, `affine`, `skip`, `qkv`, `proj`, `aux_norm`, `aux_conv`); the encoder and decoder
+//! dictionaries become `enc`/`dec` vectors in SongUNet's insertion order.
+
+use alloc::string::String;
+use alloc::vec;
+use alloc::vec::Vec;
+use burn::config::Config;
+use burn::module::Module;
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::{GroupNorm, GroupNormConfig, Linear, LinearConfig, PaddingConfig2d};
+use burn::tensor::activation::{silu, softmax};
+use burn::tensor::{Device, Tensor};
+
+use super::embed;
+
+/// Hyper-parameters of [`SongUNet`]; defaults are EDM's DDPM++ CIFAR-10 settings scaled
+/// down for CPUs where noted.
+#[derive(Config, Debug, PartialEq)]
+pub struct UNetConfig {
+    /// Image resolution (square images).
+    pub img_resolution: usize,
+    /// Number of color channels of the input.
+    pub in_channels: usize,
+    /// Number of color channels of the output (= `in_channels` for a denoiser).
+    pub out_channels: usize,
+    /// Number of class labels, 0 = unconditional.
+    #[config(default = 0)]
+    pub label_dim: usize,
+    /// Base multiplier for the number of channels (EDM: 128).
+    #[config(default = 32)]
+    pub model_channels: usize,
+    /// Per-resolution multipliers for the number of channels (EDM: [2, 2, 2]).
+    #[config(default = "vec![1, 2, 2]")]
+    pub channel_mult: Vec<usize>,
+    /// Multiplier for the dimensionality of the embedding vector (EDM: 4).
+    #[config(default = 4)]
+    pub channel_mult_emb: usize,
+    /// Number of residual blocks per resolution (EDM: 4).
+    #[config(default = 2)]
+    pub num_blocks: usize,
+    /// Resolutions at which self-attention is applied (EDM: [16]).
+    #[config(default = "vec![]")]
+    pub attn_resolutions: Vec<usize>,
+    /// Multiplier for the noise embedding channels (EDM: 1).
+    #[config(default = 1)]
+    pub channel_mult_noise: usize,
+}
+
+impl UNetConfig {
+    /// Checks that the resolution halves cleanly at every level and channels are sane.
+    pub fn validate(&self) -> Result<(), String> {
+        let levels = self.channel_mult.len();
+        if levels == 0 || self.model_channels == 0 || self.num_blocks == 0 {
+            return Err(
+                "channel_mult, model_channels and num_blocks must be non-empty/positive".into(),
+            );
+        }
+        if self.in_channels == 0 || self.out_channels == 0 || self.img_resolution == 0 {
+            return Err("image resolution and channel counts must be positive".into());
+        }
+        if self.img_resolution % (1 << (levels - 1)) != 0 {
+            return Err(alloc::format!(
+                "resolution {} is not divisible by 2^{} ({} levels); resize the images",
+                self.img_resolution,
+                levels - 1,
+                levels
+            ));
+        }
+        if self.channel_mult.contains(&0)
+            || self.channel_mult_emb == 0
+            || self.channel_mult_noise == 0
+        {
+            return Err("channel multipliers must be positive".into());
+        }
+        if self.model_channels * self.channel_mult_noise < 4 {
+            return Err("the noise embedding needs at least 4 channels".into());
+        }
+        Ok(())
+    }
+
+    /// Builds the network.
+    pub fn init(&self, device: &Device) -> SongUNet {
+        let emb_channels = self.model_channels * self.channel_mult_emb;
+        let noise_channels = self.model_channels * self.channel_mult_noise;
+        let block = |cin: usize, cout: usize, attention: bool, resample: Resample| {
+            UNetBlock::new(cin, cout, emb_channels, attention, resample, device)
+        };
+
+        // Encoder, in SongUNet's order.
+        let mut enc = Vec::new();
+        let mut skips = Vec::new();
+        let mut cout = self.in_channels;
+        let conv_in = conv(cout, self.model_channels, 3, device);
+        cout = self.model_channels;
+        skips.push(cout);
+        for (level, &mult) in self.channel_mult.iter().enumerate() {
+            let res = self.img_resolution >> level;
+            if level > 0 {
+                enc.push(block(cout, cout, false, Resample::Down));
+                skips.push(cout);
+            }
+            for _ in 0..self.num_blocks {
+                let cin = cout;
+                cout = self.model_channels * mult;
+                enc.push(block(
+                    cin,
+                    cout,
+                    self.attn_resolutions.contains(&res),
+                    Resample::None,
+                ));
+                skips.push(cout);
+            }
+        }
+
+        // Decoder.
+        let mut dec = Vec::new();
+        let levels = self.channel_mult.len();
+        for (level, &mult) in self.channel_mult.iter().enumerate().rev() {
+            let res = self.img_resolution >> level;
+            if level == levels - 1 {
+                dec.push(block(cout, cout, true, Resample::None)); // in0
+                dec.push(block(cout, cout, false, Resample::None)); // in1
+            } else {
+                dec.push(block(cout, cout, false, Resample::Up));
+            }
+            for idx in 0..=self.num_blocks {
+                let cin = cout + skips.pop().unwrap_or(0);
+                cout = self.model_channels * mult;
+                let attn = idx == self.num_blocks && self.attn_resolutions.contains(&res);
+                let mut b = block(cin, cout, attn, Resample::None);
+                b.takes_skip = true;
+                dec.push(b);
+            }
+        }
+
+        SongUNet {
+            map_label: (self.label_dim > 0)
+                .then(|| LinearConfig::new(self.label_dim, noise_channels).init(device)),
+            map_layer0: LinearConfig::new(noise_channels, emb_channels).init(device),
+            map_layer1: LinearConfig::new(emb_channels, emb_channels).init(device),
+            conv_in,
+            enc,
+            dec,
+            aux_norm: group_norm(cout, device),
+            aux_conv: conv(cout, self.out_channels, 3, device),
+            noise_channels,
+            img_resolution: self.img_resolution,
+            in_channels: self.in_channels,
+        }
+    }
+}
+
+/// Resampling applied before `conv0` and `skip` of a block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Resample {
+    /// None.
+    None,
+    /// 2x2 average pooling (EDM's `down` with filter [1, 1]).
+    Down,
+    /// 2x nearest-neighbour upsampling (EDM's `up` with filter [1, 1]).
+    Up,
+}
+
+fn conv(cin: usize, cout: usize, kernel: usize, device: &Device) -> Conv2d {
+    Conv2dConfig::new([cin, cout], [kernel, kernel])
+        .with_padding(PaddingConfig2d::Explicit(
+            kernel / 2,
+            kernel / 2,
+            kernel / 2,
+            kernel / 2,
+        ))
+        .init(device)
+}
+
+/// EDM's GroupNorm: at most 32 groups with at least 4 channels each, eps = 1e-6.
+fn group_norm(channels: usize, device: &Device) -> GroupNorm {
+    let groups = 32.min(channels / 4).max(1);
+    GroupNormConfig::new(groups, channels)
+        .with_epsilon(1e-6)
+        .init(device)
+}
+
+fn resample(x: Tensor<4>, mode: Resample) -> Tensor<4> {
+    let [b, c, h, w] = x.dims();
+    match mode {
+        Resample::None => x,
+        Resample::Down => x
+            .reshape([b, c, h / 2, 2, w / 2, 2])
+            .mean_dim(5)
+            .mean_dim(3)
+            .reshape([b, c, h / 2, w / 2]),
+        Resample::Up => x
+            .reshape([b, c, h, 1, w, 1])
+            .expand([b, c, h, 2, w, 2])
+            .reshape([b, c, 2 * h, 2 * w]),
+    }
+}
+
+/// EDM's `UNetBlock` with DDPM++ settings: `skip_scale = sqrt(1/2)`, `resample_proj`,
+/// no adaptive scale, one attention head.
+#[derive(Module, Debug)]
+pub struct UNetBlock {
+    /// GroupNorm before `conv0`.
+    pub norm0: GroupNorm,
+    /// First 3x3 convolution (after resampling).
+    pub conv0: Conv2d,
+    /// Projection of the embedding, added after `conv0`.
+    pub affine: Linear,
+    /// GroupNorm before `conv1`.
+    pub norm1: GroupNorm,
+    /// Second 3x3 convolution.
+    pub conv1: Conv2d,
+    /// 1x1 projection of the residual when channels or resolution change.
+    pub skip: Option<Conv2d>,
+    /// GroupNorm before attention.
+    pub norm2: Option<GroupNorm>,
+    /// 1x1 query/key/value projection.
+    pub qkv: Option<Conv2d>,
+    /// 1x1 output projection of attention.
+    pub proj: Option<Conv2d>,
+    #[module(skip)]
+    resample: Resample,
+    /// Whether the decoder concatenates a skip connection before this block.
+    #[module(skip)]
+    pub takes_skip: bool,
+}
+
+impl UNetBlock {
+    fn new(
+        cin: usize,
+        cout: usize,
+        emb: usize,
+        attention: bool,
+        resample: Resample,
+        device: &Device,
+    ) -> Self {
+        let needs_skip = cin != cout || resample != Resample::None;
+        UNetBlock {
+            norm0: group_norm(cin, device),
+            conv0: conv(cin, cout, 3, device),
+            affine: LinearConfig::new(emb, cout).init(device),
+            norm1: group_norm(cout, device),
+            conv1: conv(cout, cout, 3, device),
+            skip: needs_skip.then(|| conv(cin, cout, 1, device)),
+            norm2: attention.then(|| group_norm(cout, device)),
+            qkv: attention.then(|| conv(cout, 3 * cout, 1, device)),
+            proj: attention.then(|| conv(cout, cout, 1, device)),
+            resample,
+            takes_skip: false,
+        }
+    }
+
+    /// # Shapes
+    /// `x`: `[B, Cin, H, W]`, `emb`: `[B, E]` -> `[B, Cout, H', W']`.
+    pub fn forward(&self, x: Tensor<4>, emb: Tensor<2>) -> Tensor<4> {
+        let skip_scale = core::f64::consts::FRAC_1_SQRT_2;
+        let orig = x.clone();
+        let x = self
+            .conv0
+            .forward(resample(silu(self.norm0.forward(x)), self.resample)); // [B, Cout, H', W']
+        let [b, c, h, w] = x.dims();
+        let params = self.affine.forward(emb).reshape([b, c, 1, 1]);
+        let x = silu(self.norm1.forward(x + params));
+        let x = self.conv1.forward(x);
+        let residual = match &self.skip {
+            Some(skip) => skip.forward(resample(orig, self.resample)),
+            None => orig,
+        };
+        let x = (x + residual).mul_scalar(skip_scale);
+        match (&self.norm2, &self.qkv, &self.proj) {
+            (Some(norm2), Some(qkv), Some(proj)) => {
+                // One head: q, k, v are [B, C, HW]; w = softmax_k(q^T k / sqrt(C)).
+                let n = h * w;
+                let qkv = qkv.forward(norm2.forward(x.clone())).reshape([b, c, 3, n]);
+                let q = qkv
+                    .clone()
+                    .slice([0..b, 0..c, 0..1, 0..n])
+                    .reshape([b, c, n]);
+                let k = qkv
+                    .clone()
+                    .slice([0..b, 0..c, 1..2, 0..n])
+                    .reshape([b, c, n]);
+                let v = qkv.slice([0..b, 0..c, 2..3, 0..n]).reshape([b, c, n]);
+                let logits = q.swap_dims(1, 2).matmul(k).div_scalar(libm::sqrt(c as f64)); // [B, q, k]
+                let attn = softmax(logits, 2);
+                let a = v.matmul(attn.swap_dims(1, 2)).reshape([b, c, h, w]); // [B, C, q]
+                (proj.forward(a) + x).mul_scalar(skip_scale)
+            }
+            _ => x,
+        }
+    }
+}
+
+/// EDM's DDPM++ U-Net. Built by [`UNetConfig::init`].
+#[derive(Module, Debug)]
+pub struct SongUNet {
+    /// Class-label embedding (`label_dim > 0`).
+    pub map_label: Option<Linear>,
+    /// First layer of the embedding MLP.
+    pub map_layer0: Linear,
+    /// Second layer of the embedding MLP.
+    pub map_layer1: Linear,
+    /// SongUNet's `enc['{res}x{res}_conv']`.
+    pub conv_in: Conv2d,
+    /// The remaining encoder blocks, in SongUNet's order.
+    pub enc: Vec<UNetBlock>,
+    /// The decoder blocks, in SongUNet's order.
+    pub dec: Vec<UNetBlock>,
+    /// `dec['{res}x{res}_aux_norm']` at the top resolution.
+    pub aux_norm: GroupNorm,
+    /// `dec['{res}x{res}_aux_conv']` at the top resolution.
+    pub aux_conv: Conv2d,
+    #[module(skip)]
+    noise_channels: usize,
+    #[module(skip)]
+    img_resolution: usize,
+    #[module(skip)]
+    in_channels: usize,
+}
+
+impl SongUNet {
+    /// # Shapes
+    /// `x`: `[B, C, H, W]`, `c_noise`: `[B]`, `labels`: `[B, L]` -> `[B, C_out, H, W]`.
+    pub fn forward(
+        &self,
+        x: Tensor<4>,
+        c_noise: Tensor<1>,
+        labels: Option<Tensor<2>>,
+    ) -> Tensor<4> {
+        // 1. Embedding of the noise level (and label).
+        let emb = embed(
+            c_noise,
+            labels,
+            self.noise_channels,
+            self.map_label.as_ref(),
+            &self.map_layer0,
+            Some(&self.map_layer1),
+        ); // [B, E]
+        // 2. Encoder, keeping every output for the skips.
+        let mut x = self.conv_in.forward(x);
+        let mut skips = vec![x.clone()];
+        for block in &self.enc {
+            x = block.forward(x, emb.clone());
+            skips.push(x.clone());
+        }
+        // 3. Decoder.
+        for block in &self.dec {
+            if block.takes_skip {
+                if let Some(s) = skips.pop() {
+                    x = Tensor::cat(vec![x, s], 1);
+                }
+            }
+            x = block.forward(x, emb.clone());
+        }
+        // 4. Output head.
+        self.aux_conv.forward(silu(self.aux_norm.forward(x)))
+    }
+
+    /// [`SongUNet::forward`] on flattened samples `[B, C*H*W]`.
+    pub fn forward_flat(
+        &self,
+        x: Tensor<2>,
+        c_noise: Tensor<1>,
+        labels: Option<Tensor<2>>,
+    ) -> Tensor<2> {
+        let b = x.dims()[0];
+        let r = self.img_resolution;
+        let y = self.forward(x.reshape([b, self.in_channels, r, r]), c_noise, labels);
+        let d = y.dims()[1] * r * r;
+        y.reshape([b, d])
+    }
+}

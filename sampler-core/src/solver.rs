@@ -1,0 +1,115 @@
+//! Solvers of the probability-flow ODE `dx/ds = (x - D(x, s)) / s` over one [`Denoiser`]
+//! trait that the network and the exact mixture both implement.
+//!
+//! - [`euler`]: the paper's few-step sampler, docs/method.md §2 (paper Eq. 7):
+//!   `x_{i+1} = (s_{i+1}/s_i) x_i + (1 - s_{i+1}/s_i) D(x_i, s_i)`, `s_T = 0`.
+//! - [`heun`]: EDM's second-order deterministic sampler (Karras et al. 2022, Algorithm 1),
+//!   Euler on the last step to `s = 0`; used for reference solutions.
+//!
+//! Levels come as a tensor so the trainer can differentiate the sampler's output with
+//! respect to them (method.md §5, `exact` gradient).
+
+use burn::tensor::Tensor;
+
+/// A denoiser `D(x, s)`: the network with its preconditioning, or an exact mixture.
+pub trait Denoiser {
+    /// Dimension `d` of one flattened sample.
+    fn dim(&self) -> usize;
+
+    /// The denoised estimate of `x` at noise level `sigma`.
+    ///
+    /// # Shapes
+    /// `x`: `[B, d]`, `sigma`: `[B]`, `labels`: one-hot `[B, L]` -> `[B, d]`.
+    fn denoise(&self, x: Tensor<2>, sigma: Tensor<1>, labels: Option<Tensor<2>>) -> Tensor<2>;
+}
+
+/// What a solver reports after each denoiser evaluation.
+pub struct Step<'a> {
+    /// Index `i` of the level just used (0-based).
+    pub index: usize,
+    /// Number of steps of the solve.
+    pub steps: usize,
+    /// The state `x_i` the denoiser was evaluated at.
+    pub x: &'a Tensor<2>,
+    /// `D(x_i, s_i)`.
+    pub denoised: &'a Tensor<2>,
+}
+
+/// `s_i` of `sigmas` broadcast to a batch of `b`: `[b]`.
+fn level(sigmas: &Tensor<1>, i: usize, b: usize) -> Tensor<1> {
+    sigmas.clone().slice([i..i + 1]).expand([b])
+}
+
+/// First-order Euler over the levels `s_0 > ... > s_{T-1}` (then `s_T = 0`): `T` denoiser
+/// evaluations, output `x_T = D(x_{T-1}, s_{T-1})`.
+///
+/// # Shapes
+/// `x0`: `[B, d]` (already scaled: `s_0 * eps`), `sigmas`: `[T]` -> `[B, d]`.
+pub fn euler<D: Denoiser + ?Sized>(
+    denoiser: &D,
+    x0: Tensor<2>,
+    sigmas: Tensor<1>,
+    labels: Option<Tensor<2>>,
+    mut on_step: impl FnMut(Step<'_>),
+) -> Tensor<2> {
+    let b = x0.dims()[0];
+    let t = sigmas.dims()[0];
+    let mut x = x0;
+    for i in 0..t {
+        let s_i = level(&sigmas, i, b);
+        let denoised = denoiser.denoise(x.clone(), s_i, labels.clone());
+        on_step(Step {
+            index: i,
+            steps: t,
+            x: &x,
+            denoised: &denoised,
+        });
+        if i + 1 == t {
+            return denoised; // s_T = 0: x_T = D(x_{T-1}, s_min)
+        }
+        // ratio = s_{i+1} / s_i, as [1, 1] to broadcast over the batch.
+        let ratio = (sigmas.clone().slice([i + 1..i + 2]) / sigmas.clone().slice([i..i + 1]))
+            .reshape([1, 1]);
+        x = x * ratio.clone() + denoised * (ratio.neg().add_scalar(1.0));
+    }
+    x
+}
+
+/// EDM's Heun sampler over the levels `s_0 > ... > s_{T-1}` (then `s_T = 0`, reached by a
+/// plain Euler step): `2T - 1` denoiser evaluations.
+///
+/// # Shapes
+/// `x0`: `[B, d]`, `sigmas`: `[T]` -> `[B, d]`.
+pub fn heun<D: Denoiser + ?Sized>(
+    denoiser: &D,
+    x0: Tensor<2>,
+    sigmas: Tensor<1>,
+    labels: Option<Tensor<2>>,
+    mut on_step: impl FnMut(Step<'_>),
+) -> Tensor<2> {
+    let b = x0.dims()[0];
+    let t = sigmas.dims()[0];
+    let mut x = x0;
+    for i in 0..t {
+        let s_cur = sigmas.clone().slice([i..i + 1]).reshape([1, 1]);
+        let denoised = denoiser.denoise(x.clone(), level(&sigmas, i, b), labels.clone());
+        on_step(Step {
+            index: i,
+            steps: t,
+            x: &x,
+            denoised: &denoised,
+        });
+        if i + 1 == t {
+            return denoised;
+        }
+        let s_next = sigmas.clone().slice([i + 1..i + 2]).reshape([1, 1]);
+        let h = s_next.clone() - s_cur.clone();
+        let d_cur = (x.clone() - denoised) / s_cur; // dx/ds at (x_i, s_i)
+        let x_euler = x.clone() + d_cur.clone() * h.clone();
+        let denoised_next =
+            denoiser.denoise(x_euler.clone(), level(&sigmas, i + 1, b), labels.clone());
+        let d_next = (x_euler - denoised_next) / s_next;
+        x = x + (d_cur + d_next) * h.mul_scalar(0.5);
+    }
+    x
+}
