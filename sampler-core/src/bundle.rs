@@ -193,16 +193,15 @@ impl Bundle {
                         im.width
                     ));
                 }
-                if let NetConfig::UNet(u) = config {
-                    if u.img_resolution as u32 != im.height
+                if let NetConfig::UNet(u) = config
+                    && (u.img_resolution as u32 != im.height
                         || im.height != im.width
                         || u.in_channels as u32 != im.channels
-                        || u.out_channels != u.in_channels
-                    {
-                        return bad(
-                            "U-Net resolution or channels differ from the image shape".to_string()
-                        );
-                    }
+                        || u.out_channels != u.in_channels)
+                {
+                    return bad(
+                        "U-Net resolution or channels differ from the image shape".to_string()
+                    );
                 }
                 if config.label_dim() as u32 != self.label_count {
                     return bad(alloc::format!(
@@ -227,12 +226,12 @@ impl Bundle {
                 }
             }
         }
-        if let Precond::Edm { sigma_data } = self.precond {
-            if !(sigma_data.is_finite() && sigma_data > 0.0) {
-                return bad(alloc::format!(
-                    "sigma_data must be positive, got {sigma_data}"
-                ));
-            }
+        if let Precond::Edm { sigma_data } = self.precond
+            && !(sigma_data.is_finite() && sigma_data > 0.0)
+        {
+            return bad(alloc::format!(
+                "sigma_data must be positive, got {sigma_data}"
+            ));
         }
         Ok(())
     }

@@ -46,7 +46,7 @@ pub fn gaussian(seed: u64, index: u64) -> f32 {
     let u2 = (lo >> 8) as f32 * SCALE;
     let r = libm::sqrtf(-2.0 * libm::logf(u1));
     let theta = 2.0 * core::f32::consts::PI * u2;
-    if index % 2 == 0 {
+    if index.is_multiple_of(2) {
         r * libm::cosf(theta)
     } else {
         r * libm::sinf(theta)

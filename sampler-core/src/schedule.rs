@@ -143,7 +143,7 @@ pub fn sigmas_from_logits(v: Tensor<1>, s_min: f64, s_max: f64, warp: Warp) -> T
     let v_bar = Tensor::cat(vec![v, zero], 0); // [T-1]
     let p = softmax(v_bar, 0);
     // Interior levels i = 1..T-2 use the partial sums of the first T-2 increments.
-    let partial = p.slice([0..t - 2]).cumsum(0); // [T-2]
+    let partial = p.slice(0..t - 2).cumsum(0); // [T-2]
     let u = partial.mul_scalar(-(g_max - g_min)).add_scalar(g_max);
     let interior = warp.inverse_tensor(u);
     let first = Tensor::<1>::full([1], s_max, (&device, dtype));
@@ -159,10 +159,10 @@ pub fn sigmas_from_logits(v: Tensor<1>, s_min: f64, s_max: f64, warp: Warp) -> T
 /// `sigmas`: `[T]` -> `[T - 1]`.
 pub fn lambda_weights(sigmas: Tensor<1>) -> Tensor<1> {
     let t = sigmas.dims()[0];
-    let s_min = sigmas.clone().slice([t - 1..t]);
+    let s_min = sigmas.clone().slice(t - 1..t);
     let inv = sigmas.recip();
-    let next = inv.clone().slice([1..t]);
-    let cur = inv.slice([0..t - 1]);
+    let next = inv.clone().slice(1..t);
+    let cur = inv.slice(0..t - 1);
     (next - cur) * s_min
 }
 

@@ -37,7 +37,7 @@ pub struct Step<'a> {
 
 /// `s_i` of `sigmas` broadcast to a batch of `b`: `[b]`.
 fn level(sigmas: &Tensor<1>, i: usize, b: usize) -> Tensor<1> {
-    sigmas.clone().slice([i..i + 1]).expand([b])
+    sigmas.clone().slice(i..i + 1).expand([b])
 }
 
 /// First-order Euler over the levels `s_0 > ... > s_{T-1}` (then `s_T = 0`): `T` denoiser
@@ -68,8 +68,8 @@ pub fn euler<D: Denoiser + ?Sized>(
             return denoised; // s_T = 0: x_T = D(x_{T-1}, s_min)
         }
         // ratio = s_{i+1} / s_i, as [1, 1] to broadcast over the batch.
-        let ratio = (sigmas.clone().slice([i + 1..i + 2]) / sigmas.clone().slice([i..i + 1]))
-            .reshape([1, 1]);
+        let ratio =
+            (sigmas.clone().slice(i + 1..i + 2) / sigmas.clone().slice(i..i + 1)).reshape([1, 1]);
         x = x * ratio.clone() + denoised * (ratio.neg().add_scalar(1.0));
     }
     x
@@ -91,7 +91,7 @@ pub fn heun<D: Denoiser + ?Sized>(
     let t = sigmas.dims()[0];
     let mut x = x0;
     for i in 0..t {
-        let s_cur = sigmas.clone().slice([i..i + 1]).reshape([1, 1]);
+        let s_cur = sigmas.clone().slice(i..i + 1).reshape([1, 1]);
         let denoised = denoiser.denoise(x.clone(), level(&sigmas, i, b), labels.clone());
         on_step(Step {
             index: i,
@@ -102,7 +102,7 @@ pub fn heun<D: Denoiser + ?Sized>(
         if i + 1 == t {
             return denoised;
         }
-        let s_next = sigmas.clone().slice([i + 1..i + 2]).reshape([1, 1]);
+        let s_next = sigmas.clone().slice(i + 1..i + 2).reshape([1, 1]);
         let h = s_next.clone() - s_cur.clone();
         let d_cur = (x.clone() - denoised) / s_cur; // dx/ds at (x_i, s_i)
         let x_euler = x.clone() + d_cur.clone() * h.clone();

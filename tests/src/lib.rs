@@ -1,1 +1,1 @@
-
+//! End-to-end tests across fewstep's crates live in `tests/`; this library is empty.

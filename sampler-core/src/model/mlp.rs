@@ -37,7 +37,7 @@ impl MlpConfig {
         if self.dim == 0 || self.hidden == 0 {
             return Err("MLP dim and hidden width must be positive".into());
         }
-        if self.noise_channels < 4 || self.noise_channels % 2 != 0 {
+        if self.noise_channels < 4 || !self.noise_channels.is_multiple_of(2) {
             return Err("the noise embedding needs an even number of channels, at least 4".into());
         }
         Ok(())

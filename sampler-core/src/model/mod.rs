@@ -64,6 +64,8 @@ impl NetConfig {
 }
 
 /// The raw network F(c_in x, c_noise [, label]).
+// A process holds one or two networks: boxing the U-Net would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
 pub enum Network {
     /// See [`SongUNet`].

@@ -63,7 +63,7 @@ impl UNetConfig {
         if self.in_channels == 0 || self.out_channels == 0 || self.img_resolution == 0 {
             return Err("image resolution and channel counts must be positive".into());
         }
-        if self.img_resolution % (1 << (levels - 1)) != 0 {
+        if !self.img_resolution.is_multiple_of(1 << (levels - 1)) {
             return Err(alloc::format!(
                 "resolution {} is not divisible by 2^{} ({} levels); resize the images",
                 self.img_resolution,
@@ -350,10 +350,10 @@ impl SongUNet {
         }
         // 3. Decoder.
         for block in &self.dec {
-            if block.takes_skip {
-                if let Some(s) = skips.pop() {
-                    x = Tensor::cat(vec![x, s], 1);
-                }
+            if block.takes_skip
+                && let Some(s) = skips.pop()
+            {
+                x = Tensor::cat(vec![x, s], 1);
             }
             x = block.forward(x, emb.clone());
         }

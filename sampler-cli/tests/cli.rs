@@ -1,0 +1,299 @@
+//! sampler-cli end to end: real bundles made here, real PNGs read back.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use sampler_core::bundle::{Bundle, ImageShape, ModelSpec, Provenance, SolverKind};
+use sampler_core::burn::tensor::Device;
+use sampler_core::gmm::Mixture;
+use sampler_core::model::{NetConfig, UNetConfig, weights_to_bytes};
+use sampler_core::precond::Precond;
+use sampler_core::schedule::Schedule;
+use sampler_core::{Sampler, rng};
+
+fn cli(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_sampler-cli"))
+        .args(args)
+        .output()
+        .expect("run sampler-cli")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A 2-component mixture over 4x4 RGB images: an exact, if boring, model.
+fn mixture_bundle(dir: &Path) -> PathBuf {
+    let d = 3 * 4 * 4;
+    let b = Bundle {
+        name: "mixture-4x4".into(),
+        description: "two flat colors".into(),
+        image: ImageShape {
+            channels: 3,
+            height: 4,
+            width: 4,
+        },
+        label_count: 0,
+        precond: Precond::default(),
+        schedule: Schedule::edm(6, 0.002, 80.0).unwrap(),
+        solver: SolverKind::Euler,
+        model: ModelSpec::Mixture(Mixture {
+            dim: d,
+            means: (0..2 * d).map(|i| if i < d { -0.8 } else { 0.6 }).collect(),
+            stds: vec![0.05, 0.05],
+            weights: vec![1.0, 1.0],
+        }),
+        provenance: Provenance {
+            dataset: "synthetic".into(),
+            schedule_method: "edm-rho7".into(),
+            ..Default::default()
+        },
+    };
+    let path = dir.join("mixture.bin");
+    std::fs::write(&path, b.to_bytes().unwrap()).unwrap();
+    path
+}
+
+/// An untrained class-conditional U-Net over 8x8 grayscale images.
+fn unet_bundle(dir: &Path) -> (PathBuf, Bundle) {
+    let device = Device::flex();
+    device.seed(1);
+    let config = NetConfig::UNet(
+        UNetConfig::new(8, 1, 1)
+            .with_label_dim(4)
+            .with_model_channels(8)
+            .with_channel_mult(vec![1, 2])
+            .with_num_blocks(1),
+    );
+    let net = config.init(&device);
+    let b = Bundle {
+        name: "untrained-unet".into(),
+        description: String::new(),
+        image: ImageShape {
+            channels: 1,
+            height: 8,
+            width: 8,
+        },
+        label_count: 4,
+        precond: Precond::default(),
+        schedule: Schedule::edm(4, 0.002, 80.0).unwrap(),
+        solver: SolverKind::Euler,
+        model: ModelSpec::Network {
+            weights: weights_to_bytes(&net).unwrap(),
+            config,
+        },
+        provenance: Provenance::default(),
+    };
+    let path = dir.join("unet.bin");
+    std::fs::write(&path, b.to_bytes().unwrap()).unwrap();
+    (path, b)
+}
+
+fn png_dims(path: &Path) -> (u32, u32, image::ColorType) {
+    let img = image::open(path).unwrap();
+    (img.width(), img.height(), img.color())
+}
+
+#[test]
+fn grid_has_the_expected_size_and_is_deterministic() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = mixture_bundle(dir.path());
+    let (a, b) = (dir.path().join("a.png"), dir.path().join("b.png"));
+    for out in [&a, &b] {
+        let o = cli(&[
+            "--bundle",
+            bundle.to_str().unwrap(),
+            "--count",
+            "6",
+            "--seed",
+            "7",
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert!(String::from_utf8_lossy(&o.stdout).contains("images/s"));
+    }
+    // 6 images -> 3 columns x 2 rows of 4x4 with 2-pixel borders.
+    assert_eq!(png_dims(&a), (3 * 6 + 2, 2 * 6 + 2, image::ColorType::Rgb8));
+    assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+    let c = dir.path().join("c.png");
+    let o = cli(&[
+        "--bundle",
+        bundle.to_str().unwrap(),
+        "--count",
+        "6",
+        "--seed",
+        "8",
+        "--out",
+        c.to_str().unwrap(),
+    ]);
+    assert!(o.status.success());
+    assert_ne!(
+        std::fs::read(&a).unwrap(),
+        std::fs::read(&c).unwrap(),
+        "another seed gave the same images"
+    );
+}
+
+#[test]
+fn out_dir_pngs_match_the_library_to_the_byte() {
+    let dir = tempfile::tempdir().unwrap();
+    let (bundle, decoded) = unet_bundle(dir.path());
+    let out = dir.path().join("imgs");
+    // Batches of 2 must give the same images as the library's single batch.
+    let o = cli(&[
+        "--bundle",
+        bundle.to_str().unwrap(),
+        "--count",
+        "5",
+        "--seed",
+        "3",
+        "--label",
+        "2",
+        "--batch",
+        "2",
+        "--out-dir",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let want = Sampler::new(decoded, &Device::flex())
+        .unwrap()
+        .generate(3, 5, Some(2))
+        .unwrap()
+        .to_u8();
+    for k in 0..5 {
+        let img = image::open(out.join(format!("{k:06}.png"))).unwrap();
+        assert_eq!(
+            (img.width(), img.height(), img.color()),
+            (8, 8, image::ColorType::L8)
+        );
+        assert_eq!(img.as_bytes(), &want[k * 64..(k + 1) * 64], "image {k}");
+    }
+}
+
+#[test]
+fn info_prints_metadata_and_levels() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = mixture_bundle(dir.path());
+    let o = cli(&["--bundle", bundle.to_str().unwrap(), "--info"]);
+    assert!(o.status.success());
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.contains("mixture-4x4"), "{text}");
+    assert!(text.contains("T:           6"), "{text}");
+    assert!(
+        text.contains("80.000000") && text.contains("0.002000"),
+        "{text}"
+    );
+    assert!(!dir.path().join("samples.png").exists());
+}
+
+#[test]
+fn bad_input_gives_one_clear_line_and_exit_code_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = mixture_bundle(dir.path());
+    let bytes = std::fs::read(&bundle).unwrap();
+    let out = dir.path().join("never.png");
+    let outs = out.to_str().unwrap();
+
+    let check = |args: &[&str], needle: &str| {
+        let o = cli(args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
+        let err = stderr(&o);
+        assert!(
+            err.contains(needle),
+            "{args:?}: expected '{needle}' in: {err}"
+        );
+        assert!(!err.contains("panicked"), "{err}");
+    };
+    check(
+        &[
+            "--bundle",
+            dir.path().join("missing.bin").to_str().unwrap(),
+            "--out",
+            outs,
+        ],
+        "cannot read bundle",
+    );
+    let not_bundle = dir.path().join("x.png");
+    std::fs::write(&not_bundle, b"\x89PNG\r\n\x1a\nxxxxxxxxxxxxxxxx").unwrap();
+    check(
+        &["--bundle", not_bundle.to_str().unwrap(), "--out", outs],
+        "not a fewstep bundle",
+    );
+    let corrupt = dir.path().join("corrupt.bin");
+    let mut c = bytes.clone();
+    c[40] ^= 0x55;
+    std::fs::write(&corrupt, &c).unwrap();
+    check(
+        &["--bundle", corrupt.to_str().unwrap(), "--out", outs],
+        "checksum mismatch",
+    );
+    let short = dir.path().join("short.bin");
+    std::fs::write(&short, &bytes[..bytes.len() / 2]).unwrap();
+    check(
+        &["--bundle", short.to_str().unwrap(), "--out", outs],
+        "truncated",
+    );
+    check(
+        &[
+            "--bundle",
+            bundle.to_str().unwrap(),
+            "--label",
+            "1",
+            "--out",
+            outs,
+        ],
+        "unconditional",
+    );
+    let (unet, _) = unet_bundle(dir.path());
+    check(
+        &[
+            "--bundle",
+            unet.to_str().unwrap(),
+            "--label",
+            "4",
+            "--out",
+            outs,
+        ],
+        "labels 0..=3",
+    );
+    check(
+        &[
+            "--bundle",
+            bundle.to_str().unwrap(),
+            "--count",
+            "0",
+            "--out",
+            outs,
+        ],
+        "count",
+    );
+    check(
+        &[
+            "--bundle",
+            bundle.to_str().unwrap(),
+            "--out",
+            dir.path().join("no/such/dir/x.png").to_str().unwrap(),
+        ],
+        "cannot write",
+    );
+    assert!(!out.exists(), "a failed run left an image behind");
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().contains(".tmp-"))
+        .collect();
+    assert!(leftovers.is_empty());
+}
+
+#[test]
+fn noise_is_the_portable_generator() {
+    // The CLI's images start from s_max * eps with eps from rng::image_seed streams; pin that
+    // here so firmware and host agree on what "seed 7" means.
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = mixture_bundle(dir.path());
+    let s = Sampler::from_bundle(&std::fs::read(bundle).unwrap(), &Device::flex()).unwrap();
+    let x0 = s.initial_noise(7, 1, 1);
+    let eps = rng::gaussian_vec(rng::image_seed(7, 1), 48);
+    assert_eq!(x0, eps.iter().map(|e| e * 80.0).collect::<Vec<_>>());
+}
