@@ -54,23 +54,34 @@ pub fn euler<D: Denoiser + ?Sized>(
 ) -> Tensor<2> {
     let b = x0.dims()[0];
     let t = sigmas.dims()[0];
+    let x = euler_to_min(denoiser, x0, sigmas.clone(), labels.clone(), &mut on_step);
+    // s_T = 0: x_T = D(x_{T-1}, s_min)
+    let denoised = denoiser.denoise(x.clone(), level(&sigmas, t - 1, b), labels);
+    on_step(Step { index: t - 1, steps: t, x: &x, denoised: &denoised });
+    denoised
+}
+
+/// The first `T - 1` Euler steps: the state `x_{T-1}` at `s_min`, before the final
+/// denoising (the quantity of the paper's discretization loss, Eq. 9-10).
+///
+/// # Shapes
+/// `x0`: `[B, d]`, `sigmas`: `[T]` -> `[B, d]`.
+pub fn euler_to_min<D: Denoiser + ?Sized>(
+    denoiser: &D,
+    x0: Tensor<2>,
+    sigmas: Tensor<1>,
+    labels: Option<Tensor<2>>,
+    mut on_step: impl FnMut(Step<'_>),
+) -> Tensor<2> {
+    let b = x0.dims()[0];
+    let t = sigmas.dims()[0];
     let mut x = x0;
-    for i in 0..t {
-        let s_i = level(&sigmas, i, b);
-        let denoised = denoiser.denoise(x.clone(), s_i, labels.clone());
-        on_step(Step {
-            index: i,
-            steps: t,
-            x: &x,
-            denoised: &denoised,
-        });
-        if i + 1 == t {
-            return denoised; // s_T = 0: x_T = D(x_{T-1}, s_min)
-        }
+    for i in 0..t - 1 {
+        let denoised = denoiser.denoise(x.clone(), level(&sigmas, i, b), labels.clone());
+        on_step(Step { index: i, steps: t, x: &x, denoised: &denoised });
         // ratio = s_{i+1} / s_i, as [1, 1] to broadcast over the batch.
-        let ratio =
-            (sigmas.clone().slice(i + 1..i + 2) / sigmas.clone().slice(i..i + 1)).reshape([1, 1]);
-        x = x * ratio.clone() + denoised * (ratio.neg().add_scalar(1.0));
+        let ratio = (sigmas.clone().slice(i + 1..i + 2) / sigmas.clone().slice(i..i + 1)).reshape([1, 1]);
+        x = x * ratio.clone() + denoised * ratio.neg().add_scalar(1.0);
     }
     x
 }
@@ -89,25 +100,36 @@ pub fn heun<D: Denoiser + ?Sized>(
 ) -> Tensor<2> {
     let b = x0.dims()[0];
     let t = sigmas.dims()[0];
+    let x = heun_to_min(denoiser, x0, sigmas.clone(), labels.clone(), &mut on_step);
+    let denoised = denoiser.denoise(x.clone(), level(&sigmas, t - 1, b), labels);
+    on_step(Step { index: t - 1, steps: t, x: &x, denoised: &denoised });
+    denoised
+}
+
+/// The first `T - 1` Heun steps: the state at `s_min` (`2T - 2` evaluations), the
+/// reference solution of the `teacher` discretization target (docs/method.md §4).
+///
+/// # Shapes
+/// `x0`: `[B, d]`, `sigmas`: `[T]` -> `[B, d]`.
+pub fn heun_to_min<D: Denoiser + ?Sized>(
+    denoiser: &D,
+    x0: Tensor<2>,
+    sigmas: Tensor<1>,
+    labels: Option<Tensor<2>>,
+    mut on_step: impl FnMut(Step<'_>),
+) -> Tensor<2> {
+    let b = x0.dims()[0];
+    let t = sigmas.dims()[0];
     let mut x = x0;
-    for i in 0..t {
+    for i in 0..t - 1 {
         let s_cur = sigmas.clone().slice(i..i + 1).reshape([1, 1]);
         let denoised = denoiser.denoise(x.clone(), level(&sigmas, i, b), labels.clone());
-        on_step(Step {
-            index: i,
-            steps: t,
-            x: &x,
-            denoised: &denoised,
-        });
-        if i + 1 == t {
-            return denoised;
-        }
+        on_step(Step { index: i, steps: t, x: &x, denoised: &denoised });
         let s_next = sigmas.clone().slice(i + 1..i + 2).reshape([1, 1]);
         let h = s_next.clone() - s_cur.clone();
         let d_cur = (x.clone() - denoised) / s_cur; // dx/ds at (x_i, s_i)
         let x_euler = x.clone() + d_cur.clone() * h.clone();
-        let denoised_next =
-            denoiser.denoise(x_euler.clone(), level(&sigmas, i + 1, b), labels.clone());
+        let denoised_next = denoiser.denoise(x_euler.clone(), level(&sigmas, i + 1, b), labels.clone());
         let d_next = (x_euler - denoised_next) / s_next;
         x = x + (d_cur + d_next) * h.mul_scalar(0.5);
     }

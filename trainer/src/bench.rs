@@ -1,0 +1,109 @@
+//! `trainer bench`: seconds per step of pre-training, stage 2, and stage 1 with the exact and
+//! the paper gradient at several T, on one small U-Net and batch. A table, not a test.
+
+use std::time::Instant;
+
+use anyhow::Result;
+use clap::Args;
+use sampler_core::bundle::ImageShape;
+use sampler_core::model::{NetConfig, UNetConfig};
+use sampler_core::precond::Precond;
+
+use crate::data::Dataset;
+use crate::finetune::{DiscGrad, Finetune, FinetuneConfig, Mode};
+use crate::pretrain::{Pretrain, PretrainConfig};
+
+/// Options of `trainer bench`.
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Values of T for stage 1.
+    #[arg(long, default_value = "5,10,20", value_delimiter = ',')]
+    t: Vec<usize>,
+    /// Timed steps per row (after one warm-up step).
+    #[arg(long, default_value_t = 3)]
+    steps: usize,
+    /// Batch size.
+    #[arg(long, default_value_t = 16)]
+    batch: usize,
+    /// Image resolution of the U-Net.
+    #[arg(long, default_value_t = 16)]
+    resolution: usize,
+    /// Compute device: flex, vulkan or cuda.
+    #[arg(long, default_value = "flex")]
+    device: String,
+}
+
+/// Runs the benchmark and prints the table.
+pub fn run(a: BenchArgs) -> Result<()> {
+    let device = crate::device(&a.device)?;
+    let r = a.resolution;
+    let shape = ImageShape { channels: 1, height: r as u32, width: r as u32 };
+    let mixture = crate::cli::random_mixture(8, r * r, 1);
+    let data = Dataset::from_mixture(&mixture, 256, 2, shape);
+    let net = NetConfig::UNet(
+        UNetConfig::new(r, 1, 1).with_model_channels(16).with_channel_mult(vec![1, 2]).with_num_blocks(1),
+    );
+    let pretrain_config = PretrainConfig {
+        net,
+        precond: Precond::default(),
+        steps: 1_000,
+        batch: a.batch,
+        lr: 1e-3,
+        ema_decay: 0.999,
+        seed: 0,
+        checkpoint_every: 1_000,
+        dataset: "bench".into(),
+        image: shape,
+        label_count: 0,
+    };
+    let mut pt = Pretrain::new(pretrain_config, None, &device)?;
+    let mut rows: Vec<(String, f64)> = Vec::new();
+    rows.push(("pretrain (EDM loss)".into(), time(a.steps, || pt.step_once(&data).map(|_| ()))?));
+
+    let dir = std::env::temp_dir().join(format!("fewstep-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let base_path = dir.join("base.bin");
+    std::fs::write(&base_path, pt.export(8, "bench")?.to_bytes()?)?;
+    let finetune = |mode: Mode, t: usize, grad: DiscGrad| -> Result<Finetune> {
+        let mut c = FinetuneConfig::new(base_path.clone(), t);
+        c.mode = mode;
+        c.rounds = 1;
+        c.stage1_steps = 1_000;
+        c.stage2_steps = 1_000;
+        c.batch = a.batch;
+        c.disc_batch = a.batch;
+        c.disc_grad = grad;
+        c.teacher_pool = a.batch;
+        c.teacher_steps = 8;
+        Finetune::new(c, Some(data.clone()), None, &device)
+    };
+    let mut ft = finetune(Mode::Stage2Only, 8, DiscGrad::Exact)?;
+    rows.push(("stage 2 (L_bound, weights)".into(), time(a.steps, || ft.step_once().map(|_| ()))?));
+    for &t in &a.t {
+        for grad in [DiscGrad::Exact, DiscGrad::Paper] {
+            let mut ft = finetune(Mode::Stage1Only, t, grad)?;
+            let label = format!("stage 1, T = {t}, {} gradient", if grad == DiscGrad::Exact { "exact" } else { "paper" });
+            rows.push((label, time(a.steps, || ft.step_once().map(|_| ()))?));
+        }
+    }
+    std::fs::remove_dir_all(&dir).ok();
+
+    let base = rows[0].1;
+    println!("U-Net {r}x{r}, 16 channels, mult [1, 2], 1 block/level; batch {}; device {}", a.batch, a.device);
+    println!("| step | s/step | x pretrain step |");
+    println!("| --- | ---: | ---: |");
+    for (name, secs) in &rows {
+        println!("| {name} | {secs:.4} | {:.2} |", secs / base);
+    }
+    Ok(())
+}
+
+/// Mean seconds of `n` calls after one warm-up call.
+fn time(n: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+    f()?;
+    let start = Instant::now();
+    for _ in 0..n.max(1) {
+        f()?;
+    }
+    Ok(start.elapsed().as_secs_f64() / n.max(1) as f64)
+}

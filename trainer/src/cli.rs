@@ -1,0 +1,412 @@
+//! The `trainer` command line: clap structs that only parse, turned into validated run
+//! configs by `into_config`, then handed to the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+
+use sampler_core::bundle::{Bundle, ImageShape, ModelSpec, Provenance, SolverKind};
+use sampler_core::gmm::Mixture;
+use sampler_core::model::{MlpConfig, NetConfig, UNetConfig};
+use sampler_core::precond::Precond;
+use sampler_core::rng;
+use sampler_core::schedule::{Schedule, Warp};
+
+use crate::data::{Dataset, FolderOptions};
+use crate::finetune::{DiscGrad, DiscTarget, FinetuneConfig, Mode};
+use crate::pretrain::PretrainConfig;
+use crate::run::{RunDir, write_atomic};
+
+/// Train few-step diffusion samplers: pre-train an EDM denoiser, learn the T noise levels
+/// and fine-tune the weights for them (two-stage optimization), export a bundle.
+#[derive(Parser, Debug)]
+#[command(version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// EDM pre-training of a U-Net or MLP from scratch.
+    Pretrain(PretrainArgs),
+    /// The two-stage optimization (paper Algorithm 1) of a base bundle for T steps.
+    Finetune(FinetuneArgs),
+    /// Write the bundle of a run directory (EMA weights + T levels + provenance).
+    Export(ExportArgs),
+    /// Write an analytic Gaussian-mixture bundle (an exact model for experiments and tests).
+    MakeMixture(MixtureArgs),
+    /// Time pre-training, stage 1 (exact and paper gradients) and stage 2 steps.
+    Bench(crate::bench::BenchArgs),
+}
+
+/// Where the training images come from.
+#[derive(Args, Debug, Clone)]
+pub struct DataArgs {
+    /// A folder of PNG/JPEG images (searched recursively).
+    #[arg(long, value_name = "PATH")]
+    data: Option<PathBuf>,
+    /// Resize every image to N x N.
+    #[arg(long, value_name = "N")]
+    resize: Option<u32>,
+    /// Class labels from the first-level sub-folder names.
+    #[arg(long)]
+    labels: bool,
+    /// Skip unreadable or mismatched images (with a count) instead of stopping.
+    #[arg(long)]
+    skip_bad: bool,
+}
+
+impl DataArgs {
+    fn load(&self) -> Result<Option<Dataset>> {
+        let Some(path) = &self.data else { return Ok(None) };
+        let opts = FolderOptions { resize: self.resize, labels: self.labels, skip_bad: self.skip_bad, channels: None };
+        let d = Dataset::from_folder(path, &opts)?;
+        if d.skipped > 0 {
+            eprintln!("warning: skipped {} unreadable or mismatched files", d.skipped);
+        }
+        eprintln!(
+            "data: {} images {}x{}x{} from {}{}",
+            d.len(),
+            d.shape.channels,
+            d.shape.height,
+            d.shape.width,
+            path.display(),
+            if d.label_count > 0 { format!(", {} classes", d.label_count) } else { String::new() }
+        );
+        Ok(Some(d))
+    }
+}
+
+/// Options shared by the long-running commands.
+#[derive(Args, Debug, Clone)]
+pub struct RunArgs {
+    /// Run directory (config.json, log.jsonl, checkpoint.bin); an existing one is resumed.
+    #[arg(long, value_name = "DIR")]
+    run: PathBuf,
+    /// Seed of every random draw (initialization, batches, noise).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Steps between checkpoints.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
+    checkpoint_every: u64,
+    /// Stop (with a checkpoint) after this many steps in total; run again to resume.
+    #[arg(long, value_name = "STEPS")]
+    stop_after: Option<u64>,
+    /// Compute device: flex (CPU), vulkan or cuda (the latter two need cargo features).
+    #[arg(long, default_value = "flex")]
+    device: String,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(Args, Debug)]
+struct PretrainArgs {
+    #[command(flatten)]
+    data: DataArgs,
+    #[command(flatten)]
+    run: RunArgs,
+    /// Network: unet (EDM's DDPM++) or mlp.
+    #[arg(long, default_value = "unet", value_parser = ["unet", "mlp"])]
+    net: String,
+    /// U-Net base channels.
+    #[arg(long, default_value_t = 32)]
+    model_channels: usize,
+    /// U-Net channel multipliers per resolution, comma-separated.
+    #[arg(long, default_value = "1,2,2", value_delimiter = ',')]
+    channel_mult: Vec<usize>,
+    /// U-Net residual blocks per resolution.
+    #[arg(long, default_value_t = 2)]
+    num_blocks: usize,
+    /// Resolutions with self-attention, comma-separated (none by default).
+    #[arg(long, value_delimiter = ',')]
+    attn: Vec<usize>,
+    /// MLP hidden width.
+    #[arg(long, default_value_t = 256)]
+    hidden: usize,
+    /// MLP residual blocks.
+    #[arg(long, default_value_t = 3)]
+    depth: usize,
+    /// Optimizer steps.
+    #[arg(long, default_value_t = 10_000)]
+    steps: u64,
+    /// Batch size.
+    #[arg(long, default_value_t = 64)]
+    batch: usize,
+    /// Adam learning rate.
+    #[arg(long, default_value_t = 1e-3)]
+    lr: f64,
+    /// EMA decay of the exported weights (warm-up: min(decay, (1+n)/(10+n))).
+    #[arg(long, default_value_t = 0.999)]
+    ema_decay: f64,
+    /// EDM's sigma_data.
+    #[arg(long, default_value_t = 0.5)]
+    sigma_data: f32,
+}
+
+#[derive(Args, Debug)]
+struct FinetuneArgs {
+    /// The base bundle: a network (from `trainer export`) or an analytic mixture.
+    #[arg(long, value_name = "FILE")]
+    base: PathBuf,
+    #[command(flatten)]
+    data: DataArgs,
+    #[command(flatten)]
+    run: RunArgs,
+    /// T: number of levels, i.e. denoiser evaluations of the Euler sampler.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(3..=1000))]
+    t: u64,
+    /// Which rows of paper Table 1: two-stage, stage1-only, stage2-only, edm-weight-finetune.
+    #[arg(long, value_enum, default_value = "two-stage")]
+    mode: Mode,
+    /// Rounds of (stage 1, stage 2).
+    #[arg(long, default_value_t = 4)]
+    rounds: u64,
+    /// N1: stage-1 (schedule) steps per round.
+    #[arg(long, default_value_t = 50)]
+    stage1_steps: u64,
+    /// N2: stage-2 (weights) steps per round.
+    #[arg(long, default_value_t = 100)]
+    stage2_steps: u64,
+    /// gamma: weight of L_disc against L_bound in stage 1.
+    #[arg(long, default_value_t = 1.0)]
+    gamma: f64,
+    /// Adam learning rate of the schedule logits.
+    #[arg(long, default_value_t = 2e-2)]
+    lr_schedule: f64,
+    /// Adam learning rate of the network weights (stage 2).
+    #[arg(long, default_value_t = 2e-5)]
+    lr_weights: f64,
+    /// Space of the softmax increments: rho7 (v = 0 is EDM's schedule), log or linear.
+    #[arg(long, default_value = "rho7")]
+    warp: Warp,
+    /// Gradient of L_disc: exact (autodiff through the sampler) or paper (Eq. 14).
+    #[arg(long, value_enum, default_value = "exact")]
+    disc_grad: DiscGrad,
+    /// Target of L_disc: teacher (many-step Heun solution) or data (x + s_min eps).
+    #[arg(long, value_enum, default_value = "teacher")]
+    disc_target: DiscTarget,
+    /// Batch size of L_bound and stage 2.
+    #[arg(long, default_value_t = 32)]
+    batch: usize,
+    /// Batch size of L_disc.
+    #[arg(long, default_value_t = 32)]
+    disc_batch: usize,
+    /// Heun steps of the teacher reference solution.
+    #[arg(long, default_value_t = 64)]
+    teacher_steps: usize,
+    /// Teacher (noise, solution) pairs computed per round.
+    #[arg(long, default_value_t = 256)]
+    teacher_pool: usize,
+    /// EMA decay of the exported weights.
+    #[arg(long, default_value_t = 0.999)]
+    ema_decay: f64,
+    /// Largest level (default: the base bundle's s_0).
+    #[arg(long)]
+    s_max: Option<f64>,
+    /// Smallest level (default: the base bundle's s_{T-1}).
+    #[arg(long)]
+    s_min: Option<f64>,
+}
+
+#[derive(Args, Debug)]
+struct ExportArgs {
+    /// The run directory.
+    #[arg(long, value_name = "DIR")]
+    run: PathBuf,
+    /// The bundle to write.
+    #[arg(long, value_name = "FILE")]
+    out: PathBuf,
+    /// Bundle name (default: the run directory's name).
+    #[arg(long)]
+    name: Option<String>,
+    /// Free-text description.
+    #[arg(long, default_value = "")]
+    description: String,
+    /// For pre-training runs: T of the EDM rho = 7 schedule written with the weights.
+    #[arg(long, default_value_t = 8)]
+    t: usize,
+}
+
+#[derive(Args, Debug)]
+struct MixtureArgs {
+    /// Number of components.
+    #[arg(long, default_value_t = 4)]
+    components: usize,
+    /// Dimension.
+    #[arg(long, default_value_t = 16)]
+    dim: usize,
+    /// Seed of the means, stds and weights.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// T of the EDM schedule stored with it.
+    #[arg(long, default_value_t = 8)]
+    t: usize,
+    /// The bundle to write.
+    #[arg(long, value_name = "FILE")]
+    out: PathBuf,
+}
+
+/// Entry point of the `trainer` binary.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { ExitCode::from(2) } else { ExitCode::SUCCESS };
+        }
+    };
+    match dispatch(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn dispatch(command: Command) -> Result<()> {
+    match command {
+        Command::Pretrain(a) => pretrain(a),
+        Command::Finetune(a) => finetune(a),
+        Command::Export(a) => export(a),
+        Command::MakeMixture(a) => make_mixture(a),
+        Command::Bench(a) => crate::bench::run(a),
+    }
+}
+
+fn pretrain(a: PretrainArgs) -> Result<()> {
+    let data = a.data.load()?.context("pre-training needs --data")?;
+    let net = match a.net.as_str() {
+        "mlp" => NetConfig::Mlp(MlpConfig::new(data.dim()).with_hidden(a.hidden).with_depth(a.depth).with_label_dim(data.label_count as usize)),
+        _ => {
+            if data.shape.height != data.shape.width {
+                bail!("the U-Net needs square images, the data is {}x{}; pass --resize N", data.shape.width, data.shape.height);
+            }
+            NetConfig::UNet(
+                UNetConfig::new(data.shape.height as usize, data.shape.channels as usize, data.shape.channels as usize)
+                    .with_label_dim(data.label_count as usize)
+                    .with_model_channels(a.model_channels)
+                    .with_channel_mult(a.channel_mult)
+                    .with_num_blocks(a.num_blocks)
+                    .with_attn_resolutions(a.attn),
+            )
+        }
+    };
+    net.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let config = PretrainConfig {
+        net,
+        precond: Precond::Edm { sigma_data: a.sigma_data },
+        steps: a.steps,
+        batch: a.batch,
+        lr: a.lr,
+        ema_decay: a.ema_decay,
+        seed: a.run.seed,
+        checkpoint_every: a.run.checkpoint_every,
+        dataset: data.name.clone(),
+        image: data.shape,
+        label_count: data.label_count,
+    };
+    let device = crate::device(&a.run.device)?;
+    let run_dir = RunDir::create(&a.run.run)?;
+    let pt = crate::pretrain::run(&run_dir, config, &data, &device, a.run.stop_after, a.run.quiet)?;
+    println!("pre-training: {} of {} steps done; run directory {}", pt.step, pt.config.steps, run_dir.path.display());
+    Ok(())
+}
+
+fn finetune(a: FinetuneArgs) -> Result<()> {
+    let base_bytes = std::fs::read(&a.base).with_context(|| format!("cannot read base bundle {}", a.base.display()))?;
+    let base = Bundle::from_bytes(&base_bytes).with_context(|| format!("{}", a.base.display()))?;
+    // An absolute path keeps `trainer export` working from any directory.
+    let base_path = std::fs::canonicalize(&a.base).unwrap_or_else(|_| a.base.clone());
+    let mut c = FinetuneConfig::new(base_path, a.t as usize);
+    c.mode = a.mode;
+    c.rounds = a.rounds;
+    c.stage1_steps = a.stage1_steps;
+    c.stage2_steps = a.stage2_steps;
+    c.gamma = a.gamma;
+    c.lr_schedule = a.lr_schedule;
+    c.lr_weights = a.lr_weights;
+    c.warp = a.warp;
+    c.disc_grad = a.disc_grad;
+    c.disc_target = a.disc_target;
+    c.batch = a.batch;
+    c.disc_batch = a.disc_batch;
+    c.teacher_steps = a.teacher_steps;
+    c.teacher_pool = a.teacher_pool;
+    c.ema_decay = a.ema_decay;
+    c.s_max = a.s_max.unwrap_or(base.schedule.s_max() as f64);
+    c.s_min = a.s_min.unwrap_or(base.schedule.s_min() as f64);
+    c.seed = a.run.seed;
+    c.checkpoint_every = a.run.checkpoint_every;
+    c.validate()?;
+    let data = a.data.load()?;
+    let device = crate::device(&a.run.device)?;
+    let run_dir = RunDir::create(&a.run.run)?;
+    let ft = crate::finetune::run(&run_dir, c, data, &device, a.run.stop_after, a.run.quiet)?;
+    let s = ft.schedule()?;
+    println!(
+        "fine-tuning: {} of {} steps done; levels {:?}; run directory {}",
+        ft.step,
+        ft.config.total_steps(),
+        s.sigmas(),
+        run_dir.path.display()
+    );
+    Ok(())
+}
+
+fn export(a: ExportArgs) -> Result<()> {
+    let run_dir = RunDir { path: a.run.clone() };
+    let ck = run_dir.load_checkpoint()?.with_context(|| format!("{} has no checkpoint yet", a.run.display()))?;
+    let name = a.name.unwrap_or_else(|| a.run.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "fewstep".into()));
+    let bundle = if let Ok(c) = run_dir.load_config::<FinetuneConfig>() {
+        let base_bytes = std::fs::read(&c.base).with_context(|| format!("cannot read the run's base bundle {}", c.base.display()))?;
+        let base = Bundle::from_bytes(&base_bytes).with_context(|| format!("{}", c.base.display()))?;
+        crate::finetune::export_bundle(&c, &base, &ck, &name, &a.description)?
+    } else {
+        let c: PretrainConfig = run_dir.load_config().context("the run directory's config.json is neither a fine-tuning nor a pre-training config")?;
+        let mut b = crate::pretrain::export_bundle(&c, &ck, a.t, &name)?;
+        if !a.description.is_empty() {
+            b.description = a.description;
+        }
+        b
+    };
+    write_atomic(&a.out, &bundle.to_bytes()?)?;
+    println!("wrote {} (T = {}, {})", a.out.display(), bundle.schedule.len(), bundle.provenance.schedule_method);
+    Ok(())
+}
+
+fn make_mixture(a: MixtureArgs) -> Result<()> {
+    if a.components == 0 || a.dim == 0 {
+        bail!("--components and --dim must be positive");
+    }
+    let m = random_mixture(a.components, a.dim, a.seed);
+    let b = Bundle {
+        name: format!("gmm-{}x{}", a.components, a.dim),
+        description: format!("analytic isotropic Gaussian mixture, seed {}", a.seed),
+        image: ImageShape { channels: 1, height: 1, width: a.dim as u32 },
+        label_count: 0,
+        precond: Precond::default(),
+        schedule: Schedule::edm(a.t, 0.002, 80.0)?,
+        solver: SolverKind::Euler,
+        model: ModelSpec::Mixture(m),
+        provenance: Provenance { dataset: "synthetic mixture".into(), training_steps: 0, schedule_method: "edm-rho7".into(), created_unix: 0 },
+    };
+    write_atomic(&a.out, &b.to_bytes()?)?;
+    println!("wrote {}", a.out.display());
+    Ok(())
+}
+
+/// A mixture with means in [-1, 1]^d, stds in [0.05, 0.3] and uneven weights.
+pub fn random_mixture(k: usize, d: usize, seed: u64) -> Mixture {
+    let u = |i: u64| (rng::random_u64(seed, i) >> 11) as f64 / (1u64 << 53) as f64;
+    Mixture {
+        dim: d,
+        means: (0..k * d).map(|i| (2.0 * u(i as u64) - 1.0) as f32).collect(),
+        stds: (0..k).map(|i| (0.05 + 0.25 * u(1_000_000 + i as u64)) as f32).collect(),
+        weights: (0..k).map(|i| (0.5 + u(2_000_000 + i as u64)) as f32).collect(),
+    }
+}

@@ -1,0 +1,604 @@
+//! The two-stage alternating optimization (paper Algorithm 1, docs/method.md §5):
+//!
+//! ```text
+//! v = 0 (EDM rho = 7), theta = base network
+//! repeat R rounds:
+//!   stage 1, N1 steps: v     <- Adam on L_bound(s(v), theta) + gamma L_disc(s(v))   (theta frozen)
+//!   stage 2, N2 steps: theta <- Adam on L_bound(s, theta)                           (s frozen)
+//! ```
+//!
+//! and the ablations of paper Table 1. Every random draw is a function of `(seed, step)`, so
+//! a run resumed from its checkpoint reproduces an uninterrupted one.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use burn::module::Module;
+use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer};
+use burn::tensor::{Device, Tensor, TensorData};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use sampler_core::bundle::Bundle;
+use sampler_core::model::{Preconditioned, network_from_bytes, weights_to_bytes};
+use sampler_core::schedule::{Schedule, Warp, lambda_weights};
+use sampler_core::solver::{Denoiser, heun_to_min};
+
+use crate::data::{Dataset, noise, uniform_indices};
+use crate::losses::{Weighting, bound_loss, disc_loss_exact, disc_surrogate_paper};
+use crate::model::{Base, ScheduleLogits, update_ema};
+use crate::run::{Checkpoint, RunDir};
+
+/// Which rows of paper Table 1 to run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+pub enum Mode {
+    /// Alternate stage 1 (schedule) and stage 2 (weights).
+    TwoStage,
+    /// Stage 1 only: learn the schedule for the fixed network (the only mode for mixtures).
+    Stage1Only,
+    /// Stage 2 only, on EDM's schedule.
+    Stage2Only,
+    /// Stage 2 with EDM's loss weight `w(s_i)` instead of `lambda_i`, on EDM's schedule.
+    EdmWeightFinetune,
+}
+
+/// Gradient of `L_disc` with respect to the schedule (method.md §5).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+pub enum DiscGrad {
+    /// Autodiff through the unrolled sampler.
+    Exact,
+    /// The paper's Eq. 14 estimator.
+    Paper,
+}
+
+/// Target of `L_disc` (method.md §4).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+pub enum DiscTarget {
+    /// The same network's many-step Heun solution from the same initial noise.
+    Teacher,
+    /// `x + s_min eps'`, the paper's literal target.
+    Data,
+}
+
+/// Everything that defines a fine-tuning run (saved as the run's `config.json`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct FinetuneConfig {
+    /// The base bundle (network or mixture).
+    pub base: PathBuf,
+    /// Number of levels T (= denoiser evaluations of the sampler).
+    pub t: usize,
+    /// Which rows of the ablation.
+    pub mode: Mode,
+    /// Rounds of (stage 1, stage 2).
+    pub rounds: u64,
+    /// N1: stage-1 steps per round.
+    pub stage1_steps: u64,
+    /// N2: stage-2 steps per round.
+    pub stage2_steps: u64,
+    /// gamma: weight of L_disc in stage 1.
+    pub gamma: f64,
+    /// Adam learning rate of the schedule logits.
+    pub lr_schedule: f64,
+    /// Adam learning rate of the network weights.
+    pub lr_weights: f64,
+    /// Warp space of the parameterization.
+    pub warp: Warp,
+    /// Estimator of the L_disc gradient.
+    pub disc_grad: DiscGrad,
+    /// Target of L_disc.
+    pub disc_target: DiscTarget,
+    /// Batch size of L_bound and of stage 2.
+    pub batch: usize,
+    /// Batch size of L_disc.
+    pub disc_batch: usize,
+    /// Heun steps of the teacher reference.
+    pub teacher_steps: usize,
+    /// Number of (noise, teacher solution) pairs computed per round.
+    pub teacher_pool: usize,
+    /// Largest level (default: the base bundle's).
+    pub s_max: f64,
+    /// Smallest level (default: the base bundle's).
+    pub s_min: f64,
+    /// EMA decay of the weights (with warm-up `min(decay, (1+n)/(10+n))`).
+    pub ema_decay: f64,
+    /// Seed of every random draw.
+    pub seed: u64,
+    /// Steps between checkpoints.
+    pub checkpoint_every: u64,
+    /// Samples drawn from a mixture base as its data set.
+    pub mixture_samples: usize,
+}
+
+impl FinetuneConfig {
+    /// Defaults for `base` at `t` levels (the CLI fills the rest from flags).
+    pub fn new(base: PathBuf, t: usize) -> Self {
+        FinetuneConfig {
+            base,
+            t,
+            mode: Mode::TwoStage,
+            rounds: 4,
+            stage1_steps: 50,
+            stage2_steps: 100,
+            gamma: 1.0,
+            lr_schedule: 2e-2,
+            lr_weights: 2e-5,
+            warp: Warp::Rho7,
+            disc_grad: DiscGrad::Exact,
+            disc_target: DiscTarget::Teacher,
+            batch: 32,
+            disc_batch: 32,
+            teacher_steps: 64,
+            teacher_pool: 256,
+            s_max: 80.0,
+            s_min: 0.002,
+            ema_decay: 0.999,
+            seed: 0,
+            checkpoint_every: 50,
+            mixture_samples: 8192,
+        }
+    }
+
+    /// Steps per round for the mode: (stage-1 steps, stage-2 steps).
+    pub fn stage_lengths(&self) -> (u64, u64) {
+        match self.mode {
+            Mode::TwoStage => (self.stage1_steps, self.stage2_steps),
+            Mode::Stage1Only => (self.stage1_steps, 0),
+            Mode::Stage2Only | Mode::EdmWeightFinetune => (0, self.stage2_steps),
+        }
+    }
+
+    /// Total steps of the run.
+    pub fn total_steps(&self) -> u64 {
+        let (a, b) = self.stage_lengths();
+        self.rounds * (a + b)
+    }
+
+    /// Checks the numbers a user can get wrong.
+    pub fn validate(&self) -> Result<()> {
+        if self.t < 3 {
+            bail!("--t must be at least 3 (T = 2 has no free level to learn)");
+        }
+        if !(self.s_min > 0.0 && self.s_min < self.s_max) {
+            bail!("need 0 < s_min < s_max, got {} and {}", self.s_min, self.s_max);
+        }
+        if self.batch == 0 || self.disc_batch == 0 || self.teacher_pool == 0 || self.teacher_steps < 2 {
+            bail!("batch sizes and the teacher pool must be positive, teacher steps at least 2");
+        }
+        if !(self.gamma >= 0.0 && self.lr_schedule > 0.0 && self.lr_weights > 0.0) {
+            bail!("gamma must be >= 0 and learning rates > 0");
+        }
+        if !(0.0..1.0).contains(&self.ema_decay) {
+            bail!("--ema-decay must be in [0, 1)");
+        }
+        Ok(())
+    }
+
+    fn schedule_method(&self) -> String {
+        match self.mode {
+            Mode::TwoStage | Mode::Stage1Only => format!(
+                "{} {:?}/{:?} warp={} gamma={} rounds={}",
+                if self.mode == Mode::TwoStage { "two-stage" } else { "stage1-only" },
+                self.disc_target,
+                self.disc_grad,
+                self.warp.name(),
+                self.gamma,
+                self.rounds
+            )
+            .to_lowercase(),
+            Mode::Stage2Only => "edm-rho7 (stage2-only weights)".into(),
+            Mode::EdmWeightFinetune => "edm-rho7 (edm-weight finetune)".into(),
+        }
+    }
+}
+
+/// One line of the log.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StepRecord {
+    /// Global step.
+    pub step: u64,
+    /// 1 or 2.
+    pub stage: u8,
+    /// The optimized loss.
+    pub loss: f64,
+    /// Its L_bound part.
+    pub l_bound: f64,
+    /// Its L_disc part (stage 1).
+    pub l_disc: Option<f64>,
+}
+
+/// Streams of the run's random draws.
+mod purpose {
+    pub const BATCH_NOISE: u64 = 1;
+    pub const LEVELS: u64 = 2;
+    pub const DISC_NOISE: u64 = 3;
+    pub const DISC_TARGET_NOISE: u64 = 4;
+    pub const POOL_NOISE: u64 = 5;
+    pub const POOL_PICK: u64 = 6;
+    pub const PAPER_T: u64 = 7;
+    pub const POOL_LABELS: u64 = 8;
+}
+
+/// A fine-tuning run in memory.
+pub struct Finetune {
+    /// Its config.
+    pub config: FinetuneConfig,
+    base_bundle: Bundle,
+    base: Base,
+    data: Dataset,
+    logits: ScheduleLogits,
+    schedule_optim: ModuleOptimizer,
+    net_optim: ModuleOptimizer,
+    /// Steps done.
+    pub step: u64,
+    device: Device,
+    pool: Option<(u64, Tensor<2>, Tensor<2>, Option<Tensor<2>>)>,
+}
+
+impl Finetune {
+    /// Prepares a run from its config, its data and (when resuming) a checkpoint.
+    pub fn new(config: FinetuneConfig, data: Option<Dataset>, checkpoint: Option<Checkpoint>, device: &Device) -> Result<Self> {
+        config.validate()?;
+        let bytes = std::fs::read(&config.base).with_context(|| format!("cannot read base bundle {}", config.base.display()))?;
+        let base_bundle = Bundle::from_bytes(&bytes).with_context(|| format!("{}", config.base.display()))?;
+        let mut base = Base::from_bundle(&base_bundle, device)?;
+        if matches!(base, Base::Mixture { .. }) && config.mode != Mode::Stage1Only {
+            bail!("the base is an analytic mixture, which has no weights to fine-tune: use --mode stage1-only");
+        }
+        let data = match (data, &base) {
+            (Some(d), _) => d,
+            (None, Base::Mixture { mixture, .. }) => {
+                Dataset::from_mixture(mixture, config.mixture_samples, config.seed ^ 0xDA7A, base_bundle.image)
+            }
+            (None, Base::Network { .. }) => bail!("fine-tuning a network needs --data"),
+        };
+        if data.dim() != base.dim() {
+            bail!("the data has {} values per sample but the base model expects {}", data.dim(), base.dim());
+        }
+        if data.label_count != base_bundle.label_count {
+            bail!("the data has {} classes but the base model {}", data.label_count, base_bundle.label_count);
+        }
+        let t = config.t;
+        let mut logits = ScheduleLogits::new(&vec![0.0; t - 2], device);
+        let mut schedule_optim = AdamConfig::new().with_epsilon(1e-8).init();
+        let mut net_optim = AdamConfig::new().with_epsilon(1e-8).init();
+        let mut step = 0;
+        if let Some(ck) = checkpoint {
+            step = ck.step;
+            if let Some(v) = &ck.logits {
+                if v.len() != t - 2 {
+                    bail!("checkpoint has {} logits but T = {t} needs {}", v.len(), t - 2);
+                }
+                logits = ScheduleLogits::new(v, device);
+            }
+            if let Some(b) = ck.schedule_optim {
+                schedule_optim = schedule_optim.from_bytes(burn::tensor::Bytes::from_bytes_vec(b))?;
+            }
+            if let Some(b) = ck.net_optim {
+                net_optim = net_optim.from_bytes(burn::tensor::Bytes::from_bytes_vec(b))?;
+            }
+            if let Base::Network { config: nc, net, ema, .. } = &mut base {
+                if let Some(w) = &ck.net {
+                    *net = network_from_bytes(nc, w, device).map_err(|e| anyhow::anyhow!("checkpoint weights: {e}"))?;
+                }
+                if let Some(w) = &ck.ema {
+                    *ema = network_from_bytes(nc, w, device)
+                        .map_err(|e| anyhow::anyhow!("checkpoint EMA weights: {e}"))?
+                        .valid();
+                }
+            }
+        }
+        Ok(Finetune {
+            config,
+            base_bundle,
+            base,
+            data,
+            logits,
+            schedule_optim,
+            net_optim,
+            step,
+            device: device.clone(),
+            pool: None,
+        })
+    }
+
+    /// The current levels in f64.
+    pub fn schedule(&self) -> Result<Schedule> {
+        Ok(Schedule::from_logits(&self.logits.values(), self.config.s_min, self.config.s_max, self.config.warp)?)
+    }
+
+    /// The data set.
+    pub fn data(&self) -> &Dataset {
+        &self.data
+    }
+
+    /// Runs `f` with the shipped denoiser.
+    pub fn with_shipped<R>(&self, f: impl FnOnce(&dyn Denoiser) -> R) -> R {
+        self.base.with_shipped(f)
+    }
+
+    /// (round, stage) of global step `step`.
+    pub fn position(&self, step: u64) -> (u64, u8) {
+        let (n1, n2) = self.config.stage_lengths();
+        let per_round = (n1 + n2).max(1);
+        let round = step / per_round;
+        (round, if step % per_round < n1 { 1 } else { 2 })
+    }
+
+    /// The state to save.
+    pub fn checkpoint(&self) -> Result<Checkpoint> {
+        let (net, ema) = match &self.base {
+            Base::Network { net, ema, .. } => (
+                Some(weights_to_bytes(net).map_err(|e| anyhow::anyhow!("{e}"))?),
+                Some(weights_to_bytes(ema).map_err(|e| anyhow::anyhow!("{e}"))?),
+            ),
+            Base::Mixture { .. } => (None, None),
+        };
+        Ok(Checkpoint {
+            step: self.step,
+            net,
+            ema,
+            net_optim: Some(self.net_optim.into_bytes()?.to_vec()),
+            logits: Some(self.logits.values()),
+            schedule_optim: Some(self.schedule_optim.into_bytes()?.to_vec()),
+        })
+    }
+
+    /// (x_0, teacher target, labels) pool of `round`, computed with the shipped network.
+    fn teacher_pool(&mut self, round: u64) -> Result<(Tensor<2>, Tensor<2>, Option<Tensor<2>>)> {
+        if let Some((r, x0, target, labels)) = &self.pool {
+            if *r == round {
+                return Ok((x0.clone(), target.clone(), labels.clone()));
+            }
+        }
+        let c = &self.config;
+        let d = self.base.dim();
+        let n = c.teacher_pool;
+        let device = self.device.clone().without_autodiff();
+        let x0 = noise(c.seed, purpose::POOL_NOISE, round, n, d, &device).mul_scalar(c.s_max);
+        let labels = one_hot_labels(&uniform_indices(c.seed, purpose::POOL_LABELS, round, n, self.data.label_count.max(1) as usize), self.data.label_count, &device);
+        let reference = Schedule::edm(c.teacher_steps, c.s_min, c.s_max)?.to_tensor(&device);
+        let target = self.base.with_shipped(|den| {
+            // Chunks bound the memory of large networks.
+            let mut parts = Vec::new();
+            let chunk = 64;
+            for start in (0..n).step_by(chunk) {
+                let end = (start + chunk).min(n);
+                let lab = labels.clone().map(|l| l.slice(start..end));
+                parts.push(heun_to_min(den, x0.clone().slice(start..end), reference.clone(), lab, |_| {}));
+            }
+            Tensor::cat(parts, 0)
+        });
+        self.pool = Some((round, x0.clone(), target.clone(), labels.clone()));
+        Ok((x0, target, labels))
+    }
+
+    /// One optimization step; returns its record.
+    pub fn step_once(&mut self) -> Result<StepRecord> {
+        let step = self.step;
+        let (round, stage) = self.position(step);
+        let c = self.config.clone();
+        let t = c.t;
+        let d = self.base.dim();
+        let (x, labels) = self.data.batch(c.seed, step, c.batch, &self.device);
+        let eps = noise(c.seed, purpose::BATCH_NOISE, step, c.batch, d, &self.device);
+        let levels = uniform_indices(c.seed, purpose::LEVELS, step, c.batch, t - 1);
+        let precond = self.base_bundle.precond;
+        let record = if stage == 1 {
+            // Stage 1: the schedule learns; the shipped network is a constant.
+            let sigmas = self.logits.sigmas(c.s_min, c.s_max, c.warp);
+            let lambdas = lambda_weights(sigmas.clone());
+            let (l_bound, disc, objective) = {
+                let (disc_x0, target, disc_labels) = match c.disc_target {
+                    DiscTarget::Data => {
+                        let (xd, ld) = self.data.batch(c.seed ^ 0xD15C, step, c.disc_batch, &self.device);
+                        let e0 = noise(c.seed, purpose::DISC_NOISE, step, c.disc_batch, d, &self.device);
+                        let e1 = noise(c.seed, purpose::DISC_TARGET_NOISE, step, c.disc_batch, d, &self.device);
+                        (xd.clone() + e0.mul_scalar(c.s_max), xd + e1.mul_scalar(c.s_min), ld)
+                    }
+                    DiscTarget::Teacher => {
+                        let (px0, ptarget, plabels) = self.teacher_pool(round)?;
+                        let pick = uniform_indices(c.seed, purpose::POOL_PICK, step, c.disc_batch, c.teacher_pool);
+                        let idx = Tensor::<1, burn::tensor::Int>::from_data(
+                            TensorData::new(pick.iter().map(|&i| i as i64).collect::<Vec<_>>(), [pick.len()]),
+                            &px0.device(),
+                        );
+                        let dev = &self.device;
+                        (
+                            px0.select(0, idx.clone()).to_device(dev),
+                            ptarget.select(0, idx.clone()).to_device(dev),
+                            plabels.map(|l| l.select(0, idx).to_device(dev)),
+                        )
+                    }
+                };
+                self.base.with_shipped(|den| {
+                    let l_bound = bound_loss(den, x, labels, sigmas.clone(), lambdas, &levels, eps, Weighting::Lambda, precond);
+                    let (disc_value, disc_term) = match c.disc_grad {
+                        DiscGrad::Exact => {
+                            let l = disc_loss_exact(den, disc_x0, disc_labels, sigmas.clone(), target);
+                            (l.clone(), l)
+                        }
+                        DiscGrad::Paper => {
+                            let ts = uniform_indices(c.seed, purpose::PAPER_T, step, 1, t - 1);
+                            let (sur, l) = disc_surrogate_paper(den, disc_x0, disc_labels, sigmas.clone(), target, &ts);
+                            (l, sur)
+                        }
+                    };
+                    let objective = l_bound.clone() + disc_term.mul_scalar(c.gamma);
+                    (l_bound, disc_value, objective)
+                })
+            };
+            let grads = objective.backward();
+            let l_bound_v = scalar(&l_bound);
+            let disc_v = scalar(&disc);
+            let loss = l_bound_v + c.gamma * disc_v;
+            check_finite(loss, step, 1)?;
+            let gp = GradientsParams::from_grads(grads, &self.logits);
+            let logits = std::mem::replace(&mut self.logits, ScheduleLogits::new(&[], &self.device));
+            self.logits = self.schedule_optim.step(c.lr_schedule, logits, gp);
+            StepRecord { step, stage: 1, loss, l_bound: l_bound_v, l_disc: Some(disc_v) }
+        } else {
+            // Stage 2: the weights learn on the frozen levels.
+            let n = self.step_in_stage2();
+            let plain = self.device.clone().without_autodiff();
+            let Base::Network { config, net, ema, precond } = &mut self.base else {
+                bail!("stage 2 needs a network");
+            };
+            let sigmas = match c.mode {
+                Mode::Stage2Only | Mode::EdmWeightFinetune => Schedule::edm(t, c.s_min, c.s_max)?.to_tensor(&self.device),
+                _ => self.logits.sigmas(c.s_min, c.s_max, c.warp).detach(),
+            };
+            let lambdas = lambda_weights(sigmas.clone()).detach();
+            let weighting = if c.mode == Mode::EdmWeightFinetune { Weighting::Edm } else { Weighting::Lambda };
+            let den = Preconditioned { net, precond: *precond, dim: config.dim() };
+            let loss_t = bound_loss(&den, x, labels, sigmas, lambdas, &levels, eps, weighting, *precond);
+            let loss = scalar(&loss_t);
+            check_finite(loss, step, 2)?;
+            let gp = GradientsParams::from_grads(loss_t.backward(), &*net);
+            let taken = std::mem::replace(net, config.init(&plain));
+            *net = self.net_optim.step(c.lr_weights, taken, gp);
+            let decay = c.ema_decay.min((1.0 + n as f64) / (10.0 + n as f64));
+            let old = std::mem::replace(ema, config.init(&plain));
+            *ema = update_ema(old, net, decay);
+            StepRecord { step, stage: 2, loss, l_bound: loss, l_disc: None }
+        };
+        self.step += 1;
+        Ok(record)
+    }
+
+    /// Number of stage-2 steps before the current one.
+    fn step_in_stage2(&self) -> u64 {
+        let (n1, n2) = self.config.stage_lengths();
+        let per = (n1 + n2).max(1);
+        let done_rounds = self.step / per;
+        done_rounds * n2 + (self.step % per).saturating_sub(n1)
+    }
+
+    /// The stage-1 objective at the current levels on fixed evaluation draws: `L_bound`
+    /// summed over every level exactly (each row at all T-1 levels) and `L_disc` with the
+    /// run's target, both without gradients. Returns `(L_bound, L_disc)`.
+    pub fn objective(&self, eval_seed: u64, rows: usize) -> Result<(f64, f64)> {
+        let c = &self.config;
+        let device = self.device.clone().without_autodiff();
+        let t = c.t;
+        let d = self.base.dim();
+        let sigmas = self.schedule()?.to_tensor(&device);
+        let lambdas = lambda_weights(sigmas.clone());
+        let (x, labels) = self.data.batch(eval_seed, 0, rows, &device);
+        let repeat = |m: Tensor<2>| Tensor::cat(vec![m; t - 1], 0);
+        let levels: Vec<usize> = (0..t - 1).flat_map(|i| std::iter::repeat_n(i, rows)).collect();
+        let eps = noise(eval_seed, purpose::BATCH_NOISE, 0, rows * (t - 1), d, &device);
+        let precond = self.base_bundle.precond;
+        self.base.with_shipped(|den| -> Result<(f64, f64)> {
+            let l_bound = bound_loss(den, repeat(x.clone()), labels.clone().map(repeat), sigmas.clone(), lambdas, &levels, eps, Weighting::Lambda, precond);
+            let (x0, target) = match c.disc_target {
+                DiscTarget::Data => {
+                    let e0 = noise(eval_seed, purpose::DISC_NOISE, 0, rows, d, &device);
+                    let e1 = noise(eval_seed, purpose::DISC_TARGET_NOISE, 0, rows, d, &device);
+                    (x.clone() + e0.mul_scalar(c.s_max), x.clone() + e1.mul_scalar(c.s_min))
+                }
+                DiscTarget::Teacher => {
+                    let x0 = noise(eval_seed, purpose::POOL_NOISE, 0, rows, d, &device).mul_scalar(c.s_max);
+                    let reference = Schedule::edm(c.teacher_steps, c.s_min, c.s_max)?.to_tensor(&device);
+                    let target = heun_to_min(den, x0.clone(), reference, labels.clone(), |_| {});
+                    (x0, target)
+                }
+            };
+            let l_disc = disc_loss_exact(den, x0, labels.clone(), sigmas.clone(), target);
+            Ok((scalar(&l_bound), scalar(&l_disc)))
+        })
+    }
+
+    /// The bundle of the current state: shipped weights + learned levels.
+    pub fn export(&self, name: &str, description: &str) -> Result<Bundle> {
+        export_bundle(&self.config, &self.base_bundle, &self.checkpoint()?, name, description)
+    }
+}
+
+/// The bundle of a checkpoint: the base bundle with the EMA weights and the learned (or,
+/// for the weight-only ablations, EDM's) levels, and updated provenance.
+pub fn export_bundle(config: &FinetuneConfig, base: &Bundle, ck: &Checkpoint, name: &str, description: &str) -> Result<Bundle> {
+    let mut b = base.clone();
+    b.name = name.to_string();
+    b.description = description.to_string();
+    b.schedule = match (config.mode, &ck.logits) {
+        (Mode::Stage2Only | Mode::EdmWeightFinetune, _) | (_, None) => Schedule::edm(config.t, config.s_min, config.s_max)?,
+        (_, Some(v)) => Schedule::from_logits(v, config.s_min, config.s_max, config.warp)?,
+    };
+    if let (sampler_core::bundle::ModelSpec::Network { weights, .. }, Some(ema)) = (&mut b.model, &ck.ema) {
+        weights.clone_from(ema);
+    }
+    b.provenance.training_steps += ck.step;
+    b.provenance.schedule_method = config.schedule_method();
+    b.provenance.created_unix =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    b.validate()?;
+    Ok(b)
+}
+
+fn one_hot_labels(ks: &[usize], label_count: u32, device: &Device) -> Option<Tensor<2>> {
+    if label_count == 0 {
+        return None;
+    }
+    let l = label_count as usize;
+    let mut oh = vec![0f32; ks.len() * l];
+    for (i, &k) in ks.iter().enumerate() {
+        oh[i * l + k] = 1.0;
+    }
+    Some(Tensor::from_data(TensorData::new(oh, [ks.len(), l]), device))
+}
+
+/// The value of a one-element tensor.
+pub fn scalar(t: &Tensor<1>) -> f64 {
+    t.clone().inner().into_scalar::<f64>()
+}
+
+fn check_finite(loss: f64, step: u64, stage: u8) -> Result<()> {
+    if !loss.is_finite() {
+        bail!(
+            "the stage-{stage} loss became {loss} at step {step}; stopping. The last good checkpoint is kept; \
+             lower the learning rate (--lr-schedule / --lr-weights) and resume"
+        );
+    }
+    Ok(())
+}
+
+/// Runs a fine-tuning run to its end (or to `stop_after` steps), logging every step,
+/// checkpointing every `checkpoint_every` steps and at the end.
+pub fn run(run_dir: &RunDir, config: FinetuneConfig, data: Option<Dataset>, device: &Device, stop_after: Option<u64>, quiet: bool) -> Result<Finetune> {
+    let checkpoint = run_dir.load_checkpoint()?;
+    if let Some(ck) = &checkpoint {
+        let saved: FinetuneConfig = run_dir.load_config()?;
+        if saved != config {
+            bail!("{} holds a run with another config; use a new --run directory or the same flags", run_dir.path.display());
+        }
+        run_dir.truncate_log(ck.step)?;
+    } else {
+        run_dir.save_config(&config)?;
+        run_dir.truncate_log(0)?;
+    }
+    let mut ft = Finetune::new(config, data, checkpoint, device)?;
+    let total = ft.config.total_steps();
+    let end = stop_after.map_or(total, |s| s.min(total));
+    let bar = crate::progress(total, quiet);
+    bar.set_position(ft.step);
+    let start = Instant::now();
+    let first = ft.step;
+    while ft.step < end {
+        let rec = ft.step_once()?;
+        let mut entry = json!({"step": rec.step, "stage": rec.stage, "loss": rec.loss, "l_bound": rec.l_bound});
+        if let Some(l) = rec.l_disc {
+            entry["l_disc"] = json!(l);
+            entry["sigmas"] = json!(ft.schedule()?.sigmas());
+        }
+        run_dir.log(&entry)?;
+        let rate = (ft.step - first) as f64 / start.elapsed().as_secs_f64().max(1e-9);
+        bar.set_message(format!("stage {} loss {:.4} {:.2} steps/s", rec.stage, rec.loss, rate));
+        bar.set_position(ft.step);
+        if ft.step % ft.config.checkpoint_every.max(1) == 0 || ft.step == end {
+            run_dir.save_checkpoint(&ft.checkpoint()?)?;
+        }
+    }
+    bar.finish_and_clear();
+    Ok(ft)
+}

@@ -1,0 +1,44 @@
+//! fewstep's trainer: data sets, EDM pre-training, the two-stage schedule/weight
+//! optimization of the paper (Algorithm 1), export to bundles, and a benchmark. Every
+//! formula it optimizes (schedule, preconditioning, network, solvers) comes from
+//! sampler-core, so what is trained is exactly what ships.
+
+pub mod bench;
+pub mod cli;
+pub mod data;
+pub mod eval;
+pub mod finetune;
+pub mod losses;
+pub mod model;
+pub mod pretrain;
+pub mod run;
+
+use indicatif::{ProgressBar, ProgressStyle};
+
+/// A progress bar on stderr for `total` steps (hidden when `quiet` or not a terminal).
+pub fn progress(total: u64, quiet: bool) -> ProgressBar {
+    use std::io::IsTerminal;
+    if quiet || !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(total);
+    if let Ok(style) = ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} eta {eta}") {
+        bar.set_style(style);
+    }
+    bar
+}
+
+/// The compute device named on the command line: `flex` (CPU, default), or `vulkan` /
+/// `cuda` when built with those features; with autodiff for training.
+pub fn device(name: &str) -> anyhow::Result<burn::tensor::Device> {
+    let base = match name {
+        "flex" | "cpu" => burn::tensor::Device::flex(),
+        #[cfg(feature = "vulkan")]
+        "vulkan" => burn::tensor::Device::vulkan(burn::tensor::DeviceKind::DiscreteGpu(0)),
+        #[cfg(feature = "cuda")]
+        "cuda" => burn::tensor::Device::cuda(0),
+        "vulkan" | "cuda" => anyhow::bail!("this trainer was built without the '{name}' feature; rebuild with --features {name}"),
+        other => anyhow::bail!("unknown device '{other}': expected flex, vulkan or cuda"),
+    };
+    Ok(base.autodiff())
+}

@@ -1,0 +1,139 @@
+//! What the trainer optimizes: a base denoiser (a network with its EMA copy, or an exact
+//! mixture) and the schedule logits `v` (docs/method.md §3) as a burn module.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
+use burn::tensor::{Device, Tensor, TensorData};
+use sampler_core::bundle::{Bundle, ModelSpec};
+use sampler_core::gmm::{Mixture, MixtureDenoiser};
+use sampler_core::model::{NetConfig, Network, Preconditioned, network_from_bytes, weights_to_bytes};
+use sampler_core::precond::Precond;
+use sampler_core::schedule::{Warp, sigmas_from_logits};
+use sampler_core::solver::Denoiser;
+
+/// Fixed id of the logits parameter (network ids are random and saved with the weights).
+const SCHEDULE_PARAM_ID: u64 = 0x5C4E_D01E;
+
+/// The learnable schedule: `T - 2` logits of the softmax-increment parameterization.
+#[derive(Module, Debug)]
+pub struct ScheduleLogits {
+    /// `v`, `[T - 2]`.
+    pub v: Param<Tensor<1>>,
+}
+
+impl ScheduleLogits {
+    /// Logits `v` on `device` (an autodiff device makes them trainable), in the device's
+    /// float type. The parameter id is fixed so a resumed optimizer finds its state.
+    pub fn new(v: &[f64], device: &Device) -> Self {
+        let t = Tensor::<1>::from_data(TensorData::new(v.to_vec(), [v.len()]), device);
+        let mut v = Param::from_tensor(t);
+        v.id = ParamId::from(SCHEDULE_PARAM_ID);
+        ScheduleLogits { v }
+    }
+
+    /// The levels `s_0..s_{T-1}`, differentiable in `v`.
+    pub fn sigmas(&self, s_min: f64, s_max: f64, warp: Warp) -> Tensor<1> {
+        sigmas_from_logits(self.v.val(), s_min, s_max, warp)
+    }
+
+    /// Current logits as numbers.
+    pub fn values(&self) -> Vec<f64> {
+        self.v.val().try_into_vec_as::<f64>().unwrap_or_default()
+    }
+}
+
+/// Flex draws initial weights from one global RNG: seed, build and materialize under one
+/// lock so concurrent runs in one process cannot interleave their draws.
+static INIT_LOCK: Mutex<()> = Mutex::new(());
+
+/// A freshly initialized network, identical for the same `seed`.
+pub fn init_network(config: &NetConfig, seed: u64, device: &Device) -> Network {
+    let _guard = INIT_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    device.seed(seed);
+    let net = config.init(device);
+    // Initializers are lazy: touch every parameter now, while the seed is ours.
+    let bytes = weights_to_bytes(&net).expect("a fresh network serializes");
+    network_from_bytes(config, &bytes, device).expect("a fresh network reloads")
+}
+
+/// The denoiser being fine-tuned.
+pub enum Base {
+    /// A network: the weights being trained, their EMA (what ships), the preconditioning.
+    Network {
+        /// Architecture.
+        config: NetConfig,
+        /// Trained weights (on the autodiff device).
+        net: Network,
+        /// Exponential moving average of `net` (no autodiff).
+        ema: Network,
+        /// Preconditioning.
+        precond: Precond,
+    },
+    /// An exact Gaussian mixture: nothing to train but the schedule.
+    Mixture {
+        /// Parameters.
+        mixture: Mixture,
+        /// On the device.
+        den: MixtureDenoiser,
+    },
+}
+
+impl Base {
+    /// Loads the model of `bundle`; networks land on `device` (autodiff for training).
+    pub fn from_bundle(bundle: &Bundle, device: &Device) -> anyhow::Result<Base> {
+        Ok(match &bundle.model {
+            ModelSpec::Network { config, weights } => {
+                let net = network_from_bytes(config, weights, device)
+                    .map_err(|e| anyhow::anyhow!("base bundle weights: {e}"))?;
+                Base::Network { config: config.clone(), ema: net.valid(), net, precond: bundle.precond }
+            }
+            ModelSpec::Mixture(m) => Base::Mixture { mixture: m.clone(), den: m.to_device(device)? },
+        })
+    }
+
+    /// Dimension of one sample.
+    pub fn dim(&self) -> usize {
+        match self {
+            Base::Network { config, .. } => config.dim(),
+            Base::Mixture { mixture, .. } => mixture.dim,
+        }
+    }
+
+    /// Runs `f` with the shipped denoiser (EMA weights, no autodiff on the weights).
+    pub fn with_shipped<R>(&self, f: impl FnOnce(&dyn Denoiser) -> R) -> R {
+        match self {
+            Base::Network { ema, precond, config, .. } => {
+                f(&Preconditioned { net: ema, precond: *precond, dim: config.dim() })
+            }
+            Base::Mixture { den, .. } => f(den),
+        }
+    }
+}
+
+/// `ema <- decay * ema + (1 - decay) * net`, matching parameters by id.
+pub fn update_ema(ema: Network, net: &Network, decay: f64) -> Network {
+    struct Collect(HashMap<ParamId, Tensor<1>>);
+    impl ModuleVisitor for Collect {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            let t = param.val().inner();
+            let n = t.shape().num_elements();
+            self.0.insert(param.id, t.reshape([n]));
+        }
+    }
+    struct Blend(HashMap<ParamId, Tensor<1>>, f64);
+    impl ModuleMapper for Blend {
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+            let Some(src) = self.0.remove(&param.id) else { return param };
+            let decay = self.1;
+            param.map(|e| {
+                let dims = e.dims();
+                e.mul_scalar(decay) + src.reshape(dims).mul_scalar(1.0 - decay)
+            })
+        }
+    }
+    let mut c = Collect(HashMap::new());
+    net.visit(&mut c);
+    ema.map(&mut Blend(c.0, decay))
+}

@@ -1,0 +1,223 @@
+//! EDM pre-training of the base network from scratch (docs/method.md §1): Adam on
+//! `w(s) ||D(x + s eps, s) - x||^2` with `ln s ~ N(-1.2, 1.2^2)`, an EMA of the weights for
+//! export, periodic atomic checkpoints, resumable.
+
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use burn::module::Module;
+use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer};
+use burn::tensor::{Device, Tensor, TensorData};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use sampler_core::bundle::{Bundle, ModelSpec, Provenance, SolverKind};
+use sampler_core::model::{NetConfig, Network, Preconditioned, network_from_bytes, weights_to_bytes};
+use sampler_core::precond::Precond;
+use sampler_core::rng;
+use sampler_core::schedule::Schedule;
+
+use crate::data::{Dataset, noise};
+use crate::finetune::scalar;
+use crate::losses::edm_loss;
+use crate::model::{init_network, update_ema};
+use crate::run::{Checkpoint, RunDir};
+
+/// EDM's `P_mean`.
+pub const P_MEAN: f64 = -1.2;
+/// EDM's `P_std`.
+pub const P_STD: f64 = 1.2;
+
+/// Everything that defines a pre-training run (its `config.json`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct PretrainConfig {
+    /// The network.
+    pub net: NetConfig,
+    /// Preconditioning (EDM with `sigma_data`).
+    pub precond: Precond,
+    /// Optimizer steps.
+    pub steps: u64,
+    /// Batch size.
+    pub batch: usize,
+    /// Adam learning rate.
+    pub lr: f64,
+    /// EMA decay (with warm-up).
+    pub ema_decay: f64,
+    /// Seed of initialization, batches and noise.
+    pub seed: u64,
+    /// Steps between checkpoints.
+    pub checkpoint_every: u64,
+    /// Name of the data set, for provenance.
+    pub dataset: String,
+    /// Shape of one image of the data.
+    pub image: sampler_core::bundle::ImageShape,
+    /// Number of classes of the data (0: unconditional).
+    pub label_count: u32,
+}
+
+/// A pre-training run in memory.
+pub struct Pretrain {
+    /// Its config.
+    pub config: PretrainConfig,
+    net: Network,
+    ema: Network,
+    optim: ModuleOptimizer,
+    /// Steps done.
+    pub step: u64,
+    device: Device,
+}
+
+impl Pretrain {
+    /// A fresh run (or one continued from `checkpoint`).
+    pub fn new(config: PretrainConfig, checkpoint: Option<Checkpoint>, device: &Device) -> Result<Self> {
+        config.net.validate().map_err(|e| anyhow::anyhow!("network config: {e}"))?;
+        if config.batch == 0 || !(config.lr > 0.0) || !(0.0..1.0).contains(&config.ema_decay) {
+            bail!("--batch must be positive, --lr > 0 and --ema-decay in [0, 1)");
+        }
+        let mut net = init_network(&config.net, config.seed, device);
+        let mut ema = net.valid();
+        let mut optim = AdamConfig::new().with_epsilon(1e-8).init();
+        let mut step = 0;
+        if let Some(ck) = checkpoint {
+            step = ck.step;
+            let load = |w: &Option<Vec<u8>>, what: &str| -> Result<Option<Network>> {
+                w.as_ref()
+                    .map(|w| network_from_bytes(&config.net, w, device).map_err(|e| anyhow::anyhow!("checkpoint {what}: {e}")))
+                    .transpose()
+            };
+            if let Some(n) = load(&ck.net, "weights")? {
+                net = n;
+            }
+            if let Some(e) = load(&ck.ema, "EMA weights")? {
+                ema = e.valid();
+            }
+            if let Some(b) = ck.net_optim {
+                optim = optim.from_bytes(burn::tensor::Bytes::from_bytes_vec(b))?;
+            }
+        }
+        Ok(Pretrain { config, net, ema, optim, step, device: device.clone() })
+    }
+
+    /// One Adam step on a batch; returns the loss.
+    pub fn step_once(&mut self, data: &Dataset) -> Result<f64> {
+        let c = &self.config;
+        let d = data.dim();
+        let (x, labels) = data.batch(c.seed, self.step, c.batch, &self.device);
+        let eps = noise(c.seed, 11, self.step, c.batch, d, &self.device);
+        let stream = rng::random_u64(c.seed ^ 12, self.step);
+        let ln_sigma: Vec<f32> =
+            rng::gaussian_vec(stream, c.batch).iter().map(|z| (P_MEAN + P_STD * *z as f64) as f32).collect();
+        let ln_sigma = Tensor::<1>::from_data(TensorData::new(ln_sigma, [c.batch]), &self.device);
+        let den = Preconditioned { net: &self.net, precond: c.precond, dim: d };
+        let loss_t = edm_loss(&den, x, labels, ln_sigma, eps, c.precond);
+        let loss = scalar(&loss_t);
+        if !loss.is_finite() {
+            bail!("the loss became {loss} at step {}; the last good checkpoint is kept; lower --lr and resume", self.step);
+        }
+        let gp = GradientsParams::from_grads(loss_t.backward(), &self.net);
+        let placeholder = self.config.net.init(&self.device.clone().without_autodiff());
+        let net = std::mem::replace(&mut self.net, placeholder);
+        self.net = self.optim.step(self.config.lr, net, gp);
+        let n = self.step as f64;
+        let decay = self.config.ema_decay.min((1.0 + n) / (10.0 + n));
+        let placeholder = self.config.net.init(&self.device.clone().without_autodiff());
+        let ema = std::mem::replace(&mut self.ema, placeholder);
+        self.ema = update_ema(ema, &self.net, decay);
+        self.step += 1;
+        Ok(loss)
+    }
+
+    /// The state to save.
+    pub fn checkpoint(&self) -> Result<Checkpoint> {
+        Ok(Checkpoint {
+            step: self.step,
+            net: Some(weights_to_bytes(&self.net).map_err(|e| anyhow::anyhow!("{e}"))?),
+            ema: Some(weights_to_bytes(&self.ema).map_err(|e| anyhow::anyhow!("{e}"))?),
+            net_optim: Some(self.optim.into_bytes()?.to_vec()),
+            logits: None,
+            schedule_optim: None,
+        })
+    }
+
+    /// A bundle of the EMA weights with EDM's rho = 7 schedule of `t` levels.
+    pub fn export(&self, t: usize, name: &str) -> Result<Bundle> {
+        export_bundle(&self.config, &self.checkpoint()?, t, name)
+    }
+}
+
+/// The bundle of a pre-training checkpoint: EMA weights, EDM's rho = 7 levels.
+pub fn export_bundle(config: &PretrainConfig, ck: &Checkpoint, t: usize, name: &str) -> Result<Bundle> {
+    let weights = ck.ema.clone().context("the checkpoint has no EMA weights")?;
+    let b = Bundle {
+            name: name.to_string(),
+            description: format!("EDM-pretrained {} on {}", kind(&config.net), config.dataset),
+            image: config.image,
+            label_count: config.label_count,
+            precond: config.precond,
+            schedule: Schedule::edm(t, 0.002, 80.0)?,
+            solver: SolverKind::Euler,
+            model: ModelSpec::Network { config: config.net.clone(), weights },
+            provenance: Provenance {
+                dataset: config.dataset.clone(),
+                training_steps: ck.step,
+                schedule_method: "edm-rho7".into(),
+                created_unix: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0),
+            },
+        };
+    b.validate()?;
+    Ok(b)
+}
+
+fn kind(n: &NetConfig) -> &'static str {
+    match n {
+        NetConfig::UNet(_) => "U-Net",
+        NetConfig::Mlp(_) => "MLP",
+    }
+}
+
+/// Runs pre-training to the end (or `stop_after` steps) with logging and checkpoints.
+pub fn run(run_dir: &RunDir, config: PretrainConfig, data: &Dataset, device: &Device, stop_after: Option<u64>, quiet: bool) -> Result<Pretrain> {
+    if config.image != data.shape || config.label_count != data.label_count {
+        bail!("the config's image shape/classes differ from the data's");
+    }
+    if config.net.dim() != data.dim() {
+        bail!("the network expects {} values per sample but the data has {}", config.net.dim(), data.dim());
+    }
+    if config.net.label_dim() != data.label_count as usize {
+        bail!("the network has {} label inputs but the data has {} classes", config.net.label_dim(), data.label_count);
+    }
+    let checkpoint = run_dir.load_checkpoint()?;
+    if let Some(ck) = &checkpoint {
+        let saved: PretrainConfig = run_dir.load_config().context("resuming")?;
+        if saved != config {
+            bail!("{} holds a run with another config; use a new --run directory or the same flags", run_dir.path.display());
+        }
+        run_dir.truncate_log(ck.step)?;
+    } else {
+        run_dir.save_config(&config)?;
+        run_dir.truncate_log(0)?;
+    }
+    let mut pt = Pretrain::new(config, checkpoint, device)?;
+    let total = pt.config.steps;
+    let end = stop_after.map_or(total, |s| s.min(total));
+    let bar = crate::progress(total, quiet);
+    bar.set_position(pt.step);
+    let start = Instant::now();
+    let first = pt.step;
+    while pt.step < end {
+        let step = pt.step;
+        let loss = pt.step_once(data)?;
+        run_dir.log(&json!({"step": step, "loss": loss}))?;
+        let rate = (pt.step - first) as f64 / start.elapsed().as_secs_f64().max(1e-9);
+        bar.set_message(format!("loss {loss:.4} {rate:.2} steps/s"));
+        bar.set_position(pt.step);
+        if pt.step % pt.config.checkpoint_every.max(1) == 0 || pt.step == end {
+            run_dir.save_checkpoint(&pt.checkpoint()?)?;
+        }
+    }
+    bar.finish_and_clear();
+    Ok(pt)
+}

@@ -1,0 +1,96 @@
+//! Stage 1 on an analytic mixture (no network error): the learned schedule against EDM's.
+
+use sampler_core::bundle::Bundle;
+use sampler_core::schedule::Schedule;
+use trainer::eval::{ScheduleEval, evaluate_schedule};
+use trainer::finetune::{DiscGrad, DiscTarget, Finetune, FinetuneConfig, Mode};
+
+fn mixture_bundle(dir: &std::path::Path) -> std::path::PathBuf {
+    let m = trainer::cli::random_mixture(4, 16, 3);
+    let b = Bundle {
+        name: "gmm".into(),
+        description: String::new(),
+        image: sampler_core::bundle::ImageShape { channels: 1, height: 1, width: 16 },
+        label_count: 0,
+        precond: Default::default(),
+        schedule: Schedule::edm(5, 0.002, 80.0).unwrap(),
+        solver: sampler_core::bundle::SolverKind::Euler,
+        model: sampler_core::bundle::ModelSpec::Mixture(m),
+        provenance: Default::default(),
+    };
+    let p = dir.join("gmm.bin");
+    std::fs::write(&p, b.to_bytes().unwrap()).unwrap();
+    p
+}
+
+fn config(base: std::path::PathBuf, target: DiscTarget, gamma: f64) -> FinetuneConfig {
+    let mut c = FinetuneConfig::new(base, 5);
+    c.mode = Mode::Stage1Only;
+    c.rounds = 1;
+    c.stage1_steps = 120;
+    c.gamma = gamma;
+    c.disc_target = target;
+    c.disc_grad = DiscGrad::Exact;
+    c.lr_schedule = 5e-2;
+    c.batch = 64;
+    c.disc_batch = 64;
+    c.teacher_pool = 512;
+    c.teacher_steps = 128;
+    c
+}
+
+/// Trains, then evaluates EDM's and the learned schedule on held-out noise.
+fn train(c: FinetuneConfig) -> (Finetune, ScheduleEval, ScheduleEval, (f64, f64), (f64, f64)) {
+    let device = burn::tensor::Device::flex().autodiff();
+    let mut ft = Finetune::new(c, None, None, &device).unwrap();
+    let before = ft.objective(999, 256).unwrap();
+    while ft.step < ft.config.total_steps() {
+        ft.step_once().unwrap();
+    }
+    let after = ft.objective(999, 256).unwrap();
+    let plain = device.clone().without_autodiff();
+    let truth = match sampler_core::Bundle::from_bytes(&std::fs::read(&ft.config.base).unwrap()).unwrap().model {
+        sampler_core::bundle::ModelSpec::Mixture(m) => m.to_device(&plain).unwrap(),
+        _ => unreachable!(),
+    };
+    let edm = Schedule::edm(5, 0.002, 80.0).unwrap();
+    let learned = ft.schedule().unwrap();
+    let e = evaluate_schedule(&truth, Some(&truth), &edm, 512, 1024, 4242, None, &plain).unwrap();
+    let l = evaluate_schedule(&truth, Some(&truth), &learned, 512, 1024, 4242, None, &plain).unwrap();
+    eprintln!(
+        "{:?} gamma={}: levels {:?}\n  EDM     trunc {:.4} loglik {:.3}\n  learned trunc {:.4} loglik {:.3}\n  objective (L_bound, L_disc) {:?} -> {:?}",
+        ft.config.disc_target,
+        ft.config.gamma,
+        learned.sigmas(),
+        e.trunc_rmse,
+        e.mean_loglik.unwrap(),
+        l.trunc_rmse,
+        l.mean_loglik.unwrap(),
+        before,
+        after
+    );
+    (ft, e, l, before, after)
+}
+
+#[test]
+fn teacher_target_beats_edm_truncation_error_and_likelihood() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, edm, learned, _, _) = train(config(mixture_bundle(dir.path()), DiscTarget::Teacher, 1.0));
+    assert!(
+        learned.trunc_rmse <= 0.75 * edm.trunc_rmse,
+        "truncation error {} not 25% below EDM's {}",
+        learned.trunc_rmse,
+        edm.trunc_rmse
+    );
+    assert!(learned.mean_loglik.unwrap() > edm.mean_loglik.unwrap(), "likelihood did not rise");
+}
+
+#[test]
+fn data_target_and_bound_alone_lower_their_objectives() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = mixture_bundle(dir.path());
+    let (_, _, _, before, after) = train(config(base.clone(), DiscTarget::Data, 1.0));
+    assert!(after.0 + after.1 < before.0 + before.1, "data target: {before:?} -> {after:?}");
+    let (_, _, _, before, after) = train(config(base, DiscTarget::Data, 0.0));
+    assert!(after.0 < before.0, "L_bound alone: {before:?} -> {after:?}");
+}
