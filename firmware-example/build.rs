@@ -6,7 +6,8 @@ use std::path::PathBuf;
 
 fn main() {
     let out = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
-    let here = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let here =
+        PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     std::fs::copy(here.join("memory.x"), out.join("memory.x")).expect("copy memory.x");
     println!("cargo:rustc-link-search={}", out.display());
     println!("cargo:rustc-link-arg-bins=-Tlink.x");
@@ -19,6 +20,9 @@ fn main() {
     };
     println!("cargo:rerun-if-changed={}", bundle.display());
     if let Err(e) = std::fs::copy(&bundle, out.join("bundle.bin")) {
-        panic!("cannot read the bundle to embed, {}: {e} (set FEWSTEP_BUNDLE to a bundle file)", bundle.display());
+        panic!(
+            "cannot read the bundle to embed, {}: {e} (set FEWSTEP_BUNDLE to a bundle file)",
+            bundle.display()
+        );
     }
 }

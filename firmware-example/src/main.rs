@@ -52,12 +52,17 @@ unsafe impl GlobalAlloc for Tracked {
 }
 
 #[global_allocator]
-static HEAP: Tracked = Tracked { heap: LlffHeap::empty(), used: AtomicUsize::new(0), peak: AtomicUsize::new(0) };
+static HEAP: Tracked = Tracked {
+    heap: LlffHeap::empty(),
+    used: AtomicUsize::new(0),
+    peak: AtomicUsize::new(0),
+};
 
 #[entry]
 fn main() -> ! {
     {
-        static mut HEAP_MEM: [core::mem::MaybeUninit<u8>; HEAP_SIZE] = [core::mem::MaybeUninit::uninit(); HEAP_SIZE];
+        static mut HEAP_MEM: [core::mem::MaybeUninit<u8>; HEAP_SIZE] =
+            [core::mem::MaybeUninit::uninit(); HEAP_SIZE];
         // SAFETY: called once, before any allocation; HEAP_MEM is used by nothing else.
         unsafe { HEAP.heap.init(&raw mut HEAP_MEM as usize, HEAP_SIZE) }
     }
@@ -80,7 +85,12 @@ fn run() -> Result<(), sampler_core::SamplerError> {
     let device = Device::flex();
     let sampler = Sampler::from_bundle(BUNDLE, &device)?;
     let shape = sampler.bundle().image;
-    hprintln!("bundle {} T={} seed {}", sampler.bundle().name, sampler.bundle().schedule.len(), SEED);
+    hprintln!(
+        "bundle {} T={} seed {}",
+        sampler.bundle().name,
+        sampler.bundle().schedule.len(),
+        SEED
+    );
 
     let noise = sampler.initial_noise(SEED, 0, 1);
     let mut crc = crc32fast::Hasher::new();
@@ -93,7 +103,11 @@ fn run() -> Result<(), sampler_core::SamplerError> {
     let pixels = sampler.generate(SEED, 1, None)?.to_u8();
 
     // ASCII PGM (P2) or PPM (P3); channels-first values, interleaved per pixel for P3.
-    let (c, h, w) = (shape.channels as usize, shape.height as usize, shape.width as usize);
+    let (c, h, w) = (
+        shape.channels as usize,
+        shape.height as usize,
+        shape.width as usize,
+    );
     hprintln!("{}\n{} {}\n255", if c == 3 { "P3" } else { "P2" }, w, h);
     for y in 0..h {
         let mut line = String::new();

@@ -57,7 +57,12 @@ pub fn euler<D: Denoiser + ?Sized>(
     let x = euler_to_min(denoiser, x0, sigmas.clone(), labels.clone(), &mut on_step);
     // s_T = 0: x_T = D(x_{T-1}, s_min)
     let denoised = denoiser.denoise(x.clone(), level(&sigmas, t - 1, b), labels);
-    on_step(Step { index: t - 1, steps: t, x: &x, denoised: &denoised });
+    on_step(Step {
+        index: t - 1,
+        steps: t,
+        x: &x,
+        denoised: &denoised,
+    });
     denoised
 }
 
@@ -78,9 +83,15 @@ pub fn euler_to_min<D: Denoiser + ?Sized>(
     let mut x = x0;
     for i in 0..t - 1 {
         let denoised = denoiser.denoise(x.clone(), level(&sigmas, i, b), labels.clone());
-        on_step(Step { index: i, steps: t, x: &x, denoised: &denoised });
+        on_step(Step {
+            index: i,
+            steps: t,
+            x: &x,
+            denoised: &denoised,
+        });
         // ratio = s_{i+1} / s_i, as [1, 1] to broadcast over the batch.
-        let ratio = (sigmas.clone().slice(i + 1..i + 2) / sigmas.clone().slice(i..i + 1)).reshape([1, 1]);
+        let ratio =
+            (sigmas.clone().slice(i + 1..i + 2) / sigmas.clone().slice(i..i + 1)).reshape([1, 1]);
         x = x * ratio.clone() + denoised * ratio.neg().add_scalar(1.0);
     }
     x
@@ -102,7 +113,12 @@ pub fn heun<D: Denoiser + ?Sized>(
     let t = sigmas.dims()[0];
     let x = heun_to_min(denoiser, x0, sigmas.clone(), labels.clone(), &mut on_step);
     let denoised = denoiser.denoise(x.clone(), level(&sigmas, t - 1, b), labels);
-    on_step(Step { index: t - 1, steps: t, x: &x, denoised: &denoised });
+    on_step(Step {
+        index: t - 1,
+        steps: t,
+        x: &x,
+        denoised: &denoised,
+    });
     denoised
 }
 
@@ -124,12 +140,18 @@ pub fn heun_to_min<D: Denoiser + ?Sized>(
     for i in 0..t - 1 {
         let s_cur = sigmas.clone().slice(i..i + 1).reshape([1, 1]);
         let denoised = denoiser.denoise(x.clone(), level(&sigmas, i, b), labels.clone());
-        on_step(Step { index: i, steps: t, x: &x, denoised: &denoised });
+        on_step(Step {
+            index: i,
+            steps: t,
+            x: &x,
+            denoised: &denoised,
+        });
         let s_next = sigmas.clone().slice(i + 1..i + 2).reshape([1, 1]);
         let h = s_next.clone() - s_cur.clone();
         let d_cur = (x.clone() - denoised) / s_cur; // dx/ds at (x_i, s_i)
         let x_euler = x.clone() + d_cur.clone() * h.clone();
-        let denoised_next = denoiser.denoise(x_euler.clone(), level(&sigmas, i + 1, b), labels.clone());
+        let denoised_next =
+            denoiser.denoise(x_euler.clone(), level(&sigmas, i + 1, b), labels.clone());
         let d_next = (x_euler - denoised_next) / s_next;
         x = x + (d_cur + d_next) * h.mul_scalar(0.5);
     }

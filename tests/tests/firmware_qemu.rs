@@ -25,7 +25,9 @@ struct FirmwareRun {
 }
 
 fn parse(stdout: &str) -> FirmwareRun {
-    let hex = |line: &str| u32::from_str_radix(line.trim().trim_start_matches("0x"), 16).expect("hex checksum");
+    let hex = |line: &str| {
+        u32::from_str_radix(line.trim().trim_start_matches("0x"), 16).expect("hex checksum")
+    };
     let mut lines = stdout.lines();
     let mut noise_crc = None;
     let mut image_crc = None;
@@ -39,10 +41,21 @@ fn parse(stdout: &str) -> FirmwareRun {
         } else if let Some(v) = line.strip_prefix("heap_high_water ") {
             heap = v.trim().parse().ok();
         } else if line == "P2" || line == "P3" {
-            let dims: Vec<usize> = lines.next().unwrap().split_whitespace().map(|v| v.parse().unwrap()).collect();
+            let dims: Vec<usize> = lines
+                .next()
+                .unwrap()
+                .split_whitespace()
+                .map(|v| v.parse().unwrap())
+                .collect();
             assert_eq!(lines.next(), Some("255"));
             for _ in 0..dims[1] {
-                pixels.extend(lines.next().unwrap().split_whitespace().map(|v| v.parse::<u8>().unwrap()));
+                pixels.extend(
+                    lines
+                        .next()
+                        .unwrap()
+                        .split_whitespace()
+                        .map(|v| v.parse::<u8>().unwrap()),
+                );
             }
         }
     }
@@ -60,13 +73,19 @@ fn firmware_in_qemu_matches_the_host() {
         eprintln!("FEWSTEP_SKIP_FIRMWARE=1: firmware check skipped");
         return;
     }
-    let qemu_ok = Command::new("qemu-system-arm").arg("--version").output().is_ok_and(|o| o.status.success());
+    let qemu_ok = Command::new("qemu-system-arm")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
     assert!(
         qemu_ok,
         "qemu-system-arm not found: `apt-get install -y qemu-system-arm` and `rustup target add thumbv7em-none-eabihf` \
          (or set FEWSTEP_SKIP_FIRMWARE=1 to skip this check)"
     );
-    let bundle = repo().join("bundles/demo-shapes.bin").canonicalize().expect("bundles/demo-shapes.bin");
+    let bundle = repo()
+        .join("bundles/demo-shapes.bin")
+        .canonicalize()
+        .expect("bundles/demo-shapes.bin");
     let fw = repo().join("firmware-example");
 
     // 1. Build.
@@ -83,14 +102,27 @@ fn firmware_in_qemu_matches_the_host() {
     // 2. Run in qemu, bounded by timeout(1).
     let start = Instant::now();
     let out = Command::new("timeout")
-        .args(["600", "qemu-system-arm", "-machine", "mps2-an386", "-cpu", "cortex-m4", "-nographic"])
+        .args([
+            "600",
+            "qemu-system-arm",
+            "-machine",
+            "mps2-an386",
+            "-cpu",
+            "cortex-m4",
+            "-nographic",
+        ])
         .args(["-semihosting-config", "enable=on,target=native", "-kernel"])
         .arg(&elf)
         .output()
         .expect("run qemu");
     let wall = start.elapsed().as_secs_f64();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "firmware exited with {:?}:\n{stdout}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "firmware exited with {:?}:\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
     let fw_run = parse(&stdout);
 
     // 3. The host, through the same library sampler-cli uses (its PNG bytes equal
@@ -100,13 +132,27 @@ fn firmware_in_qemu_matches_the_host() {
     for v in host.initial_noise(0, 0, 1) {
         crc.update(&v.to_bits().to_le_bytes());
     }
-    assert_eq!(fw_run.noise_crc, crc.finalize(), "initial noise differs between Cortex-M4 and the host");
+    assert_eq!(
+        fw_run.noise_crc,
+        crc.finalize(),
+        "initial noise differs between Cortex-M4 and the host"
+    );
     let want = host.generate(0, 1, None).unwrap().to_u8();
     assert_eq!(fw_run.pixels.len(), want.len(), "image size");
     let mut reported = crc32fast::Hasher::new();
     reported.update(&fw_run.pixels);
-    assert_eq!(reported.finalize(), fw_run.image_crc, "the firmware's printed image does not match its own checksum");
-    let max_diff = fw_run.pixels.iter().zip(&want).map(|(a, b)| a.abs_diff(*b)).max().unwrap_or(0);
+    assert_eq!(
+        reported.finalize(),
+        fw_run.image_crc,
+        "the firmware's printed image does not match its own checksum"
+    );
+    let max_diff = fw_run
+        .pixels
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| a.abs_diff(*b))
+        .max()
+        .unwrap_or(0);
     eprintln!(
         "firmware: qemu wall {wall:.1} s, max pixel difference {max_diff}/255, heap high-water {} bytes",
         fw_run.heap_high_water

@@ -37,11 +37,18 @@ pub struct BenchArgs {
 pub fn run(a: BenchArgs) -> Result<()> {
     let device = crate::device(&a.device)?;
     let r = a.resolution;
-    let shape = ImageShape { channels: 1, height: r as u32, width: r as u32 };
+    let shape = ImageShape {
+        channels: 1,
+        height: r as u32,
+        width: r as u32,
+    };
     let mixture = crate::cli::random_mixture(8, r * r, 1);
     let data = Dataset::from_mixture(&mixture, 256, 2, shape);
     let net = NetConfig::UNet(
-        UNetConfig::new(r, 1, 1).with_model_channels(16).with_channel_mult(vec![1, 2]).with_num_blocks(1),
+        UNetConfig::new(r, 1, 1)
+            .with_model_channels(16)
+            .with_channel_mult(vec![1, 2])
+            .with_num_blocks(1),
     );
     let pretrain_config = PretrainConfig {
         net,
@@ -58,7 +65,10 @@ pub fn run(a: BenchArgs) -> Result<()> {
     };
     let mut pt = Pretrain::new(pretrain_config, None, &device)?;
     let mut rows: Vec<(String, f64)> = Vec::new();
-    rows.push(("pretrain (EDM loss)".into(), time(a.steps, || pt.step_once(&data).map(|_| ()))?));
+    rows.push((
+        "pretrain (EDM loss)".into(),
+        time(a.steps, || pt.step_once(&data).map(|_| ()))?,
+    ));
 
     let dir = std::env::temp_dir().join(format!("fewstep-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
@@ -78,18 +88,31 @@ pub fn run(a: BenchArgs) -> Result<()> {
         Finetune::new(c, Some(data.clone()), None, &device)
     };
     let mut ft = finetune(Mode::Stage2Only, 8, DiscGrad::Exact)?;
-    rows.push(("stage 2 (L_bound, weights)".into(), time(a.steps, || ft.step_once().map(|_| ()))?));
+    rows.push((
+        "stage 2 (L_bound, weights)".into(),
+        time(a.steps, || ft.step_once().map(|_| ()))?,
+    ));
     for &t in &a.t {
         for grad in [DiscGrad::Exact, DiscGrad::Paper] {
             let mut ft = finetune(Mode::Stage1Only, t, grad)?;
-            let label = format!("stage 1, T = {t}, {} gradient", if grad == DiscGrad::Exact { "exact" } else { "paper" });
+            let label = format!(
+                "stage 1, T = {t}, {} gradient",
+                if grad == DiscGrad::Exact {
+                    "exact"
+                } else {
+                    "paper"
+                }
+            );
             rows.push((label, time(a.steps, || ft.step_once().map(|_| ()))?));
         }
     }
     std::fs::remove_dir_all(&dir).ok();
 
     let base = rows[0].1;
-    println!("U-Net {r}x{r}, 16 channels, mult [1, 2], 1 block/level; batch {}; device {}", a.batch, a.device);
+    println!(
+        "U-Net {r}x{r}, 16 channels, mult [1, 2], 1 block/level; batch {}; device {}",
+        a.batch, a.device
+    );
     println!("| step | s/step | x pretrain step |");
     println!("| --- | ---: | ---: |");
     for (name, secs) in &rows {

@@ -61,11 +61,21 @@ pub struct DataArgs {
 
 impl DataArgs {
     fn load(&self) -> Result<Option<Dataset>> {
-        let Some(path) = &self.data else { return Ok(None) };
-        let opts = FolderOptions { resize: self.resize, labels: self.labels, skip_bad: self.skip_bad, channels: None };
+        let Some(path) = &self.data else {
+            return Ok(None);
+        };
+        let opts = FolderOptions {
+            resize: self.resize,
+            labels: self.labels,
+            skip_bad: self.skip_bad,
+            channels: None,
+        };
         let d = Dataset::from_folder(path, &opts)?;
         if d.skipped > 0 {
-            eprintln!("warning: skipped {} unreadable or mismatched files", d.skipped);
+            eprintln!(
+                "warning: skipped {} unreadable or mismatched files",
+                d.skipped
+            );
         }
         eprintln!(
             "data: {} images {}x{}x{} from {}{}",
@@ -74,7 +84,11 @@ impl DataArgs {
             d.shape.height,
             d.shape.width,
             path.display(),
-            if d.label_count > 0 { format!(", {} classes", d.label_count) } else { String::new() }
+            if d.label_count > 0 {
+                format!(", {} classes", d.label_count)
+            } else {
+                String::new()
+            }
         );
         Ok(Some(d))
     }
@@ -256,7 +270,11 @@ pub fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => {
             let _ = e.print();
-            return if e.use_stderr() { ExitCode::from(2) } else { ExitCode::SUCCESS };
+            return if e.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
         }
     };
     match dispatch(cli.command) {
@@ -281,25 +299,40 @@ fn dispatch(command: Command) -> Result<()> {
 fn pretrain(a: PretrainArgs) -> Result<()> {
     let data = a.data.load()?.context("pre-training needs --data")?;
     let net = match a.net.as_str() {
-        "mlp" => NetConfig::Mlp(MlpConfig::new(data.dim()).with_hidden(a.hidden).with_depth(a.depth).with_label_dim(data.label_count as usize)),
+        "mlp" => NetConfig::Mlp(
+            MlpConfig::new(data.dim())
+                .with_hidden(a.hidden)
+                .with_depth(a.depth)
+                .with_label_dim(data.label_count as usize),
+        ),
         _ => {
             if data.shape.height != data.shape.width {
-                bail!("the U-Net needs square images, the data is {}x{}; pass --resize N", data.shape.width, data.shape.height);
+                bail!(
+                    "the U-Net needs square images, the data is {}x{}; pass --resize N",
+                    data.shape.width,
+                    data.shape.height
+                );
             }
             NetConfig::UNet(
-                UNetConfig::new(data.shape.height as usize, data.shape.channels as usize, data.shape.channels as usize)
-                    .with_label_dim(data.label_count as usize)
-                    .with_model_channels(a.model_channels)
-                    .with_channel_mult(a.channel_mult)
-                    .with_num_blocks(a.num_blocks)
-                    .with_attn_resolutions(a.attn),
+                UNetConfig::new(
+                    data.shape.height as usize,
+                    data.shape.channels as usize,
+                    data.shape.channels as usize,
+                )
+                .with_label_dim(data.label_count as usize)
+                .with_model_channels(a.model_channels)
+                .with_channel_mult(a.channel_mult)
+                .with_num_blocks(a.num_blocks)
+                .with_attn_resolutions(a.attn),
             )
         }
     };
     net.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
     let config = PretrainConfig {
         net,
-        precond: Precond::Edm { sigma_data: a.sigma_data },
+        precond: Precond::Edm {
+            sigma_data: a.sigma_data,
+        },
         steps: a.steps,
         batch: a.batch,
         lr: a.lr,
@@ -312,13 +345,26 @@ fn pretrain(a: PretrainArgs) -> Result<()> {
     };
     let device = crate::device(&a.run.device)?;
     let run_dir = RunDir::create(&a.run.run)?;
-    let pt = crate::pretrain::run(&run_dir, config, &data, &device, a.run.stop_after, a.run.quiet)?;
-    println!("pre-training: {} of {} steps done; run directory {}", pt.step, pt.config.steps, run_dir.path.display());
+    let pt = crate::pretrain::run(
+        &run_dir,
+        config,
+        &data,
+        &device,
+        a.run.stop_after,
+        a.run.quiet,
+    )?;
+    println!(
+        "pre-training: {} of {} steps done; run directory {}",
+        pt.step,
+        pt.config.steps,
+        run_dir.path.display()
+    );
     Ok(())
 }
 
 fn finetune(a: FinetuneArgs) -> Result<()> {
-    let base_bytes = std::fs::read(&a.base).with_context(|| format!("cannot read base bundle {}", a.base.display()))?;
+    let base_bytes = std::fs::read(&a.base)
+        .with_context(|| format!("cannot read base bundle {}", a.base.display()))?;
     let base = Bundle::from_bytes(&base_bytes).with_context(|| format!("{}", a.base.display()))?;
     // An absolute path keeps `trainer export` working from any directory.
     let base_path = std::fs::canonicalize(&a.base).unwrap_or_else(|_| a.base.clone());
@@ -359,15 +405,28 @@ fn finetune(a: FinetuneArgs) -> Result<()> {
 }
 
 fn export(a: ExportArgs) -> Result<()> {
-    let run_dir = RunDir { path: a.run.clone() };
-    let ck = run_dir.load_checkpoint()?.with_context(|| format!("{} has no checkpoint yet", a.run.display()))?;
-    let name = a.name.unwrap_or_else(|| a.run.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "fewstep".into()));
+    let run_dir = RunDir {
+        path: a.run.clone(),
+    };
+    let ck = run_dir
+        .load_checkpoint()?
+        .with_context(|| format!("{} has no checkpoint yet", a.run.display()))?;
+    let name = a.name.unwrap_or_else(|| {
+        a.run
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "fewstep".into())
+    });
     let bundle = if let Ok(c) = run_dir.load_config::<FinetuneConfig>() {
-        let base_bytes = std::fs::read(&c.base).with_context(|| format!("cannot read the run's base bundle {}", c.base.display()))?;
-        let base = Bundle::from_bytes(&base_bytes).with_context(|| format!("{}", c.base.display()))?;
+        let base_bytes = std::fs::read(&c.base)
+            .with_context(|| format!("cannot read the run's base bundle {}", c.base.display()))?;
+        let base =
+            Bundle::from_bytes(&base_bytes).with_context(|| format!("{}", c.base.display()))?;
         crate::finetune::export_bundle(&c, &base, &ck, &name, &a.description)?
     } else {
-        let c: PretrainConfig = run_dir.load_config().context("the run directory's config.json is neither a fine-tuning nor a pre-training config")?;
+        let c: PretrainConfig = run_dir.load_config().context(
+            "the run directory's config.json is neither a fine-tuning nor a pre-training config",
+        )?;
         let mut b = crate::pretrain::export_bundle(&c, &ck, a.t, &name)?;
         if !a.description.is_empty() {
             b.description = a.description;
@@ -375,7 +434,12 @@ fn export(a: ExportArgs) -> Result<()> {
         b
     };
     write_atomic(&a.out, &bundle.to_bytes()?)?;
-    println!("wrote {} (T = {}, {})", a.out.display(), bundle.schedule.len(), bundle.provenance.schedule_method);
+    println!(
+        "wrote {} (T = {}, {})",
+        a.out.display(),
+        bundle.schedule.len(),
+        bundle.provenance.schedule_method
+    );
     Ok(())
 }
 
@@ -387,13 +451,22 @@ fn make_mixture(a: MixtureArgs) -> Result<()> {
     let b = Bundle {
         name: format!("gmm-{}x{}", a.components, a.dim),
         description: format!("analytic isotropic Gaussian mixture, seed {}", a.seed),
-        image: ImageShape { channels: 1, height: 1, width: a.dim as u32 },
+        image: ImageShape {
+            channels: 1,
+            height: 1,
+            width: a.dim as u32,
+        },
         label_count: 0,
         precond: Precond::default(),
         schedule: Schedule::edm(a.t, 0.002, 80.0)?,
         solver: SolverKind::Euler,
         model: ModelSpec::Mixture(m),
-        provenance: Provenance { dataset: "synthetic mixture".into(), training_steps: 0, schedule_method: "edm-rho7".into(), created_unix: 0 },
+        provenance: Provenance {
+            dataset: "synthetic mixture".into(),
+            training_steps: 0,
+            schedule_method: "edm-rho7".into(),
+            created_unix: 0,
+        },
     };
     write_atomic(&a.out, &b.to_bytes()?)?;
     println!("wrote {}", a.out.display());
@@ -405,8 +478,14 @@ pub fn random_mixture(k: usize, d: usize, seed: u64) -> Mixture {
     let u = |i: u64| (rng::random_u64(seed, i) >> 11) as f64 / (1u64 << 53) as f64;
     Mixture {
         dim: d,
-        means: (0..k * d).map(|i| (2.0 * u(i as u64) - 1.0) as f32).collect(),
-        stds: (0..k).map(|i| (0.05 + 0.25 * u(1_000_000 + i as u64)) as f32).collect(),
-        weights: (0..k).map(|i| (0.5 + u(2_000_000 + i as u64)) as f32).collect(),
+        means: (0..k * d)
+            .map(|i| (2.0 * u(i as u64) - 1.0) as f32)
+            .collect(),
+        stds: (0..k)
+            .map(|i| (0.05 + 0.25 * u(1_000_000 + i as u64)) as f32)
+            .collect(),
+        weights: (0..k)
+            .map(|i| (0.5 + u(2_000_000 + i as u64)) as f32)
+            .collect(),
     }
 }

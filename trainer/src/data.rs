@@ -30,7 +30,9 @@ pub enum DataError {
         reason: String,
     },
     /// An image whose size differs from the first one.
-    #[error("{path}: image is {got_w}x{got_h} but the data set is {want_w}x{want_h}; pass --resize N or --skip-bad")]
+    #[error(
+        "{path}: image is {got_w}x{got_h} but the data set is {want_w}x{want_h}; pass --resize N or --skip-bad"
+    )]
     Mismatch {
         /// The file.
         path: PathBuf,
@@ -112,7 +114,14 @@ impl Dataset {
             let eps = rng::gaussian_vec(rng::image_seed(seed ^ 0x5eed, i as u64), m.dim);
             values.extend((0..m.dim).map(|j| m.means[k * m.dim + j] + m.stds[k] * eps[j]));
         }
-        Dataset { shape, values, labels: None, label_count: 0, name: "mixture samples".into(), skipped: 0 }
+        Dataset {
+            shape,
+            values,
+            labels: None,
+            label_count: 0,
+            name: "mixture samples".into(),
+            skipped: 0,
+        }
     }
 
     /// Loads every PNG/JPEG under `root` (recursively), in sorted path order.
@@ -144,7 +153,12 @@ impl Dataset {
                     skipped += 1;
                     continue;
                 }
-                Err(e) => return Err(DataError::BadImage { path: path.clone(), reason: e.to_string() }),
+                Err(e) => {
+                    return Err(DataError::BadImage {
+                        path: path.clone(),
+                        reason: e.to_string(),
+                    });
+                }
             };
             let img = match opts.resize {
                 Some(n) => img.resize_exact(n, n, image::imageops::FilterType::Lanczos3),
@@ -158,12 +172,22 @@ impl Dataset {
                         skipped += 1;
                         continue;
                     }
-                    return Err(DataError::Mismatch { path: path.clone(), got_w: w, got_h: h, want_w: sw, want_h: sh });
+                    return Err(DataError::Mismatch {
+                        path: path.clone(),
+                        got_w: w,
+                        got_h: h,
+                        want_w: sw,
+                        want_h: sh,
+                    });
                 }
                 _ => {}
             }
             let c = *channels.get_or_insert(if img.color().has_color() { 3 } else { 1 });
-            let px: Vec<u8> = if c == 1 { img.to_luma8().into_raw() } else { img.to_rgb8().into_raw() };
+            let px: Vec<u8> = if c == 1 {
+                img.to_luma8().into_raw()
+            } else {
+                img.to_rgb8().into_raw()
+            };
             let hw = (w * h) as usize;
             for ch in 0..c as usize {
                 values.extend((0..hw).map(|i| px[i * c as usize + ch] as f32 / 127.5 - 1.0));
@@ -175,7 +199,11 @@ impl Dataset {
         }
         let (w, h) = size.ok_or_else(|| DataError::Empty(root.to_path_buf()))?;
         Ok(Dataset {
-            shape: ImageShape { channels: channels.unwrap_or(1), height: h, width: w },
+            shape: ImageShape {
+                channels: channels.unwrap_or(1),
+                height: h,
+                width: w,
+            },
             values,
             labels: opts.labels.then_some(labels),
             label_count: classes.len() as u32,
@@ -196,7 +224,8 @@ impl Dataset {
             if cached.as_ref().map(|c| c.0) != Some(epoch) {
                 let mut perm: Vec<usize> = (0..n).collect();
                 for i in (1..n).rev() {
-                    let j = (rng::random_u64(seed ^ 0xDA7A, ((epoch as u64) << 32) ^ i as u64) % (i as u64 + 1)) as usize;
+                    let j = (rng::random_u64(seed ^ 0xDA7A, ((epoch as u64) << 32) ^ i as u64)
+                        % (i as u64 + 1)) as usize;
                     perm.swap(i, j);
                 }
                 cached = Some((epoch, perm));
@@ -209,7 +238,13 @@ impl Dataset {
     }
 
     /// The batch at `step`: `[B, d]` values and one-hot labels `[B, L]` if labelled.
-    pub fn batch(&self, seed: u64, step: u64, batch: usize, device: &Device) -> (Tensor<2>, Option<Tensor<2>>) {
+    pub fn batch(
+        &self,
+        seed: u64,
+        step: u64,
+        batch: usize,
+        device: &Device,
+    ) -> (Tensor<2>, Option<Tensor<2>>) {
         let d = self.dim();
         let idx = self.batch_indices(seed, step, batch);
         let mut x = Vec::with_capacity(batch * d);
@@ -238,16 +273,22 @@ fn class_of(root: &Path, file: &Path) -> Option<String> {
 }
 
 fn collect_images(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), DataError> {
-    let entries = std::fs::read_dir(dir).map_err(|source| DataError::Io { path: dir.to_path_buf(), source })?;
+    let entries = std::fs::read_dir(dir).map_err(|source| DataError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
     for entry in entries {
-        let entry = entry.map_err(|source| DataError::Io { path: dir.to_path_buf(), source })?;
+        let entry = entry.map_err(|source| DataError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
         let path = entry.path();
         if path.is_dir() {
             collect_images(&path, out)?;
-        } else if let Some(ext) = path.extension().and_then(|e| e.to_str()) {
-            if matches!(ext.to_ascii_lowercase().as_str(), "png" | "jpg" | "jpeg") {
-                out.push(path);
-            }
+        } else if let Some(ext) = path.extension().and_then(|e| e.to_str())
+            && matches!(ext.to_ascii_lowercase().as_str(), "png" | "jpg" | "jpeg")
+        {
+            out.push(path);
         }
     }
     Ok(())
@@ -255,13 +296,25 @@ fn collect_images(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), DataError> {
 
 /// Standard normal noise for `(purpose, step)` of a run, `[rows, d]`, from the portable
 /// generator: the same on every machine and after a resume.
-pub fn noise(seed: u64, purpose: u64, step: u64, rows: usize, d: usize, device: &Device) -> Tensor<2> {
+pub fn noise(
+    seed: u64,
+    purpose: u64,
+    step: u64,
+    rows: usize,
+    d: usize,
+    device: &Device,
+) -> Tensor<2> {
     let stream = rng::random_u64(seed ^ purpose.wrapping_mul(0x9E37_79B9_7F4A_7C15), step);
-    Tensor::from_data(TensorData::new(rng::gaussian_vec(stream, rows * d), [rows, d]), device)
+    Tensor::from_data(
+        TensorData::new(rng::gaussian_vec(stream, rows * d), [rows, d]),
+        device,
+    )
 }
 
 /// Uniform integers in `0..n` for `(purpose, step)`.
 pub fn uniform_indices(seed: u64, purpose: u64, step: u64, count: usize, n: usize) -> Vec<usize> {
     let stream = rng::random_u64(seed ^ purpose.wrapping_mul(0xD6E8_FEB8_6659_FD93), step);
-    (0..count).map(|k| (rng::random_u64(stream, k as u64) % n as u64) as usize).collect()
+    (0..count)
+        .map(|k| (rng::random_u64(stream, k as u64) % n as u64) as usize)
+        .collect()
 }

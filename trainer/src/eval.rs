@@ -22,6 +22,7 @@ pub struct ScheduleEval {
 
 /// Evaluates `schedule` on `n` initial noises of stream `seed` against a Heun reference with
 /// `reference_steps` EDM levels over the same range.
+#[allow(clippy::too_many_arguments)]
 pub fn evaluate_schedule(
     den: &dyn Denoiser,
     truth: Option<&MixtureDenoiser>,
@@ -34,13 +35,26 @@ pub fn evaluate_schedule(
 ) -> Result<ScheduleEval> {
     let d = den.dim();
     let x0 = noise(seed, 0xE7A1, 0, n, d, device).mul_scalar(schedule.s_max() as f64);
-    let out = euler(den, x0.clone(), schedule.to_tensor(device), labels.clone(), |_| {});
-    let reference_levels = Schedule::edm(reference_steps, schedule.s_min() as f64, schedule.s_max() as f64)?;
+    let out = euler(
+        den,
+        x0.clone(),
+        schedule.to_tensor(device),
+        labels.clone(),
+        |_| {},
+    );
+    let reference_levels = Schedule::edm(
+        reference_steps,
+        schedule.s_min() as f64,
+        schedule.s_max() as f64,
+    )?;
     let reference = heun(den, x0, reference_levels.to_tensor(device), labels, |_| {});
     let trunc_rmse = crate::finetune::scalar(&row_mse(out.clone(), reference).mean()).sqrt();
     let mean_loglik = truth.map(|m| {
         let zero = Tensor::<1>::zeros([n], device);
         crate::finetune::scalar(&m.log_density(out, zero).mean())
     });
-    Ok(ScheduleEval { trunc_rmse, mean_loglik })
+    Ok(ScheduleEval {
+        trunc_rmse,
+        mean_loglik,
+    })
 }

@@ -159,13 +159,31 @@ impl FinetuneConfig {
         if self.t < 3 {
             bail!("--t must be at least 3 (T = 2 has no free level to learn)");
         }
-        if !(self.s_min > 0.0 && self.s_min < self.s_max) {
-            bail!("need 0 < s_min < s_max, got {} and {}", self.s_min, self.s_max);
+        if self.s_min.is_nan()
+            || self.s_max.is_nan()
+            || self.s_min <= 0.0
+            || self.s_min >= self.s_max
+        {
+            bail!(
+                "need 0 < s_min < s_max, got {} and {}",
+                self.s_min,
+                self.s_max
+            );
         }
-        if self.batch == 0 || self.disc_batch == 0 || self.teacher_pool == 0 || self.teacher_steps < 2 {
+        if self.batch == 0
+            || self.disc_batch == 0
+            || self.teacher_pool == 0
+            || self.teacher_steps < 2
+        {
             bail!("batch sizes and the teacher pool must be positive, teacher steps at least 2");
         }
-        if !(self.gamma >= 0.0 && self.lr_schedule > 0.0 && self.lr_weights > 0.0) {
+        if self.gamma.is_nan()
+            || self.gamma < 0.0
+            || self.lr_schedule.is_nan()
+            || self.lr_schedule <= 0.0
+            || self.lr_weights.is_nan()
+            || self.lr_weights <= 0.0
+        {
             bail!("gamma must be >= 0 and learning rates > 0");
         }
         if !(0.0..1.0).contains(&self.ema_decay) {
@@ -178,7 +196,11 @@ impl FinetuneConfig {
         match self.mode {
             Mode::TwoStage | Mode::Stage1Only => format!(
                 "{} {:?}/{:?} warp={} gamma={} rounds={}",
-                if self.mode == Mode::TwoStage { "two-stage" } else { "stage1-only" },
+                if self.mode == Mode::TwoStage {
+                    "two-stage"
+                } else {
+                    "stage1-only"
+                },
                 self.disc_target,
                 self.disc_grad,
                 self.warp.name(),
@@ -237,26 +259,46 @@ pub struct Finetune {
 
 impl Finetune {
     /// Prepares a run from its config, its data and (when resuming) a checkpoint.
-    pub fn new(config: FinetuneConfig, data: Option<Dataset>, checkpoint: Option<Checkpoint>, device: &Device) -> Result<Self> {
+    pub fn new(
+        config: FinetuneConfig,
+        data: Option<Dataset>,
+        checkpoint: Option<Checkpoint>,
+        device: &Device,
+    ) -> Result<Self> {
         config.validate()?;
-        let bytes = std::fs::read(&config.base).with_context(|| format!("cannot read base bundle {}", config.base.display()))?;
-        let base_bundle = Bundle::from_bytes(&bytes).with_context(|| format!("{}", config.base.display()))?;
+        let bytes = std::fs::read(&config.base)
+            .with_context(|| format!("cannot read base bundle {}", config.base.display()))?;
+        let base_bundle =
+            Bundle::from_bytes(&bytes).with_context(|| format!("{}", config.base.display()))?;
         let mut base = Base::from_bundle(&base_bundle, device)?;
         if matches!(base, Base::Mixture { .. }) && config.mode != Mode::Stage1Only {
-            bail!("the base is an analytic mixture, which has no weights to fine-tune: use --mode stage1-only");
+            bail!(
+                "the base is an analytic mixture, which has no weights to fine-tune: use --mode stage1-only"
+            );
         }
         let data = match (data, &base) {
             (Some(d), _) => d,
-            (None, Base::Mixture { mixture, .. }) => {
-                Dataset::from_mixture(mixture, config.mixture_samples, config.seed ^ 0xDA7A, base_bundle.image)
-            }
+            (None, Base::Mixture { mixture, .. }) => Dataset::from_mixture(
+                mixture,
+                config.mixture_samples,
+                config.seed ^ 0xDA7A,
+                base_bundle.image,
+            ),
             (None, Base::Network { .. }) => bail!("fine-tuning a network needs --data"),
         };
         if data.dim() != base.dim() {
-            bail!("the data has {} values per sample but the base model expects {}", data.dim(), base.dim());
+            bail!(
+                "the data has {} values per sample but the base model expects {}",
+                data.dim(),
+                base.dim()
+            );
         }
         if data.label_count != base_bundle.label_count {
-            bail!("the data has {} classes but the base model {}", data.label_count, base_bundle.label_count);
+            bail!(
+                "the data has {} classes but the base model {}",
+                data.label_count,
+                base_bundle.label_count
+            );
         }
         let t = config.t;
         let mut logits = ScheduleLogits::new(&vec![0.0; t - 2], device);
@@ -267,19 +309,31 @@ impl Finetune {
             step = ck.step;
             if let Some(v) = &ck.logits {
                 if v.len() != t - 2 {
-                    bail!("checkpoint has {} logits but T = {t} needs {}", v.len(), t - 2);
+                    bail!(
+                        "checkpoint has {} logits but T = {t} needs {}",
+                        v.len(),
+                        t - 2
+                    );
                 }
                 logits = ScheduleLogits::new(v, device);
             }
             if let Some(b) = ck.schedule_optim {
-                schedule_optim = schedule_optim.from_bytes(burn::tensor::Bytes::from_bytes_vec(b))?;
+                schedule_optim =
+                    schedule_optim.from_bytes(burn::tensor::Bytes::from_bytes_vec(b))?;
             }
             if let Some(b) = ck.net_optim {
                 net_optim = net_optim.from_bytes(burn::tensor::Bytes::from_bytes_vec(b))?;
             }
-            if let Base::Network { config: nc, net, ema, .. } = &mut base {
+            if let Base::Network {
+                config: nc,
+                net,
+                ema,
+                ..
+            } = &mut base
+            {
                 if let Some(w) = &ck.net {
-                    *net = network_from_bytes(nc, w, device).map_err(|e| anyhow::anyhow!("checkpoint weights: {e}"))?;
+                    *net = network_from_bytes(nc, w, device)
+                        .map_err(|e| anyhow::anyhow!("checkpoint weights: {e}"))?;
                 }
                 if let Some(w) = &ck.ema {
                     *ema = network_from_bytes(nc, w, device)
@@ -304,7 +358,12 @@ impl Finetune {
 
     /// The current levels in f64.
     pub fn schedule(&self) -> Result<Schedule> {
-        Ok(Schedule::from_logits(&self.logits.values(), self.config.s_min, self.config.s_max, self.config.warp)?)
+        Ok(Schedule::from_logits(
+            &self.logits.values(),
+            self.config.s_min,
+            self.config.s_max,
+            self.config.warp,
+        )?)
     }
 
     /// The data set.
@@ -346,17 +405,27 @@ impl Finetune {
 
     /// (x_0, teacher target, labels) pool of `round`, computed with the shipped network.
     fn teacher_pool(&mut self, round: u64) -> Result<(Tensor<2>, Tensor<2>, Option<Tensor<2>>)> {
-        if let Some((r, x0, target, labels)) = &self.pool {
-            if *r == round {
-                return Ok((x0.clone(), target.clone(), labels.clone()));
-            }
+        if let Some((r, x0, target, labels)) = &self.pool
+            && *r == round
+        {
+            return Ok((x0.clone(), target.clone(), labels.clone()));
         }
         let c = &self.config;
         let d = self.base.dim();
         let n = c.teacher_pool;
         let device = self.device.clone().without_autodiff();
         let x0 = noise(c.seed, purpose::POOL_NOISE, round, n, d, &device).mul_scalar(c.s_max);
-        let labels = one_hot_labels(&uniform_indices(c.seed, purpose::POOL_LABELS, round, n, self.data.label_count.max(1) as usize), self.data.label_count, &device);
+        let labels = one_hot_labels(
+            &uniform_indices(
+                c.seed,
+                purpose::POOL_LABELS,
+                round,
+                n,
+                self.data.label_count.max(1) as usize,
+            ),
+            self.data.label_count,
+            &device,
+        );
         let reference = Schedule::edm(c.teacher_steps, c.s_min, c.s_max)?.to_tensor(&device);
         let target = self.base.with_shipped(|den| {
             // Chunks bound the memory of large networks.
@@ -365,7 +434,13 @@ impl Finetune {
             for start in (0..n).step_by(chunk) {
                 let end = (start + chunk).min(n);
                 let lab = labels.clone().map(|l| l.slice(start..end));
-                parts.push(heun_to_min(den, x0.clone().slice(start..end), reference.clone(), lab, |_| {}));
+                parts.push(heun_to_min(
+                    den,
+                    x0.clone().slice(start..end),
+                    reference.clone(),
+                    lab,
+                    |_| {},
+                ));
             }
             Tensor::cat(parts, 0)
         });
@@ -391,16 +466,45 @@ impl Finetune {
             let (l_bound, disc, objective) = {
                 let (disc_x0, target, disc_labels) = match c.disc_target {
                     DiscTarget::Data => {
-                        let (xd, ld) = self.data.batch(c.seed ^ 0xD15C, step, c.disc_batch, &self.device);
-                        let e0 = noise(c.seed, purpose::DISC_NOISE, step, c.disc_batch, d, &self.device);
-                        let e1 = noise(c.seed, purpose::DISC_TARGET_NOISE, step, c.disc_batch, d, &self.device);
-                        (xd.clone() + e0.mul_scalar(c.s_max), xd + e1.mul_scalar(c.s_min), ld)
+                        let (xd, ld) =
+                            self.data
+                                .batch(c.seed ^ 0xD15C, step, c.disc_batch, &self.device);
+                        let e0 = noise(
+                            c.seed,
+                            purpose::DISC_NOISE,
+                            step,
+                            c.disc_batch,
+                            d,
+                            &self.device,
+                        );
+                        let e1 = noise(
+                            c.seed,
+                            purpose::DISC_TARGET_NOISE,
+                            step,
+                            c.disc_batch,
+                            d,
+                            &self.device,
+                        );
+                        (
+                            xd.clone() + e0.mul_scalar(c.s_max),
+                            xd + e1.mul_scalar(c.s_min),
+                            ld,
+                        )
                     }
                     DiscTarget::Teacher => {
                         let (px0, ptarget, plabels) = self.teacher_pool(round)?;
-                        let pick = uniform_indices(c.seed, purpose::POOL_PICK, step, c.disc_batch, c.teacher_pool);
+                        let pick = uniform_indices(
+                            c.seed,
+                            purpose::POOL_PICK,
+                            step,
+                            c.disc_batch,
+                            c.teacher_pool,
+                        );
                         let idx = Tensor::<1, burn::tensor::Int>::from_data(
-                            TensorData::new(pick.iter().map(|&i| i as i64).collect::<Vec<_>>(), [pick.len()]),
+                            TensorData::new(
+                                pick.iter().map(|&i| i as i64).collect::<Vec<_>>(),
+                                [pick.len()],
+                            ),
                             &px0.device(),
                         );
                         let dev = &self.device;
@@ -412,15 +516,33 @@ impl Finetune {
                     }
                 };
                 self.base.with_shipped(|den| {
-                    let l_bound = bound_loss(den, x, labels, sigmas.clone(), lambdas, &levels, eps, Weighting::Lambda, precond);
+                    let l_bound = bound_loss(
+                        den,
+                        x,
+                        labels,
+                        sigmas.clone(),
+                        lambdas,
+                        &levels,
+                        eps,
+                        Weighting::Lambda,
+                        precond,
+                    );
                     let (disc_value, disc_term) = match c.disc_grad {
                         DiscGrad::Exact => {
-                            let l = disc_loss_exact(den, disc_x0, disc_labels, sigmas.clone(), target);
+                            let l =
+                                disc_loss_exact(den, disc_x0, disc_labels, sigmas.clone(), target);
                             (l.clone(), l)
                         }
                         DiscGrad::Paper => {
                             let ts = uniform_indices(c.seed, purpose::PAPER_T, step, 1, t - 1);
-                            let (sur, l) = disc_surrogate_paper(den, disc_x0, disc_labels, sigmas.clone(), target, &ts);
+                            let (sur, l) = disc_surrogate_paper(
+                                den,
+                                disc_x0,
+                                disc_labels,
+                                sigmas.clone(),
+                                target,
+                                &ts,
+                            );
                             (l, sur)
                         }
                     };
@@ -434,24 +556,49 @@ impl Finetune {
             let loss = l_bound_v + c.gamma * disc_v;
             check_finite(loss, step, 1)?;
             let gp = GradientsParams::from_grads(grads, &self.logits);
-            let logits = std::mem::replace(&mut self.logits, ScheduleLogits::new(&[], &self.device));
+            let logits =
+                std::mem::replace(&mut self.logits, ScheduleLogits::new(&[], &self.device));
             self.logits = self.schedule_optim.step(c.lr_schedule, logits, gp);
-            StepRecord { step, stage: 1, loss, l_bound: l_bound_v, l_disc: Some(disc_v) }
+            StepRecord {
+                step,
+                stage: 1,
+                loss,
+                l_bound: l_bound_v,
+                l_disc: Some(disc_v),
+            }
         } else {
             // Stage 2: the weights learn on the frozen levels.
             let n = self.step_in_stage2();
             let plain = self.device.clone().without_autodiff();
-            let Base::Network { config, net, ema, precond } = &mut self.base else {
+            let Base::Network {
+                config,
+                net,
+                ema,
+                precond,
+            } = &mut self.base
+            else {
                 bail!("stage 2 needs a network");
             };
             let sigmas = match c.mode {
-                Mode::Stage2Only | Mode::EdmWeightFinetune => Schedule::edm(t, c.s_min, c.s_max)?.to_tensor(&self.device),
+                Mode::Stage2Only | Mode::EdmWeightFinetune => {
+                    Schedule::edm(t, c.s_min, c.s_max)?.to_tensor(&self.device)
+                }
                 _ => self.logits.sigmas(c.s_min, c.s_max, c.warp).detach(),
             };
             let lambdas = lambda_weights(sigmas.clone()).detach();
-            let weighting = if c.mode == Mode::EdmWeightFinetune { Weighting::Edm } else { Weighting::Lambda };
-            let den = Preconditioned { net, precond: *precond, dim: config.dim() };
-            let loss_t = bound_loss(&den, x, labels, sigmas, lambdas, &levels, eps, weighting, *precond);
+            let weighting = if c.mode == Mode::EdmWeightFinetune {
+                Weighting::Edm
+            } else {
+                Weighting::Lambda
+            };
+            let den = Preconditioned {
+                net,
+                precond: *precond,
+                dim: config.dim(),
+            };
+            let loss_t = bound_loss(
+                &den, x, labels, sigmas, lambdas, &levels, eps, weighting, *precond,
+            );
             let loss = scalar(&loss_t);
             check_finite(loss, step, 2)?;
             let gp = GradientsParams::from_grads(loss_t.backward(), &*net);
@@ -460,7 +607,13 @@ impl Finetune {
             let decay = c.ema_decay.min((1.0 + n as f64) / (10.0 + n as f64));
             let old = std::mem::replace(ema, config.init(&plain));
             *ema = update_ema(old, net, decay);
-            StepRecord { step, stage: 2, loss, l_bound: loss, l_disc: None }
+            StepRecord {
+                step,
+                stage: 2,
+                loss,
+                l_bound: loss,
+                l_disc: None,
+            }
         };
         self.step += 1;
         Ok(record)
@@ -486,20 +639,44 @@ impl Finetune {
         let lambdas = lambda_weights(sigmas.clone());
         let (x, labels) = self.data.batch(eval_seed, 0, rows, &device);
         let repeat = |m: Tensor<2>| Tensor::cat(vec![m; t - 1], 0);
-        let levels: Vec<usize> = (0..t - 1).flat_map(|i| std::iter::repeat_n(i, rows)).collect();
-        let eps = noise(eval_seed, purpose::BATCH_NOISE, 0, rows * (t - 1), d, &device);
+        let levels: Vec<usize> = (0..t - 1)
+            .flat_map(|i| std::iter::repeat_n(i, rows))
+            .collect();
+        let eps = noise(
+            eval_seed,
+            purpose::BATCH_NOISE,
+            0,
+            rows * (t - 1),
+            d,
+            &device,
+        );
         let precond = self.base_bundle.precond;
         self.base.with_shipped(|den| -> Result<(f64, f64)> {
-            let l_bound = bound_loss(den, repeat(x.clone()), labels.clone().map(repeat), sigmas.clone(), lambdas, &levels, eps, Weighting::Lambda, precond);
+            let l_bound = bound_loss(
+                den,
+                repeat(x.clone()),
+                labels.clone().map(repeat),
+                sigmas.clone(),
+                lambdas,
+                &levels,
+                eps,
+                Weighting::Lambda,
+                precond,
+            );
             let (x0, target) = match c.disc_target {
                 DiscTarget::Data => {
                     let e0 = noise(eval_seed, purpose::DISC_NOISE, 0, rows, d, &device);
                     let e1 = noise(eval_seed, purpose::DISC_TARGET_NOISE, 0, rows, d, &device);
-                    (x.clone() + e0.mul_scalar(c.s_max), x.clone() + e1.mul_scalar(c.s_min))
+                    (
+                        x.clone() + e0.mul_scalar(c.s_max),
+                        x.clone() + e1.mul_scalar(c.s_min),
+                    )
                 }
                 DiscTarget::Teacher => {
-                    let x0 = noise(eval_seed, purpose::POOL_NOISE, 0, rows, d, &device).mul_scalar(c.s_max);
-                    let reference = Schedule::edm(c.teacher_steps, c.s_min, c.s_max)?.to_tensor(&device);
+                    let x0 = noise(eval_seed, purpose::POOL_NOISE, 0, rows, d, &device)
+                        .mul_scalar(c.s_max);
+                    let reference =
+                        Schedule::edm(c.teacher_steps, c.s_min, c.s_max)?.to_tensor(&device);
                     let target = heun_to_min(den, x0.clone(), reference, labels.clone(), |_| {});
                     (x0, target)
                 }
@@ -511,27 +688,45 @@ impl Finetune {
 
     /// The bundle of the current state: shipped weights + learned levels.
     pub fn export(&self, name: &str, description: &str) -> Result<Bundle> {
-        export_bundle(&self.config, &self.base_bundle, &self.checkpoint()?, name, description)
+        export_bundle(
+            &self.config,
+            &self.base_bundle,
+            &self.checkpoint()?,
+            name,
+            description,
+        )
     }
 }
 
 /// The bundle of a checkpoint: the base bundle with the EMA weights and the learned (or,
 /// for the weight-only ablations, EDM's) levels, and updated provenance.
-pub fn export_bundle(config: &FinetuneConfig, base: &Bundle, ck: &Checkpoint, name: &str, description: &str) -> Result<Bundle> {
+pub fn export_bundle(
+    config: &FinetuneConfig,
+    base: &Bundle,
+    ck: &Checkpoint,
+    name: &str,
+    description: &str,
+) -> Result<Bundle> {
     let mut b = base.clone();
     b.name = name.to_string();
     b.description = description.to_string();
     b.schedule = match (config.mode, &ck.logits) {
-        (Mode::Stage2Only | Mode::EdmWeightFinetune, _) | (_, None) => Schedule::edm(config.t, config.s_min, config.s_max)?,
+        (Mode::Stage2Only | Mode::EdmWeightFinetune, _) | (_, None) => {
+            Schedule::edm(config.t, config.s_min, config.s_max)?
+        }
         (_, Some(v)) => Schedule::from_logits(v, config.s_min, config.s_max, config.warp)?,
     };
-    if let (sampler_core::bundle::ModelSpec::Network { weights, .. }, Some(ema)) = (&mut b.model, &ck.ema) {
+    if let (sampler_core::bundle::ModelSpec::Network { weights, .. }, Some(ema)) =
+        (&mut b.model, &ck.ema)
+    {
         weights.clone_from(ema);
     }
     b.provenance.training_steps += ck.step;
     b.provenance.schedule_method = config.schedule_method();
-    b.provenance.created_unix =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    b.provenance.created_unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     b.validate()?;
     Ok(b)
 }
@@ -545,7 +740,10 @@ fn one_hot_labels(ks: &[usize], label_count: u32, device: &Device) -> Option<Ten
     for (i, &k) in ks.iter().enumerate() {
         oh[i * l + k] = 1.0;
     }
-    Some(Tensor::from_data(TensorData::new(oh, [ks.len(), l]), device))
+    Some(Tensor::from_data(
+        TensorData::new(oh, [ks.len(), l]),
+        device,
+    ))
 }
 
 /// The value of a one-element tensor.
@@ -565,12 +763,22 @@ fn check_finite(loss: f64, step: u64, stage: u8) -> Result<()> {
 
 /// Runs a fine-tuning run to its end (or to `stop_after` steps), logging every step,
 /// checkpointing every `checkpoint_every` steps and at the end.
-pub fn run(run_dir: &RunDir, config: FinetuneConfig, data: Option<Dataset>, device: &Device, stop_after: Option<u64>, quiet: bool) -> Result<Finetune> {
+pub fn run(
+    run_dir: &RunDir,
+    config: FinetuneConfig,
+    data: Option<Dataset>,
+    device: &Device,
+    stop_after: Option<u64>,
+    quiet: bool,
+) -> Result<Finetune> {
     let checkpoint = run_dir.load_checkpoint()?;
     if let Some(ck) = &checkpoint {
         let saved: FinetuneConfig = run_dir.load_config()?;
         if saved != config {
-            bail!("{} holds a run with another config; use a new --run directory or the same flags", run_dir.path.display());
+            bail!(
+                "{} holds a run with another config; use a new --run directory or the same flags",
+                run_dir.path.display()
+            );
         }
         run_dir.truncate_log(ck.step)?;
     } else {
@@ -586,14 +794,18 @@ pub fn run(run_dir: &RunDir, config: FinetuneConfig, data: Option<Dataset>, devi
     let first = ft.step;
     while ft.step < end {
         let rec = ft.step_once()?;
-        let mut entry = json!({"step": rec.step, "stage": rec.stage, "loss": rec.loss, "l_bound": rec.l_bound});
+        let mut entry =
+            json!({"step": rec.step, "stage": rec.stage, "loss": rec.loss, "l_bound": rec.l_bound});
         if let Some(l) = rec.l_disc {
             entry["l_disc"] = json!(l);
             entry["sigmas"] = json!(ft.schedule()?.sigmas());
         }
         run_dir.log(&entry)?;
         let rate = (ft.step - first) as f64 / start.elapsed().as_secs_f64().max(1e-9);
-        bar.set_message(format!("stage {} loss {:.4} {:.2} steps/s", rec.stage, rec.loss, rate));
+        bar.set_message(format!(
+            "stage {} loss {:.4} {:.2} steps/s",
+            rec.stage, rec.loss, rate
+        ));
         bar.set_position(ft.step);
         if ft.step % ft.config.checkpoint_every.max(1) == 0 || ft.step == end {
             run_dir.save_checkpoint(&ft.checkpoint()?)?;

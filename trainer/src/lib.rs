@@ -37,7 +37,9 @@ pub fn device(name: &str) -> anyhow::Result<burn::tensor::Device> {
         "vulkan" => burn::tensor::Device::vulkan(burn::tensor::DeviceKind::DiscreteGpu(0)),
         #[cfg(feature = "cuda")]
         "cuda" => burn::tensor::Device::cuda(0),
-        "vulkan" | "cuda" => anyhow::bail!("this trainer was built without the '{name}' feature; rebuild with --features {name}"),
+        "vulkan" | "cuda" => anyhow::bail!(
+            "this trainer was built without the '{name}' feature; rebuild with --features {name}"
+        ),
         other => anyhow::bail!("unknown device '{other}': expected flex, vulkan or cuda"),
     };
     Ok(base.autodiff())

@@ -119,8 +119,10 @@ pub fn disc_surrogate_paper(
     let t = sigmas.dims()[0];
     let fixed = sigmas.clone().detach();
     let mut states = Vec::with_capacity(t - 1);
-    let x_last = euler_to_min(den, x0.detach(), fixed.clone(), labels.clone(), |st| states.push(st.x.clone().detach()))
-        .detach();
+    let x_last = euler_to_min(den, x0.detach(), fixed.clone(), labels.clone(), |st| {
+        states.push(st.x.clone().detach())
+    })
+    .detach();
     let residual = (x_last.clone() - target.clone()).detach();
     let lambdas = sampler_core::schedule::lambda_weights(fixed);
     let mut surrogate: Option<Tensor<1>> = None;
@@ -128,13 +130,18 @@ pub fn disc_surrogate_paper(
         let s_t = sigmas.clone().slice(ti..ti + 1).expand([b]);
         let den_t = den.denoise(states[ti].clone(), s_t, labels.clone());
         let lam = lambdas.clone().slice(ti..ti + 1);
-        let term = (residual.clone() * den_t).sum().mul_scalar(2.0 / (b * d) as f64) * lam;
+        let term = (residual.clone() * den_t)
+            .sum()
+            .mul_scalar(2.0 / (b * d) as f64)
+            * lam;
         surrogate = Some(match surrogate {
             None => term,
             Some(acc) => acc + term,
         });
     }
     let scale = (t - 1) as f64 / ts.len().max(1) as f64;
-    let surrogate = surrogate.map(|s| s.mul_scalar(scale)).unwrap_or_else(|| sigmas.sum().mul_scalar(0.0));
+    let surrogate = surrogate
+        .map(|s| s.mul_scalar(scale))
+        .unwrap_or_else(|| sigmas.sum().mul_scalar(0.0));
     (surrogate, row_mse(x_last, target).mean())
 }

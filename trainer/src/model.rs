@@ -8,7 +8,9 @@ use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::tensor::{Device, Tensor, TensorData};
 use sampler_core::bundle::{Bundle, ModelSpec};
 use sampler_core::gmm::{Mixture, MixtureDenoiser};
-use sampler_core::model::{NetConfig, Network, Preconditioned, network_from_bytes, weights_to_bytes};
+use sampler_core::model::{
+    NetConfig, Network, Preconditioned, network_from_bytes, weights_to_bytes,
+};
 use sampler_core::precond::Precond;
 use sampler_core::schedule::{Warp, sigmas_from_logits};
 use sampler_core::solver::Denoiser;
@@ -59,6 +61,8 @@ pub fn init_network(config: &NetConfig, seed: u64, device: &Device) -> Network {
 }
 
 /// The denoiser being fine-tuned.
+// One per run: boxing the network variant would buy nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Base {
     /// A network: the weights being trained, their EMA (what ships), the preconditioning.
     Network {
@@ -87,9 +91,17 @@ impl Base {
             ModelSpec::Network { config, weights } => {
                 let net = network_from_bytes(config, weights, device)
                     .map_err(|e| anyhow::anyhow!("base bundle weights: {e}"))?;
-                Base::Network { config: config.clone(), ema: net.valid(), net, precond: bundle.precond }
+                Base::Network {
+                    config: config.clone(),
+                    ema: net.valid(),
+                    net,
+                    precond: bundle.precond,
+                }
             }
-            ModelSpec::Mixture(m) => Base::Mixture { mixture: m.clone(), den: m.to_device(device)? },
+            ModelSpec::Mixture(m) => Base::Mixture {
+                mixture: m.clone(),
+                den: m.to_device(device)?,
+            },
         })
     }
 
@@ -104,9 +116,16 @@ impl Base {
     /// Runs `f` with the shipped denoiser (EMA weights, no autodiff on the weights).
     pub fn with_shipped<R>(&self, f: impl FnOnce(&dyn Denoiser) -> R) -> R {
         match self {
-            Base::Network { ema, precond, config, .. } => {
-                f(&Preconditioned { net: ema, precond: *precond, dim: config.dim() })
-            }
+            Base::Network {
+                ema,
+                precond,
+                config,
+                ..
+            } => f(&Preconditioned {
+                net: ema,
+                precond: *precond,
+                dim: config.dim(),
+            }),
             Base::Mixture { den, .. } => f(den),
         }
     }
@@ -125,7 +144,9 @@ pub fn update_ema(ema: Network, net: &Network, decay: f64) -> Network {
     struct Blend(HashMap<ParamId, Tensor<1>>, f64);
     impl ModuleMapper for Blend {
         fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-            let Some(src) = self.0.remove(&param.id) else { return param };
+            let Some(src) = self.0.remove(&param.id) else {
+                return param;
+            };
             let decay = self.1;
             param.map(|e| {
                 let dims = e.dims();

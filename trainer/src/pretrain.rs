@@ -12,7 +12,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use sampler_core::bundle::{Bundle, ModelSpec, Provenance, SolverKind};
-use sampler_core::model::{NetConfig, Network, Preconditioned, network_from_bytes, weights_to_bytes};
+use sampler_core::model::{
+    NetConfig, Network, Preconditioned, network_from_bytes, weights_to_bytes,
+};
 use sampler_core::precond::Precond;
 use sampler_core::rng;
 use sampler_core::schedule::Schedule;
@@ -69,9 +71,20 @@ pub struct Pretrain {
 
 impl Pretrain {
     /// A fresh run (or one continued from `checkpoint`).
-    pub fn new(config: PretrainConfig, checkpoint: Option<Checkpoint>, device: &Device) -> Result<Self> {
-        config.net.validate().map_err(|e| anyhow::anyhow!("network config: {e}"))?;
-        if config.batch == 0 || !(config.lr > 0.0) || !(0.0..1.0).contains(&config.ema_decay) {
+    pub fn new(
+        config: PretrainConfig,
+        checkpoint: Option<Checkpoint>,
+        device: &Device,
+    ) -> Result<Self> {
+        config
+            .net
+            .validate()
+            .map_err(|e| anyhow::anyhow!("network config: {e}"))?;
+        if config.batch == 0
+            || config.lr.is_nan()
+            || config.lr <= 0.0
+            || !(0.0..1.0).contains(&config.ema_decay)
+        {
             bail!("--batch must be positive, --lr > 0 and --ema-decay in [0, 1)");
         }
         let mut net = init_network(&config.net, config.seed, device);
@@ -82,7 +95,10 @@ impl Pretrain {
             step = ck.step;
             let load = |w: &Option<Vec<u8>>, what: &str| -> Result<Option<Network>> {
                 w.as_ref()
-                    .map(|w| network_from_bytes(&config.net, w, device).map_err(|e| anyhow::anyhow!("checkpoint {what}: {e}")))
+                    .map(|w| {
+                        network_from_bytes(&config.net, w, device)
+                            .map_err(|e| anyhow::anyhow!("checkpoint {what}: {e}"))
+                    })
                     .transpose()
             };
             if let Some(n) = load(&ck.net, "weights")? {
@@ -95,7 +111,14 @@ impl Pretrain {
                 optim = optim.from_bytes(burn::tensor::Bytes::from_bytes_vec(b))?;
             }
         }
-        Ok(Pretrain { config, net, ema, optim, step, device: device.clone() })
+        Ok(Pretrain {
+            config,
+            net,
+            ema,
+            optim,
+            step,
+            device: device.clone(),
+        })
     }
 
     /// One Adam step on a batch; returns the loss.
@@ -105,22 +128,37 @@ impl Pretrain {
         let (x, labels) = data.batch(c.seed, self.step, c.batch, &self.device);
         let eps = noise(c.seed, 11, self.step, c.batch, d, &self.device);
         let stream = rng::random_u64(c.seed ^ 12, self.step);
-        let ln_sigma: Vec<f32> =
-            rng::gaussian_vec(stream, c.batch).iter().map(|z| (P_MEAN + P_STD * *z as f64) as f32).collect();
+        let ln_sigma: Vec<f32> = rng::gaussian_vec(stream, c.batch)
+            .iter()
+            .map(|z| (P_MEAN + P_STD * *z as f64) as f32)
+            .collect();
         let ln_sigma = Tensor::<1>::from_data(TensorData::new(ln_sigma, [c.batch]), &self.device);
-        let den = Preconditioned { net: &self.net, precond: c.precond, dim: d };
+        let den = Preconditioned {
+            net: &self.net,
+            precond: c.precond,
+            dim: d,
+        };
         let loss_t = edm_loss(&den, x, labels, ln_sigma, eps, c.precond);
         let loss = scalar(&loss_t);
         if !loss.is_finite() {
-            bail!("the loss became {loss} at step {}; the last good checkpoint is kept; lower --lr and resume", self.step);
+            bail!(
+                "the loss became {loss} at step {}; the last good checkpoint is kept; lower --lr and resume",
+                self.step
+            );
         }
         let gp = GradientsParams::from_grads(loss_t.backward(), &self.net);
-        let placeholder = self.config.net.init(&self.device.clone().without_autodiff());
+        let placeholder = self
+            .config
+            .net
+            .init(&self.device.clone().without_autodiff());
         let net = std::mem::replace(&mut self.net, placeholder);
         self.net = self.optim.step(self.config.lr, net, gp);
         let n = self.step as f64;
         let decay = self.config.ema_decay.min((1.0 + n) / (10.0 + n));
-        let placeholder = self.config.net.init(&self.device.clone().without_autodiff());
+        let placeholder = self
+            .config
+            .net
+            .init(&self.device.clone().without_autodiff());
         let ema = std::mem::replace(&mut self.ema, placeholder);
         self.ema = update_ema(ema, &self.net, decay);
         self.step += 1;
@@ -146,27 +184,38 @@ impl Pretrain {
 }
 
 /// The bundle of a pre-training checkpoint: EMA weights, EDM's rho = 7 levels.
-pub fn export_bundle(config: &PretrainConfig, ck: &Checkpoint, t: usize, name: &str) -> Result<Bundle> {
-    let weights = ck.ema.clone().context("the checkpoint has no EMA weights")?;
+pub fn export_bundle(
+    config: &PretrainConfig,
+    ck: &Checkpoint,
+    t: usize,
+    name: &str,
+) -> Result<Bundle> {
+    let weights = ck
+        .ema
+        .clone()
+        .context("the checkpoint has no EMA weights")?;
     let b = Bundle {
-            name: name.to_string(),
-            description: format!("EDM-pretrained {} on {}", kind(&config.net), config.dataset),
-            image: config.image,
-            label_count: config.label_count,
-            precond: config.precond,
-            schedule: Schedule::edm(t, 0.002, 80.0)?,
-            solver: SolverKind::Euler,
-            model: ModelSpec::Network { config: config.net.clone(), weights },
-            provenance: Provenance {
-                dataset: config.dataset.clone(),
-                training_steps: ck.step,
-                schedule_method: "edm-rho7".into(),
-                created_unix: std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_secs())
-                    .unwrap_or(0),
-            },
-        };
+        name: name.to_string(),
+        description: format!("EDM-pretrained {} on {}", kind(&config.net), config.dataset),
+        image: config.image,
+        label_count: config.label_count,
+        precond: config.precond,
+        schedule: Schedule::edm(t, 0.002, 80.0)?,
+        solver: SolverKind::Euler,
+        model: ModelSpec::Network {
+            config: config.net.clone(),
+            weights,
+        },
+        provenance: Provenance {
+            dataset: config.dataset.clone(),
+            training_steps: ck.step,
+            schedule_method: "edm-rho7".into(),
+            created_unix: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+        },
+    };
     b.validate()?;
     Ok(b)
 }
@@ -179,21 +228,39 @@ fn kind(n: &NetConfig) -> &'static str {
 }
 
 /// Runs pre-training to the end (or `stop_after` steps) with logging and checkpoints.
-pub fn run(run_dir: &RunDir, config: PretrainConfig, data: &Dataset, device: &Device, stop_after: Option<u64>, quiet: bool) -> Result<Pretrain> {
+pub fn run(
+    run_dir: &RunDir,
+    config: PretrainConfig,
+    data: &Dataset,
+    device: &Device,
+    stop_after: Option<u64>,
+    quiet: bool,
+) -> Result<Pretrain> {
     if config.image != data.shape || config.label_count != data.label_count {
         bail!("the config's image shape/classes differ from the data's");
     }
     if config.net.dim() != data.dim() {
-        bail!("the network expects {} values per sample but the data has {}", config.net.dim(), data.dim());
+        bail!(
+            "the network expects {} values per sample but the data has {}",
+            config.net.dim(),
+            data.dim()
+        );
     }
     if config.net.label_dim() != data.label_count as usize {
-        bail!("the network has {} label inputs but the data has {} classes", config.net.label_dim(), data.label_count);
+        bail!(
+            "the network has {} label inputs but the data has {} classes",
+            config.net.label_dim(),
+            data.label_count
+        );
     }
     let checkpoint = run_dir.load_checkpoint()?;
     if let Some(ck) = &checkpoint {
         let saved: PretrainConfig = run_dir.load_config().context("resuming")?;
         if saved != config {
-            bail!("{} holds a run with another config; use a new --run directory or the same flags", run_dir.path.display());
+            bail!(
+                "{} holds a run with another config; use a new --run directory or the same flags",
+                run_dir.path.display()
+            );
         }
         run_dir.truncate_log(ck.step)?;
     } else {

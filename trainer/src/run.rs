@@ -30,15 +30,25 @@ pub struct Checkpoint {
 
 /// Writes `bytes` to `path` atomically (temporary file in the same directory, then rename).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = path.file_name().context("not a file path")?.to_string_lossy().into_owned();
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .context("not a file path")?
+        .to_string_lossy()
+        .into_owned();
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
     {
-        let mut f = std::fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
-        f.write_all(bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
+        let mut f = std::fs::File::create(&tmp)
+            .with_context(|| format!("cannot create {}", tmp.display()))?;
+        f.write_all(bytes)
+            .with_context(|| format!("cannot write {}", tmp.display()))?;
         f.sync_all().ok();
     }
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot move {} into place", path.display()))?;
+    std::fs::rename(&tmp, path)
+        .with_context(|| format!("cannot move {} into place", path.display()))?;
     Ok(())
 }
 
@@ -51,8 +61,11 @@ pub struct RunDir {
 impl RunDir {
     /// Opens (creating if needed) a run directory.
     pub fn create(path: &Path) -> Result<RunDir> {
-        std::fs::create_dir_all(path).with_context(|| format!("cannot create run directory {}", path.display()))?;
-        Ok(RunDir { path: path.to_path_buf() })
+        std::fs::create_dir_all(path)
+            .with_context(|| format!("cannot create run directory {}", path.display()))?;
+        Ok(RunDir {
+            path: path.to_path_buf(),
+        })
     }
 
     /// Path of `config.json`.
@@ -72,14 +85,22 @@ impl RunDir {
 
     /// Saves the run's config.
     pub fn save_config<C: Serialize>(&self, config: &C) -> Result<()> {
-        write_atomic(&self.config_path(), serde_json::to_string_pretty(config)?.as_bytes())
+        write_atomic(
+            &self.config_path(),
+            serde_json::to_string_pretty(config)?.as_bytes(),
+        )
     }
 
     /// Loads the run's config.
     pub fn load_config<C: for<'de> Deserialize<'de>>(&self) -> Result<C> {
-        let text = std::fs::read_to_string(self.config_path())
-            .with_context(|| format!("{} is not a run directory (no config.json)", self.path.display()))?;
-        serde_json::from_str(&text).with_context(|| format!("{}: malformed config.json", self.path.display()))
+        let text = std::fs::read_to_string(self.config_path()).with_context(|| {
+            format!(
+                "{} is not a run directory (no config.json)",
+                self.path.display()
+            )
+        })?;
+        serde_json::from_str(&text)
+            .with_context(|| format!("{}: malformed config.json", self.path.display()))
     }
 
     /// Saves a checkpoint atomically.
@@ -97,7 +118,8 @@ impl RunDir {
         if !path.exists() {
             return Ok(None);
         }
-        let bytes = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        let bytes =
+            std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
         if bytes.len() < 12 || &bytes[..8] != CHECKPOINT_MAGIC {
             bail!("{} is not a fewstep checkpoint", path.display());
         }
@@ -105,16 +127,25 @@ impl RunDir {
         if crc != sampler_core::bundle::crc32(&bytes[12..]) {
             bail!("{} is corrupted (checksum mismatch)", path.display());
         }
-        Ok(Some(postcard::from_bytes(&bytes[12..]).with_context(|| format!("{} is malformed", path.display()))?))
+        Ok(Some(postcard::from_bytes(&bytes[12..]).with_context(
+            || format!("{} is malformed", path.display()),
+        )?))
     }
 
     /// Keeps the log lines of steps `< step` (after a resume, later lines would be repeated).
     pub fn truncate_log(&self, step: u64) -> Result<()> {
         let path = self.log_path();
-        let Ok(text) = std::fs::read_to_string(&path) else { return Ok(()) };
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            return Ok(());
+        };
         let kept: String = text
             .lines()
-            .filter(|l| serde_json::from_str::<serde_json::Value>(l).ok().and_then(|v| v["step"].as_u64()).is_some_and(|s| s < step))
+            .filter(|l| {
+                serde_json::from_str::<serde_json::Value>(l)
+                    .ok()
+                    .and_then(|v| v["step"].as_u64())
+                    .is_some_and(|s| s < step)
+            })
             .map(|l| format!("{l}\n"))
             .collect();
         write_atomic(&path, kept.as_bytes())

@@ -21,7 +21,10 @@ pub fn network_base(dir: &Path, config: NetConfig, shape: ImageShape) -> (PathBu
         precond: Default::default(),
         schedule: Schedule::edm(8, 0.002, 80.0).unwrap(),
         solver: SolverKind::Euler,
-        model: ModelSpec::Network { weights: weights_to_bytes(&net).unwrap(), config },
+        model: ModelSpec::Network {
+            weights: weights_to_bytes(&net).unwrap(),
+            config,
+        },
         provenance: Default::default(),
     };
     let path = dir.join("base.bin");
@@ -31,11 +34,38 @@ pub fn network_base(dir: &Path, config: NetConfig, shape: ImageShape) -> (PathBu
 }
 
 pub fn mlp_base(dir: &Path) -> (PathBuf, Dataset) {
-    let config = NetConfig::Mlp(MlpConfig::new(16).with_hidden(32).with_depth(2).with_noise_channels(16));
-    network_base(dir, config, ImageShape { channels: 1, height: 1, width: 16 })
+    let config = NetConfig::Mlp(
+        MlpConfig::new(16)
+            .with_hidden(32)
+            .with_depth(2)
+            .with_noise_channels(16),
+    );
+    network_base(
+        dir,
+        config,
+        ImageShape {
+            channels: 1,
+            height: 1,
+            width: 16,
+        },
+    )
 }
 
 pub fn unet_base(dir: &Path) -> (PathBuf, Dataset) {
-    let config = NetConfig::UNet(UNetConfig::new(8, 1, 1).with_model_channels(8).with_channel_mult(vec![1, 2]).with_num_blocks(1).with_attn_resolutions(vec![4]));
-    network_base(dir, config, ImageShape { channels: 1, height: 8, width: 8 })
+    let config = NetConfig::UNet(
+        UNetConfig::new(8, 1, 1)
+            .with_model_channels(8)
+            .with_channel_mult(vec![1, 2])
+            .with_num_blocks(1)
+            .with_attn_resolutions(vec![4]),
+    );
+    network_base(
+        dir,
+        config,
+        ImageShape {
+            channels: 1,
+            height: 8,
+            width: 8,
+        },
+    )
 }

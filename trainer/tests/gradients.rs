@@ -22,7 +22,8 @@ fn f64_device() -> Device {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         let mut d = Device::flex();
-        d.configure(FloatDType::F64).expect("configure before any tensor exists");
+        d.configure(FloatDType::F64)
+            .expect("configure before any tensor exists");
     });
     Device::flex()
 }
@@ -42,15 +43,33 @@ fn case(d: usize, rows: usize, device: &Device) -> Case {
     let eps = noise(1, 2, 0, rows * (T - 1), d, device);
     let x0 = noise(1, 3, 0, rows, d, device).mul_scalar(S_MAX);
     let target = noise(1, 4, 0, rows, d, device).mul_scalar(0.3);
-    let levels = (0..T - 1).flat_map(|i| std::iter::repeat_n(i, rows)).collect();
-    Case { x, eps, x0, target, levels }
+    let levels = (0..T - 1)
+        .flat_map(|i| std::iter::repeat_n(i, rows))
+        .collect();
+    Case {
+        x,
+        eps,
+        x0,
+        target,
+        levels,
+    }
 }
 
 /// (L_bound, L_disc) at logits `v`; autodiff when the device is.
 fn losses(den: &dyn Denoiser, c: &Case, logits: &ScheduleLogits) -> (Tensor<1>, Tensor<1>) {
     let sigmas = logits.sigmas(S_MIN, S_MAX, Warp::Rho7);
     let lambdas = lambda_weights(sigmas.clone());
-    let lb = bound_loss(den, c.x.clone(), None, sigmas.clone(), lambdas, &c.levels, c.eps.clone(), Weighting::Lambda, Precond::default());
+    let lb = bound_loss(
+        den,
+        c.x.clone(),
+        None,
+        sigmas.clone(),
+        lambdas,
+        &c.levels,
+        c.eps.clone(),
+        Weighting::Lambda,
+        Precond::default(),
+    );
     let ld = disc_loss_exact(den, c.x0.clone(), None, sigmas, c.target.clone());
     (lb, ld)
 }
@@ -63,11 +82,21 @@ fn check(make_den: &dyn Fn(&Device) -> Box<dyn Denoiser>, d: usize, what: &str) 
     let den_ad = make_den(&ad);
     let logits = ScheduleLogits::new(&v0, &ad);
     let (lb, ld) = losses(den_ad.as_ref(), &c_ad, &logits);
-    let g_bound = logits.v.grad(&lb.backward()).expect("grad").try_into_vec_as::<f64>().unwrap();
+    let g_bound = logits
+        .v
+        .grad(&lb.backward())
+        .expect("grad")
+        .try_into_vec_as::<f64>()
+        .unwrap();
     let logits = ScheduleLogits::new(&v0, &ad);
     let (_, ld2) = losses(den_ad.as_ref(), &c_ad, &logits);
     let _ = ld;
-    let g_disc = logits.v.grad(&ld2.backward()).expect("grad").try_into_vec_as::<f64>().unwrap();
+    let g_disc = logits
+        .v
+        .grad(&ld2.backward())
+        .expect("grad")
+        .try_into_vec_as::<f64>()
+        .unwrap();
 
     let c = case(d, 3, &plain);
     let den = make_den(&plain);
@@ -82,10 +111,18 @@ fn check(make_den: &dyn Fn(&Device) -> Box<dyn Denoiser>, d: usize, what: &str) 
         let (p, m) = (at(h), at(-h));
         let fd_bound = (p.0 - m.0) / (2.0 * h);
         let fd_disc = (p.1 - m.1) / (2.0 * h);
-        for (name, ad_g, fd) in [("L_bound", g_bound[j], fd_bound), ("L_disc", g_disc[j], fd_disc)] {
+        for (name, ad_g, fd) in [
+            ("L_bound", g_bound[j], fd_bound),
+            ("L_disc", g_disc[j], fd_disc),
+        ] {
             let err = (ad_g - fd).abs() / fd.abs().max(1e-8);
-            eprintln!("{what} d{name}/dv_{j}: autodiff {ad_g:.9e} finite diff {fd:.9e} rel {err:.1e}");
-            assert!(err < 1e-5, "{what} d{name}/dv_{j}: autodiff {ad_g} vs finite difference {fd}");
+            eprintln!(
+                "{what} d{name}/dv_{j}: autodiff {ad_g:.9e} finite diff {fd:.9e} rel {err:.1e}"
+            );
+            assert!(
+                err < 1e-5,
+                "{what} d{name}/dv_{j}: autodiff {ad_g} vs finite difference {fd}"
+            );
         }
     }
 }
@@ -93,7 +130,9 @@ fn check(make_den: &dyn Fn(&Device) -> Box<dyn Denoiser>, d: usize, what: &str) 
 fn mixture() -> Mixture {
     Mixture {
         dim: 4,
-        means: vec![0.5, -0.3, 0.1, 0.8, -0.6, 0.2, -0.4, 0.0, 0.3, 0.3, -0.7, -0.2],
+        means: vec![
+            0.5, -0.3, 0.1, 0.8, -0.6, 0.2, -0.4, 0.0, 0.3, 0.3, -0.7, -0.2,
+        ],
         stds: vec![0.1, 0.2, 0.15],
         weights: vec![0.5, 0.3, 0.2],
     }
@@ -101,8 +140,17 @@ fn mixture() -> Mixture {
 
 #[test]
 fn schedule_gradients_match_finite_differences() {
-    check(&|dev| Box::new(mixture().to_device(dev).unwrap()), 4, "mixture");
-    let config = NetConfig::Mlp(MlpConfig::new(4).with_hidden(16).with_depth(1).with_noise_channels(8));
+    check(
+        &|dev| Box::new(mixture().to_device(dev).unwrap()),
+        4,
+        "mixture",
+    );
+    let config = NetConfig::Mlp(
+        MlpConfig::new(4)
+            .with_hidden(16)
+            .with_depth(1)
+            .with_noise_channels(8),
+    );
     // The network is a constant of the schedule gradient; its weights come from the seed.
     let net_plain = init_network(&config, 7, &f64_device());
     let bytes = sampler_core::model::weights_to_bytes(&net_plain).unwrap();
@@ -120,18 +168,31 @@ fn schedule_gradients_match_finite_differences() {
     let logits = ScheduleLogits::new(&v0, &ad);
     let exact = {
         let (_, ld) = losses(&den, &c, &logits);
-        logits.v.grad(&ld.backward()).unwrap().try_into_vec_as::<f64>().unwrap()
+        logits
+            .v
+            .grad(&ld.backward())
+            .unwrap()
+            .try_into_vec_as::<f64>()
+            .unwrap()
     };
     let logits = ScheduleLogits::new(&v0, &ad);
     let sigmas = logits.sigmas(S_MIN, S_MAX, Warp::Rho7);
     let all: Vec<usize> = (0..T - 1).collect();
     let (sur, _) = disc_surrogate_paper(&den, c.x0.clone(), None, sigmas, c.target.clone(), &all);
-    let paper = logits.v.grad(&sur.backward()).unwrap().try_into_vec_as::<f64>().unwrap();
+    let paper = logits
+        .v
+        .grad(&sur.backward())
+        .unwrap()
+        .try_into_vec_as::<f64>()
+        .unwrap();
     let dot: f64 = exact.iter().zip(&paper).map(|(a, b)| a * b).sum();
     let norm = |v: &[f64]| v.iter().map(|x| x * x).sum::<f64>().sqrt();
     let cosine = dot / (norm(&exact) * norm(&paper));
     eprintln!("paper estimator vs exact: cosine {cosine:.4} (exact {exact:?}, paper {paper:?})");
-    assert!(cosine > 0.0, "the paper estimator points away from the exact gradient: cosine {cosine}");
+    assert!(
+        cosine > 0.0,
+        "the paper estimator points away from the exact gradient: cosine {cosine}"
+    );
 }
 
 struct OwnedNet {
@@ -144,6 +205,11 @@ impl Denoiser for OwnedNet {
         self.dim
     }
     fn denoise(&self, x: Tensor<2>, sigma: Tensor<1>, labels: Option<Tensor<2>>) -> Tensor<2> {
-        Preconditioned { net: &self.net, precond: Precond::default(), dim: self.dim }.denoise(x, sigma, labels)
+        Preconditioned {
+            net: &self.net,
+            precond: Precond::default(),
+            dim: self.dim,
+        }
+        .denoise(x, sigma, labels)
     }
 }

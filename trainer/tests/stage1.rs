@@ -10,7 +10,11 @@ fn mixture_bundle(dir: &std::path::Path) -> std::path::PathBuf {
     let b = Bundle {
         name: "gmm".into(),
         description: String::new(),
-        image: sampler_core::bundle::ImageShape { channels: 1, height: 1, width: 16 },
+        image: sampler_core::bundle::ImageShape {
+            channels: 1,
+            height: 1,
+            width: 16,
+        },
         label_count: 0,
         precond: Default::default(),
         schedule: Schedule::edm(5, 0.002, 80.0).unwrap(),
@@ -49,14 +53,27 @@ fn train(c: FinetuneConfig) -> (Finetune, ScheduleEval, ScheduleEval, (f64, f64)
     }
     let after = ft.objective(999, 256).unwrap();
     let plain = device.clone().without_autodiff();
-    let truth = match sampler_core::Bundle::from_bytes(&std::fs::read(&ft.config.base).unwrap()).unwrap().model {
+    let truth = match sampler_core::Bundle::from_bytes(&std::fs::read(&ft.config.base).unwrap())
+        .unwrap()
+        .model
+    {
         sampler_core::bundle::ModelSpec::Mixture(m) => m.to_device(&plain).unwrap(),
         _ => unreachable!(),
     };
     let edm = Schedule::edm(5, 0.002, 80.0).unwrap();
     let learned = ft.schedule().unwrap();
     let e = evaluate_schedule(&truth, Some(&truth), &edm, 512, 1024, 4242, None, &plain).unwrap();
-    let l = evaluate_schedule(&truth, Some(&truth), &learned, 512, 1024, 4242, None, &plain).unwrap();
+    let l = evaluate_schedule(
+        &truth,
+        Some(&truth),
+        &learned,
+        512,
+        1024,
+        4242,
+        None,
+        &plain,
+    )
+    .unwrap();
     eprintln!(
         "{:?} gamma={}: levels {:?}\n  EDM     trunc {:.4} loglik {:.3}\n  learned trunc {:.4} loglik {:.3}\n  objective (L_bound, L_disc) {:?} -> {:?}",
         ft.config.disc_target,
@@ -75,14 +92,18 @@ fn train(c: FinetuneConfig) -> (Finetune, ScheduleEval, ScheduleEval, (f64, f64)
 #[test]
 fn teacher_target_beats_edm_truncation_error_and_likelihood() {
     let dir = tempfile::tempdir().unwrap();
-    let (_, edm, learned, _, _) = train(config(mixture_bundle(dir.path()), DiscTarget::Teacher, 1.0));
+    let (_, edm, learned, _, _) =
+        train(config(mixture_bundle(dir.path()), DiscTarget::Teacher, 1.0));
     assert!(
         learned.trunc_rmse <= 0.75 * edm.trunc_rmse,
         "truncation error {} not 25% below EDM's {}",
         learned.trunc_rmse,
         edm.trunc_rmse
     );
-    assert!(learned.mean_loglik.unwrap() > edm.mean_loglik.unwrap(), "likelihood did not rise");
+    assert!(
+        learned.mean_loglik.unwrap() > edm.mean_loglik.unwrap(),
+        "likelihood did not rise"
+    );
 }
 
 #[test]
@@ -90,7 +111,10 @@ fn data_target_and_bound_alone_lower_their_objectives() {
     let dir = tempfile::tempdir().unwrap();
     let base = mixture_bundle(dir.path());
     let (_, _, _, before, after) = train(config(base.clone(), DiscTarget::Data, 1.0));
-    assert!(after.0 + after.1 < before.0 + before.1, "data target: {before:?} -> {after:?}");
+    assert!(
+        after.0 + after.1 < before.0 + before.1,
+        "data target: {before:?} -> {after:?}"
+    );
     let (_, _, _, before, after) = train(config(base, DiscTarget::Data, 0.0));
     assert!(after.0 < before.0, "L_bound alone: {before:?} -> {after:?}");
 }

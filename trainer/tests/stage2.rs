@@ -74,19 +74,42 @@ fn resumed_run_equals_uninterrupted_run() {
     let c = two_stage_config(base);
 
     let whole = RunDir::create(&dir.path().join("whole")).unwrap();
-    let a = trainer::finetune::run(&whole, c.clone(), Some(data.clone()), &device(), None, true).unwrap();
+    let a = trainer::finetune::run(&whole, c.clone(), Some(data.clone()), &device(), None, true)
+        .unwrap();
 
     // Stop mid-stage-2 of round 0 (step 5; last checkpoint at step 4), then resume twice.
     let parts = RunDir::create(&dir.path().join("parts")).unwrap();
-    trainer::finetune::run(&parts, c.clone(), Some(data.clone()), &device(), Some(5), true).unwrap();
-    trainer::finetune::run(&parts, c.clone(), Some(data.clone()), &device(), Some(8), true).unwrap();
+    trainer::finetune::run(
+        &parts,
+        c.clone(),
+        Some(data.clone()),
+        &device(),
+        Some(5),
+        true,
+    )
+    .unwrap();
+    trainer::finetune::run(
+        &parts,
+        c.clone(),
+        Some(data.clone()),
+        &device(),
+        Some(8),
+        true,
+    )
+    .unwrap();
     let b = trainer::finetune::run(&parts, c, Some(data), &device(), None, true).unwrap();
 
     let (la, lb) = (log_losses(&whole), log_losses(&parts));
     assert_eq!(la.len(), 12);
-    assert_eq!(la.iter().map(|x| x.0).collect::<Vec<_>>(), lb.iter().map(|x| x.0).collect::<Vec<_>>());
+    assert_eq!(
+        la.iter().map(|x| x.0).collect::<Vec<_>>(),
+        lb.iter().map(|x| x.0).collect::<Vec<_>>()
+    );
     for ((s, x), (_, y)) in la.iter().zip(&lb) {
-        assert!((x - y).abs() <= 1e-6 * x.abs().max(1.0), "step {s}: {x} vs {y}");
+        assert!(
+            (x - y).abs() <= 1e-6 * x.abs().max(1.0),
+            "step {s}: {x} vs {y}"
+        );
     }
     let ea = a.export("t", "").unwrap().to_bytes().unwrap();
     let eb = b.export("t", "").unwrap().to_bytes().unwrap();
@@ -107,8 +130,18 @@ fn exported_bundle_denoises_like_the_trainer() {
     assert_eq!(sampler.bundle().schedule, ft.schedule().unwrap());
     let x = noise(3, 3, 0, 4, 64, &plain).mul_scalar(2.0);
     let sigma = Tensor::<1>::from_floats([80.0, 2.0, 0.3, 0.002], &plain);
-    let want = ft.with_shipped(|d| d.denoise(x.clone(), sigma.clone(), None)).try_into_vec_as::<f32>().unwrap();
-    let got = sampler.with_denoiser(|d| d.denoise(x.clone(), sigma.clone(), None)).try_into_vec_as::<f32>().unwrap();
-    let worst = want.iter().zip(&got).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    let want = ft
+        .with_shipped(|d| d.denoise(x.clone(), sigma.clone(), None))
+        .try_into_vec_as::<f32>()
+        .unwrap();
+    let got = sampler
+        .with_denoiser(|d| d.denoise(x.clone(), sigma.clone(), None))
+        .try_into_vec_as::<f32>()
+        .unwrap();
+    let worst = want
+        .iter()
+        .zip(&got)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
     assert!(worst < 1e-5, "max |trainer - sampler| = {worst}");
 }
