@@ -16,7 +16,7 @@ fn main() {
     println!("cargo:rerun-if-env-changed=FEWSTEP_BUNDLE");
     let bundle = match std::env::var_os("FEWSTEP_BUNDLE") {
         Some(p) => PathBuf::from(p),
-        None => here.join("../bundles/demo-shapes.bin"),
+        None => here.join("../bundles/shapes8.bin"),
     };
     println!("cargo:rerun-if-changed={}", bundle.display());
     if let Err(e) = std::fs::copy(&bundle, out.join("bundle.bin")) {

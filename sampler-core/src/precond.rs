@@ -76,10 +76,10 @@ impl Precond {
             } => {
                 let (beta_d, beta_min) = (beta_d as f64, beta_min as f64);
                 // sigma_inv(s) = (sqrt(beta_min^2 + 2 beta_d ln(1 + s^2)) - beta_min) / beta_d
+                // log1p: ln(1 + s^2) in f32 loses most digits for s near s_min.
                 let t = s2
                     .clone()
-                    .add_scalar(1.0)
-                    .log()
+                    .log1p()
                     .mul_scalar(2.0 * beta_d)
                     .add_scalar(beta_min * beta_min)
                     .sqrt()

@@ -83,9 +83,9 @@ fn firmware_in_qemu_matches_the_host() {
          (or set FEWSTEP_SKIP_FIRMWARE=1 to skip this check)"
     );
     let bundle = repo()
-        .join("bundles/demo-shapes.bin")
+        .join("bundles/shapes8.bin")
         .canonicalize()
-        .expect("bundles/demo-shapes.bin");
+        .expect("bundles/shapes8.bin");
     let fw = repo().join("firmware-example");
 
     // 1. Build.

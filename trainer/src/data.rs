@@ -207,7 +207,10 @@ impl Dataset {
             values,
             labels: opts.labels.then_some(labels),
             label_count: classes.len() as u32,
-            name: root.display().to_string(),
+            name: root.file_name().map_or_else(
+                || root.display().to_string(),
+                |n| n.to_string_lossy().into_owned(),
+            ),
             skipped,
         })
     }

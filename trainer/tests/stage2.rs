@@ -145,3 +145,35 @@ fn exported_bundle_denoises_like_the_trainer() {
         .fold(0.0f32, f32::max);
     assert!(worst < 1e-5, "max |trainer - sampler| = {worst}");
 }
+
+#[test]
+fn nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let (base, data) = common::mlp_base(dir.path());
+    let mut c = two_stage_config(base);
+    c.checkpoint_every = 2;
+    let run = RunDir::create(&dir.path().join("run")).unwrap();
+    trainer::finetune::run(
+        &run,
+        c.clone(),
+        Some(data.clone()),
+        &device(),
+        Some(4),
+        true,
+    )
+    .unwrap();
+    let good = run.load_checkpoint().unwrap().unwrap();
+    assert_eq!(good.step, 4);
+    // The same run continued on data that has gone bad.
+    let mut poisoned = data;
+    poisoned.values.iter_mut().for_each(|v| *v = f32::NAN);
+    let err = trainer::finetune::run(&run, c, Some(poisoned), &device(), None, true)
+        .err()
+        .expect("a NaN loss must stop the run");
+    let msg = format!("{err:#}");
+    assert!(
+        msg.contains("NaN") && msg.contains("last good checkpoint"),
+        "{msg}"
+    );
+    assert_eq!(run.load_checkpoint().unwrap().unwrap(), good);
+}
