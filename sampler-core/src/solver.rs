@@ -52,11 +52,22 @@ pub fn euler<D: Denoiser + ?Sized>(
     labels: Option<Tensor<2>>,
     mut on_step: impl FnMut(Step<'_>),
 ) -> Tensor<2> {
-    let b = x0.dims()[0];
-    let t = sigmas.dims()[0];
     let x = euler_to_min(denoiser, x0, sigmas.clone(), labels.clone(), &mut on_step);
-    // s_T = 0: x_T = D(x_{T-1}, s_min)
-    let denoised = denoiser.denoise(x.clone(), level(&sigmas, t - 1, b), labels);
+    last_step(denoiser, x, &sigmas, labels, on_step)
+}
+
+/// The step from `s_{T-1}` to `s_T = 0`, the same in every solver here:
+/// `x_T = D(x_{T-1}, s_min)`.
+fn last_step<D: Denoiser + ?Sized>(
+    denoiser: &D,
+    x: Tensor<2>,
+    sigmas: &Tensor<1>,
+    labels: Option<Tensor<2>>,
+    mut on_step: impl FnMut(Step<'_>),
+) -> Tensor<2> {
+    let b = x.dims()[0];
+    let t = sigmas.dims()[0];
+    let denoised = denoiser.denoise(x.clone(), level(sigmas, t - 1, b), labels);
     on_step(Step {
         index: t - 1,
         steps: t,
@@ -109,17 +120,8 @@ pub fn heun<D: Denoiser + ?Sized>(
     labels: Option<Tensor<2>>,
     mut on_step: impl FnMut(Step<'_>),
 ) -> Tensor<2> {
-    let b = x0.dims()[0];
-    let t = sigmas.dims()[0];
     let x = heun_to_min(denoiser, x0, sigmas.clone(), labels.clone(), &mut on_step);
-    let denoised = denoiser.denoise(x.clone(), level(&sigmas, t - 1, b), labels);
-    on_step(Step {
-        index: t - 1,
-        steps: t,
-        x: &x,
-        denoised: &denoised,
-    });
-    denoised
+    last_step(denoiser, x, &sigmas, labels, on_step)
 }
 
 /// The first `T - 1` Heun steps: the state at `s_min` (`2T - 2` evaluations), the
@@ -156,4 +158,48 @@ pub fn heun_to_min<D: Denoiser + ?Sized>(
         x = x + (d_cur + d_next) * h.mul_scalar(0.5);
     }
     x
+}
+
+/// DPM-Solver++(2M) (Lu et al. 2022) over the levels `s_0 > ... > s_{T-1}` then `s_T = 0`,
+/// following k-diffusion's `sample_dpmpp_2m`: `T` evaluations; in EDM's parameterization its
+/// first-order step is exactly Euler, and from the second step on it extrapolates
+/// `D_hat = (1 + 1/(2r)) D_i - 1/(2r) D_{i-1}` with `r = h_{i-1}/h_i`, `h_i = ln(s_i/s_{i+1})`.
+/// The step to `s_T = 0` stays first order, as in k-diffusion.
+///
+/// # Shapes
+/// `x0`: `[B, d]`, `sigmas`: `[T]` -> `[B, d]`.
+pub fn dpmpp_2m<D: Denoiser + ?Sized>(
+    denoiser: &D,
+    x0: Tensor<2>,
+    sigmas: Tensor<1>,
+    labels: Option<Tensor<2>>,
+    mut on_step: impl FnMut(Step<'_>),
+) -> Tensor<2> {
+    let b = x0.dims()[0];
+    let t = sigmas.dims()[0];
+    let s = |i: usize| sigmas.clone().slice(i..i + 1).reshape([1, 1]);
+    let mut x = x0;
+    let mut previous: Option<Tensor<2>> = None;
+    for i in 0..t - 1 {
+        let denoised = denoiser.denoise(x.clone(), level(&sigmas, i, b), labels.clone());
+        on_step(Step {
+            index: i,
+            steps: t,
+            x: &x,
+            denoised: &denoised,
+        });
+        let ratio = s(i + 1) / s(i); // exp(-h_i)
+        let target = match &previous {
+            None => denoised.clone(),
+            Some(prev) => {
+                let h = s(i).log() - s(i + 1).log();
+                let h_last = s(i - 1).log() - s(i).log();
+                let half_inv_r = h / h_last.mul_scalar(2.0); // 1 / (2r)
+                denoised.clone() * half_inv_r.clone().add_scalar(1.0) - prev.clone() * half_inv_r
+            }
+        };
+        x = x * ratio.clone() + target * ratio.neg().add_scalar(1.0);
+        previous = Some(denoised);
+    }
+    last_step(denoiser, x, &sigmas, labels, on_step)
 }

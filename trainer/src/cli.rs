@@ -45,13 +45,15 @@ enum Command {
 /// Where the training images come from.
 #[derive(Args, Debug, Clone)]
 pub struct DataArgs {
-    /// A folder of PNG/JPEG images (searched recursively).
-    #[arg(long, value_name = "PATH")]
-    data: Option<PathBuf>,
+    /// Training data: a shipped set (mnist, mnist-test, faces, digits), a .fsd(.gz) file,
+    /// or a folder of PNG/JPEG images (searched recursively).
+    #[arg(long, value_name = "NAME|PATH")]
+    data: Option<String>,
     /// Resize every image to N x N.
     #[arg(long, value_name = "N")]
     resize: Option<u32>,
-    /// Class labels from the first-level sub-folder names.
+    /// Class-conditional: labels from a .fsd file, or from the first-level sub-folder names
+    /// of an image folder.
     #[arg(long)]
     labels: bool,
     /// Skip unreadable or mismatched images (with a count) instead of stopping.
@@ -70,7 +72,7 @@ impl DataArgs {
             skip_bad: self.skip_bad,
             channels: None,
         };
-        let d = Dataset::from_folder(path, &opts)?;
+        let d = Dataset::load(path, &opts)?;
         if d.skipped > 0 {
             eprintln!(
                 "warning: skipped {} unreadable or mismatched files",
@@ -83,7 +85,7 @@ impl DataArgs {
             d.shape.channels,
             d.shape.height,
             d.shape.width,
-            path.display(),
+            path,
             if d.label_count > 0 {
                 format!(", {} classes", d.label_count)
             } else {

@@ -48,6 +48,55 @@ pub enum DataError {
     /// Nothing usable.
     #[error("no images found under {0} (looked for .png, .jpg, .jpeg)")]
     Empty(PathBuf),
+    /// A `.fsd` file that is not one, or is damaged.
+    #[error("{path}: {reason}; regenerate it with `python3 data/fetch_data.py`")]
+    BadRaw {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A name that is neither a shipped data set nor an existing path.
+    #[error(
+        "unknown data set '{0}': use mnist, mnist-test, faces, digits, a .fsd(.gz) file or an image folder"
+    )]
+    Unknown(String),
+}
+
+/// Magic of the raw data format written by `data/fetch_data.py`.
+const FSD_MAGIC: &[u8; 8] = b"FSDATA1\0";
+
+/// The file of a shipped data set (`mnist`, `mnist-test`, `faces`, `digits`), looked up in
+/// `./data/` and then in the repository's `data/`.
+pub fn shipped_path(name: &str) -> Option<PathBuf> {
+    let file = match name {
+        "mnist" | "mnist-train" => "mnist-train.fsd.gz",
+        "mnist-test" => "mnist-test.fsd.gz",
+        "faces" => "faces.fsd.gz",
+        "digits" => "digits.fsd.gz",
+        _ => return None,
+    };
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join("data")
+        .join(file);
+    [Path::new("data").join(file), repo]
+        .into_iter()
+        .find(|p| p.exists())
+}
+
+/// Resizes `n` channels-first u8 images to `size x size` (Lanczos).
+fn resize_u8(px: &[u8], n: usize, c: usize, h: usize, w: usize, size: u32) -> Vec<u8> {
+    use image::imageops::{FilterType, resize};
+    let mut out = Vec::with_capacity(n * c * (size * size) as usize);
+    for img in px.chunks(c * h * w) {
+        for ch in img.chunks(h * w) {
+            let gray =
+                image::GrayImage::from_raw(w as u32, h as u32, ch.to_vec()).expect("sizes agree");
+            out.extend_from_slice(resize(&gray, size, size, FilterType::Lanczos3).as_raw());
+        }
+    }
+    out
 }
 
 /// A data set in memory: `n` images of `shape`, values in [-1, 1], optional labels.
@@ -122,6 +171,118 @@ impl Dataset {
             name: "mixture samples".into(),
             skipped: 0,
         }
+    }
+
+    /// Resolves `spec` (a shipped name, a `.fsd`/`.fsd.gz` file or an image folder) and loads it.
+    pub fn load(spec: &str, opts: &FolderOptions) -> Result<Dataset, DataError> {
+        let path = Path::new(spec);
+        if path.is_dir() {
+            return Dataset::from_folder(path, opts);
+        }
+        let file = shipped_path(spec).or_else(|| path.is_file().then(|| path.to_path_buf()));
+        let mut d = Dataset::from_fsd(
+            &file.ok_or_else(|| DataError::Unknown(spec.to_string()))?,
+            opts.resize,
+        )?;
+        if !opts.labels {
+            // Unconditional training: the file's labels are not used.
+            d.labels = None;
+            d.label_count = 0;
+        }
+        Ok(d)
+    }
+
+    /// Reads the raw format of `data/fetch_data.py` (gzip-compressed when the name ends
+    /// in `.gz`), optionally resizing to `resize x resize`.
+    pub fn from_fsd(path: &Path, resize: Option<u32>) -> Result<Dataset, DataError> {
+        use std::io::Read;
+        let bad = |reason: String| DataError::BadRaw {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let raw = std::fs::read(path).map_err(|source| DataError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let bytes = if path.extension().is_some_and(|e| e == "gz") {
+            let mut out = Vec::new();
+            // Bounded: a shipped set is a few MB; refuse decompression bombs.
+            flate2::read::GzDecoder::new(&raw[..])
+                .take(1 << 30)
+                .read_to_end(&mut out)
+                .map_err(|e| bad(format!("gzip data is corrupted ({e})")))?;
+            out
+        } else {
+            raw
+        };
+        if bytes.len() < 28 || &bytes[..8] != FSD_MAGIC {
+            return Err(bad("not a fewstep data file (no FSDATA1 magic)".into()));
+        }
+        let field = |i: usize| {
+            u32::from_le_bytes([
+                bytes[8 + 4 * i],
+                bytes[9 + 4 * i],
+                bytes[10 + 4 * i],
+                bytes[11 + 4 * i],
+            ]) as usize
+        };
+        let (n, c, h, w, labels) = (field(0), field(1), field(2), field(3), field(4));
+        let per = c
+            .checked_mul(h)
+            .and_then(|v| v.checked_mul(w))
+            .filter(|&v| v > 0 && c <= 4);
+        let Some(per) = per else {
+            return Err(bad(format!("bad image shape {c}x{h}x{w}")));
+        };
+        let want = n
+            .checked_mul(per)
+            .and_then(|v| v.checked_add(if labels > 0 { n } else { 0 }))
+            .and_then(|v| v.checked_add(28));
+        if want != Some(bytes.len()) || n == 0 {
+            return Err(bad(format!(
+                "{} bytes do not hold {n} images of {c}x{h}x{w}{}",
+                bytes.len(),
+                if labels > 0 { " with labels" } else { "" }
+            )));
+        }
+        let px = &bytes[28..28 + n * per];
+        let label_vec = (labels > 0).then(|| {
+            bytes[28 + n * per..]
+                .iter()
+                .map(|&l| l as u32)
+                .collect::<Vec<_>>()
+        });
+        if let Some(l) = &label_vec {
+            if l.iter().any(|&y| y as usize >= labels) {
+                return Err(bad(format!("a label is outside 0..{labels}")));
+            }
+        }
+        let (px, h, w) = match resize {
+            Some(s) if (s as usize, s as usize) != (h, w) => {
+                (resize_u8(px, n, c, h, w, s), s as usize, s as usize)
+            }
+            _ => (px.to_vec(), h, w),
+        };
+        Ok(Dataset {
+            shape: ImageShape {
+                channels: c as u32,
+                height: h as u32,
+                width: w as u32,
+            },
+            values: px.iter().map(|&v| v as f32 / 127.5 - 1.0).collect(),
+            labels: label_vec,
+            label_count: labels as u32,
+            name: path.file_name().map_or_else(
+                || path.display().to_string(),
+                |f| {
+                    f.to_string_lossy()
+                        .trim_end_matches(".gz")
+                        .trim_end_matches(".fsd")
+                        .to_string()
+                },
+            ),
+            skipped: 0,
+        })
     }
 
     /// Loads every PNG/JPEG under `root` (recursively), in sorted path order.

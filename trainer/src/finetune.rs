@@ -771,20 +771,7 @@ pub fn run(
     stop_after: Option<u64>,
     quiet: bool,
 ) -> Result<Finetune> {
-    let checkpoint = run_dir.load_checkpoint()?;
-    if let Some(ck) = &checkpoint {
-        let saved: FinetuneConfig = run_dir.load_config()?;
-        if saved != config {
-            bail!(
-                "{} holds a run with another config; use a new --run directory or the same flags",
-                run_dir.path.display()
-            );
-        }
-        run_dir.truncate_log(ck.step)?;
-    } else {
-        run_dir.save_config(&config)?;
-        run_dir.truncate_log(0)?;
-    }
+    let checkpoint = run_dir.start(&config)?;
     let mut ft = Finetune::new(config, data, checkpoint, device)?;
     let total = ft.config.total_steps();
     let end = stop_after.map_or(total, |s| s.min(total));

@@ -253,20 +253,7 @@ pub fn run(
             data.label_count
         );
     }
-    let checkpoint = run_dir.load_checkpoint()?;
-    if let Some(ck) = &checkpoint {
-        let saved: PretrainConfig = run_dir.load_config().context("resuming")?;
-        if saved != config {
-            bail!(
-                "{} holds a run with another config; use a new --run directory or the same flags",
-                run_dir.path.display()
-            );
-        }
-        run_dir.truncate_log(ck.step)?;
-    } else {
-        run_dir.save_config(&config)?;
-        run_dir.truncate_log(0)?;
-    }
+    let checkpoint = run_dir.start(&config)?;
     let mut pt = Pretrain::new(config, checkpoint, device)?;
     let total = pt.config.steps;
     let end = stop_after.map_or(total, |s| s.min(total));

@@ -83,6 +83,33 @@ impl RunDir {
         self.path.join("log.jsonl")
     }
 
+    /// Starts or resumes the run described by `config`: a fresh directory gets the config and
+    /// an empty log; one with a checkpoint must hold the same config, and its log is cut back
+    /// to the checkpoint's step. Returns the checkpoint to resume from.
+    pub fn start<C: Serialize + for<'de> Deserialize<'de> + PartialEq>(
+        &self,
+        config: &C,
+    ) -> Result<Option<Checkpoint>> {
+        let checkpoint = self.load_checkpoint()?;
+        match &checkpoint {
+            Some(ck) => {
+                let saved: C = self.load_config()?;
+                if saved != *config {
+                    bail!(
+                        "{} holds a run with another config; use a new --run directory or the same flags",
+                        self.path.display()
+                    );
+                }
+                self.truncate_log(ck.step)?;
+            }
+            None => {
+                self.save_config(config)?;
+                self.truncate_log(0)?;
+            }
+        }
+        Ok(checkpoint)
+    }
+
     /// Saves the run's config.
     pub fn save_config<C: Serialize>(&self, config: &C) -> Result<()> {
         write_atomic(

@@ -164,3 +164,48 @@ fn bad_input_is_one_line_and_exit_code_2() {
         assert!(!err.contains("panicked"), "{err}");
     }
 }
+
+#[test]
+fn conditional_unet_on_shipped_digits_through_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |n: &str| dir.path().join(n).to_string_lossy().into_owned();
+    let out = ok(&trainer(&[
+        "pretrain",
+        "--data",
+        "digits",
+        "--labels",
+        "--run",
+        &p("base"),
+        "--steps",
+        "3",
+        "--batch",
+        "8",
+        "--model-channels",
+        "8",
+        "--channel-mult",
+        "1,2",
+        "--num-blocks",
+        "1",
+        "--quiet",
+    ]));
+    assert!(out.contains("3 of 3 steps"), "{out}");
+    ok(&trainer(&[
+        "export",
+        "--run",
+        &p("base"),
+        "--out",
+        &p("digits.bin"),
+        "--t",
+        "4",
+    ]));
+    let bytes = std::fs::read(p("digits.bin")).unwrap();
+    let sampler =
+        sampler_core::Sampler::from_bundle(&bytes, &burn::tensor::Device::flex()).unwrap();
+    let b = sampler.bundle();
+    assert_eq!(
+        (b.label_count, b.image.height, b.provenance.dataset.as_str()),
+        (10, 8, "digits")
+    );
+    let images = sampler.generate(1, 2, Some(3)).unwrap();
+    assert_eq!(images.data.len(), 2 * 64);
+}
