@@ -252,10 +252,10 @@ impl Dataset {
                 .map(|&l| l as u32)
                 .collect::<Vec<_>>()
         });
-        if let Some(l) = &label_vec {
-            if l.iter().any(|&y| y as usize >= labels) {
-                return Err(bad(format!("a label is outside 0..{labels}")));
-            }
+        if let Some(l) = &label_vec
+            && l.iter().any(|&y| y as usize >= labels)
+        {
+            return Err(bad(format!("a label is outside 0..{labels}")));
         }
         let (px, h, w) = match resize {
             Some(s) if (s as usize, s as usize) != (h, w) => {
