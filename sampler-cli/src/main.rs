@@ -277,23 +277,7 @@ fn write_png(path: &Path, px: &Pixels) -> Result<()> {
     image::codecs::png::PngEncoder::new(&mut buf)
         .write_image(&px.data, px.width, px.height, color)
         .context("PNG encoding failed")?;
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .with_context(|| format!("{} is not a file path", path.display()))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    std::fs::write(&tmp, &buf).with_context(|| format!("cannot write {}", tmp.display()))?;
-    if let Err(e) = std::fs::rename(&tmp, path) {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e)
-            .with_context(|| format!("cannot move the image into place at {}", path.display()));
-    }
+    sampler_core::fs::write_atomic(path, &buf)
+        .with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
 }

@@ -11,6 +11,8 @@ extern crate alloc;
 extern crate std;
 
 pub mod bundle;
+#[cfg(feature = "std")]
+pub mod fs;
 pub mod gmm;
 pub mod model;
 pub mod precond;

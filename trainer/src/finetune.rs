@@ -469,27 +469,8 @@ impl Finetune {
                         let (xd, ld) =
                             self.data
                                 .batch(c.seed ^ 0xD15C, step, c.disc_batch, &self.device);
-                        let e0 = noise(
-                            c.seed,
-                            purpose::DISC_NOISE,
-                            step,
-                            c.disc_batch,
-                            d,
-                            &self.device,
-                        );
-                        let e1 = noise(
-                            c.seed,
-                            purpose::DISC_TARGET_NOISE,
-                            step,
-                            c.disc_batch,
-                            d,
-                            &self.device,
-                        );
-                        (
-                            xd.clone() + e0.mul_scalar(c.s_max),
-                            xd + e1.mul_scalar(c.s_min),
-                            ld,
-                        )
+                        let (x0, target) = data_disc_pair(&c, xd, step, &self.device);
+                        (x0, target, ld)
                     }
                     DiscTarget::Teacher => {
                         let (px0, ptarget, plabels) = self.teacher_pool(round)?;
@@ -665,12 +646,11 @@ impl Finetune {
             );
             let (x0, target) = match c.disc_target {
                 DiscTarget::Data => {
-                    let e0 = noise(eval_seed, purpose::DISC_NOISE, 0, rows, d, &device);
-                    let e1 = noise(eval_seed, purpose::DISC_TARGET_NOISE, 0, rows, d, &device);
-                    (
-                        x.clone() + e0.mul_scalar(c.s_max),
-                        x.clone() + e1.mul_scalar(c.s_min),
-                    )
+                    let eval = FinetuneConfig {
+                        seed: eval_seed,
+                        ..c.clone()
+                    };
+                    data_disc_pair(&eval, x.clone(), 0, &device)
                 }
                 DiscTarget::Teacher => {
                     let x0 = noise(eval_seed, purpose::POOL_NOISE, 0, rows, d, &device)
@@ -729,6 +709,23 @@ pub fn export_bundle(
         .unwrap_or(0);
     b.validate()?;
     Ok(b)
+}
+
+/// The paper's `L_disc` pair for data `x` (method.md §4): the sampler starts from
+/// `x_0 = x + s_max eps_0` and should land on `x + s_min eps'`.
+fn data_disc_pair(
+    c: &FinetuneConfig,
+    x: Tensor<2>,
+    step: u64,
+    device: &Device,
+) -> (Tensor<2>, Tensor<2>) {
+    let [rows, d] = x.dims();
+    let e0 = noise(c.seed, purpose::DISC_NOISE, step, rows, d, device);
+    let e1 = noise(c.seed, purpose::DISC_TARGET_NOISE, step, rows, d, device);
+    (
+        x.clone() + e0.mul_scalar(c.s_max),
+        x + e1.mul_scalar(c.s_min),
+    )
 }
 
 fn one_hot_labels(ks: &[usize], label_count: u32, device: &Device) -> Option<Tensor<2>> {
