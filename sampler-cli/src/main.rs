@@ -9,11 +9,12 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 use sampler_core::bundle::{Bundle, ModelSpec};
 use sampler_core::model::NetConfig;
+use sampler_core::sampler::Pixels;
 use sampler_core::{Images, Sampler};
 
 /// Generate images from a fewstep bundle (weights + learned noise levels) with the
@@ -122,12 +123,12 @@ fn run(args: &Args) -> Result<()> {
             std::fs::create_dir_all(dir)
                 .with_context(|| format!("cannot create output directory {}", dir.display()))?;
             for k in 0..images.count {
-                write_png(&dir.join(format!("{k:06}.png")), &one_image(&images, k))?;
+                write_png(&dir.join(format!("{k:06}.png")), &images.pixels(k))?;
             }
             dir.display().to_string()
         }
         None => {
-            write_png(&args.out, &grid(&images))?;
+            write_png(&args.out, &images.grid(None))?;
             args.out.display().to_string()
         }
     };
@@ -213,71 +214,8 @@ fn print_info(b: &Bundle) {
     println!("lambdas:     {}", lambdas.join(" "));
 }
 
-/// 8-bit pixels of image `k` with its shape, interleaved for PNG.
-struct Pixels {
-    channels: u32,
-    width: u32,
-    height: u32,
-    data: Vec<u8>,
-}
-
-fn one_image(images: &Images, k: usize) -> Pixels {
-    let s = images.shape;
-    let (c, h, w) = (s.channels as usize, s.height as usize, s.width as usize);
-    let src = images.image(k);
-    let mut data = vec![0u8; c * h * w];
-    for ch in 0..c {
-        for i in 0..h * w {
-            data[i * c + ch] = sampler_core::sampler::to_u8(src[ch * h * w + i]);
-        }
-    }
-    Pixels {
-        channels: s.channels,
-        width: s.width,
-        height: s.height,
-        data,
-    }
-}
-
-/// All images in a near-square grid with a 2-pixel black border.
-fn grid(images: &Images) -> Pixels {
-    let s = images.shape;
-    let (c, h, w) = (s.channels as usize, s.height as usize, s.width as usize);
-    let cols = (images.count as f64).sqrt().ceil().max(1.0) as usize;
-    let rows = images.count.div_ceil(cols);
-    let pad = 2;
-    let (gw, gh) = (cols * (w + pad) + pad, rows * (h + pad) + pad);
-    let mut data = vec![0u8; gw * gh * c];
-    for k in 0..images.count {
-        let img = one_image(images, k);
-        let (x0, y0) = (pad + (k % cols) * (w + pad), pad + (k / cols) * (h + pad));
-        for y in 0..h {
-            let dst = ((y0 + y) * gw + x0) * c;
-            data[dst..dst + w * c].copy_from_slice(&img.data[y * w * c..(y + 1) * w * c]);
-        }
-    }
-    Pixels {
-        channels: s.channels,
-        width: gw as u32,
-        height: gh as u32,
-        data,
-    }
-}
-
 /// Encodes a PNG and moves it into place atomically.
 fn write_png(path: &Path, px: &Pixels) -> Result<()> {
-    use image::ImageEncoder;
-    let color = match px.channels {
-        1 => image::ExtendedColorType::L8,
-        3 => image::ExtendedColorType::Rgb8,
-        4 => image::ExtendedColorType::Rgba8,
-        n => bail!("cannot write a PNG with {n} channels"),
-    };
-    let mut buf = Vec::new();
-    image::codecs::png::PngEncoder::new(&mut buf)
-        .write_image(&px.data, px.width, px.height, color)
-        .context("PNG encoding failed")?;
-    sampler_core::fs::write_atomic(path, &buf)
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(())
+    sampler_core::fs::write_png(path, px)
+        .with_context(|| format!("cannot write {}", path.display()))
 }

@@ -1,5 +1,6 @@
 //! Host conveniences (`std` feature): the one atomic file write that the CLI and the
-//! trainer use, so an interrupted program never leaves half an image, bundle or checkpoint.
+//! trainer use, so an interrupted program never leaves half an image, bundle or checkpoint,
+//! and the PNG writer of both.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -31,4 +32,31 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         let _ = std::fs::remove_file(&tmp);
     }
     result
+}
+
+/// Encodes `px` as an 8-bit PNG (gray, RGB or RGBA) and writes it with [`write_atomic`].
+pub fn write_png(path: &Path, px: &crate::sampler::Pixels) -> std::io::Result<()> {
+    let color = match px.channels {
+        1 => png::ColorType::Grayscale,
+        3 => png::ColorType::Rgb,
+        4 => png::ColorType::Rgba,
+        n => {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                std::format!("cannot write a PNG with {n} channels"),
+            ));
+        }
+    };
+    let mut buf = std::vec::Vec::new();
+    {
+        let mut encoder = png::Encoder::new(&mut buf, px.width, px.height);
+        encoder.set_color(color);
+        encoder.set_depth(png::BitDepth::Eight);
+        let mut writer = encoder.write_header().map_err(std::io::Error::other)?;
+        writer
+            .write_image_data(&px.data)
+            .map_err(std::io::Error::other)?;
+        writer.finish().map_err(std::io::Error::other)?;
+    }
+    write_atomic(path, &buf)
 }

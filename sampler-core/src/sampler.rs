@@ -11,7 +11,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 
 use crate::bundle::{Bundle, BundleError, ImageShape, ModelSpec};
 use crate::gmm::MixtureDenoiser;
-use crate::model::{Network, Preconditioned, network_from_bytes};
+use crate::model::{Network, Preconditioned, network_from_vec};
 use crate::rng;
 use crate::solver::{Denoiser, Step, euler};
 
@@ -66,7 +66,93 @@ pub fn to_u8(v: f32) -> u8 {
     libm::floorf(scaled + 0.5) as u8
 }
 
+/// 8-bit pixels interleaved per pixel (`channels` values each), rows top to bottom: what an
+/// image file stores.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pixels {
+    /// Channels per pixel (1 gray, 3 RGB).
+    pub channels: u32,
+    /// Width in pixels.
+    pub width: u32,
+    /// Height in pixels.
+    pub height: u32,
+    /// `height * width * channels` bytes.
+    pub data: Vec<u8>,
+}
+
+impl Pixels {
+    /// Enlarged `factor` times by repeating pixels (nearest neighbour).
+    pub fn scaled(&self, factor: u32) -> Pixels {
+        let f = factor.max(1) as usize;
+        let (c, w, h) = (
+            self.channels as usize,
+            self.width as usize,
+            self.height as usize,
+        );
+        let mut data = Vec::with_capacity(self.data.len() * f * f);
+        for y in 0..h * f {
+            let row = &self.data[(y / f) * w * c..(y / f + 1) * w * c];
+            for x in 0..w * f {
+                data.extend_from_slice(&row[(x / f) * c..(x / f + 1) * c]);
+            }
+        }
+        Pixels {
+            channels: self.channels,
+            width: (w * f) as u32,
+            height: (h * f) as u32,
+            data,
+        }
+    }
+}
+
 impl Images {
+    /// Image `k` as 8-bit pixels (see [`to_u8`]).
+    pub fn pixels(&self, k: usize) -> Pixels {
+        let s = self.shape;
+        let (c, h, w) = (s.channels as usize, s.height as usize, s.width as usize);
+        let src = self.image(k);
+        let mut data = alloc::vec![0u8; c * h * w];
+        for ch in 0..c {
+            for i in 0..h * w {
+                data[i * c + ch] = to_u8(src[ch * h * w + i]);
+            }
+        }
+        Pixels {
+            channels: s.channels,
+            width: s.width,
+            height: s.height,
+            data,
+        }
+    }
+
+    /// All images in a grid of `cols` columns (a near-square one for `None`), image `k` at
+    /// row `k / cols`, with a 2-pixel black border.
+    pub fn grid(&self, cols: Option<usize>) -> Pixels {
+        let s = self.shape;
+        let (c, h, w) = (s.channels as usize, s.height as usize, s.width as usize);
+        let cols = cols
+            .unwrap_or_else(|| libm::ceil(libm::sqrt(self.count as f64)) as usize)
+            .max(1);
+        let rows = self.count.div_ceil(cols);
+        let pad = 2;
+        let (gw, gh) = (cols * (w + pad) + pad, rows * (h + pad) + pad);
+        let mut data = alloc::vec![0u8; gw * gh * c];
+        for k in 0..self.count {
+            let img = self.pixels(k);
+            let (x0, y0) = (pad + (k % cols) * (w + pad), pad + (k / cols) * (h + pad));
+            for y in 0..h {
+                let dst = ((y0 + y) * gw + x0) * c;
+                data[dst..dst + w * c].copy_from_slice(&img.data[y * w * c..(y + 1) * w * c]);
+            }
+        }
+        Pixels {
+            channels: s.channels,
+            width: gw as u32,
+            height: gh as u32,
+            data,
+        }
+    }
+
     /// Image `k`'s values.
     pub fn image(&self, k: usize) -> &[f32] {
         let n = self.shape.values();
@@ -86,11 +172,15 @@ impl Sampler {
     }
 
     /// Loads a decoded bundle onto `device`.
-    pub fn new(bundle: Bundle, device: &Device) -> Result<Self, SamplerError> {
+    ///
+    /// The serialized weights move into the network's tensors: afterwards
+    /// [`Sampler::bundle`]'s `ModelSpec::Network::weights` is empty, so that RAM holds the
+    /// weights once (on a microcontroller that decides which models fit).
+    pub fn new(mut bundle: Bundle, device: &Device) -> Result<Self, SamplerError> {
         bundle.validate()?;
-        let model = match &bundle.model {
+        let model = match &mut bundle.model {
             ModelSpec::Network { config, weights } => LoadedModel::Network(
-                network_from_bytes(config, weights, device)
+                network_from_vec(config, core::mem::take(weights), device)
                     .map_err(|e| SamplerError::Weights(e.to_string()))?,
             ),
             ModelSpec::Mixture(m) => LoadedModel::Mixture(
@@ -211,5 +301,56 @@ impl Sampler {
             .try_into_vec_as::<f32>()
             .map_err(|e| SamplerError::Readback(alloc::format!("{e:?}")))?;
         Ok(Images { shape, count, data })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn images(count: usize, c: u32, h: u32, w: u32) -> Images {
+        let n = count * (c * h * w) as usize;
+        Images {
+            shape: ImageShape {
+                channels: c,
+                height: h,
+                width: w,
+            },
+            count,
+            data: (0..n).map(|i| i as f32 / n as f32 * 2.0 - 1.0).collect(),
+        }
+    }
+
+    #[test]
+    fn pixels_interleave_channels_and_scale_by_repetition() {
+        let im = images(1, 3, 1, 2);
+        let px = im.pixels(0);
+        // Values (CHW): r = v0 v1, g = v2 v3, b = v4 v5 -> pixels r0 g0 b0 r1 g1 b1.
+        let u: Vec<u8> = im.data.iter().map(|&v| to_u8(v)).collect();
+        assert_eq!(px.data, [u[0], u[2], u[4], u[1], u[3], u[5]]);
+        let big = px.scaled(2);
+        assert_eq!((big.width, big.height, big.channels), (4, 2, 3));
+        assert_eq!(big.data[0..3], big.data[3..6]);
+        assert_eq!(&big.data[0..12], &big.data[12..24]);
+        assert_eq!(&big.data[6..9], &px.data[3..6]);
+    }
+
+    #[test]
+    fn grid_places_image_k_at_row_k_div_cols() {
+        let im = images(5, 1, 2, 3);
+        let g = im.grid(Some(2));
+        // 2 columns x 3 rows of 3x2 images with 2-pixel borders.
+        assert_eq!((g.width, g.height), (2 * 5 + 2, 3 * 4 + 2));
+        let at = |x: usize, y: usize| g.data[y * g.width as usize + x];
+        let first_of = |k: usize| to_u8(im.image(k)[0]);
+        assert_eq!(at(2, 2), first_of(0));
+        assert_eq!(at(2 + 5, 2), first_of(1));
+        assert_eq!(at(2, 2 + 4 * 2), first_of(4));
+        assert_eq!(at(0, 0), 0);
+        assert_eq!(
+            im.grid(None).width,
+            3 * 5 + 2,
+            "near-square: 5 images -> 3 columns"
+        );
     }
 }

@@ -171,7 +171,51 @@ pub fn network_from_bytes(
     bytes: &[u8],
     device: &Device,
 ) -> Result<Network, burn::store::RecordError> {
-    let record =
-        burn::store::ModuleRecord::from_bytes(burn::tensor::Bytes::from_bytes_vec(bytes.to_vec()))?;
-    config.init(device).try_load_record(record)
+    network_from_vec(config, bytes.to_vec(), device)
+}
+
+/// [`network_from_bytes`] taking ownership of the bytes, so loading holds the weights once
+/// less (what decides whether a model fits a microcontroller's RAM).
+pub fn network_from_vec(
+    config: &NetConfig,
+    bytes: alloc::vec::Vec<u8>,
+    device: &Device,
+) -> Result<Network, burn::store::RecordError> {
+    let record = burn::store::ModuleRecord::from_bytes(burn::tensor::Bytes::from_bytes_vec(bytes))?;
+    Ok(owned_parameters(
+        config.init(device).try_load_record(record)?,
+    ))
+}
+
+/// Gives every parameter a buffer of its own. Loaded tensors are views into the one burnpack
+/// buffer (padding included), which would otherwise stay allocated as long as the network:
+/// on a microcontroller, RAM for the weights twice over.
+fn owned_parameters(net: Network) -> Network {
+    use burn::module::{ModuleMapper, Param};
+    use burn::tensor::{DType, TensorData};
+    struct Owned;
+    impl ModuleMapper for Owned {
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+            // A new Param, not `param.map`: the loaded one's mapper keeps the view alive.
+            let id = param.id;
+            let t = param.val();
+            drop(param);
+            let device = t.device();
+            let grad = t.is_require_grad();
+            let data = t.into_data();
+            let dtype = data.dtype();
+            let shape = data.shape().clone();
+            let copy = match dtype {
+                DType::F64 => data.try_to_vec::<f64>().map(|v| TensorData::new(v, shape)),
+                _ => data.try_to_vec::<f32>().map(|v| TensorData::new(v, shape)),
+            };
+            let owned = match copy {
+                Ok(owned) => Tensor::from_data(owned, (&device, dtype)),
+                // Unreachable for float parameters; keep the view rather than fail.
+                Err(_) => Tensor::from_data(data, &device),
+            };
+            Param::initialized(id, if grad { owned.require_grad() } else { owned })
+        }
+    }
+    net.map(&mut Owned)
 }
