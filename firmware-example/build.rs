@@ -1,6 +1,6 @@
 //! Puts memory.x on the linker path, links with cortex-m-rt's link.x (binaries only, so
 //! the dependencies build exactly as for any thumbv7em library), and copies the bundle to
-//! embed: `FEWSTEP_BUNDLE=path/to/bundle.bin` or the repo's demo bundle.
+//! embed: `FEWSTEP_BUNDLE=path/to/bundle.bin` or the shipped bundles/digits8.bin.
 
 use std::path::PathBuf;
 
@@ -16,7 +16,7 @@ fn main() {
     println!("cargo:rerun-if-env-changed=FEWSTEP_BUNDLE");
     let bundle = match std::env::var_os("FEWSTEP_BUNDLE") {
         Some(p) => PathBuf::from(p),
-        None => here.join("../bundles/shapes8.bin"),
+        None => here.join("../bundles/digits8.bin"),
     };
     println!("cargo:rerun-if-changed={}", bundle.display());
     if let Err(e) = std::fs::copy(&bundle, out.join("bundle.bin")) {

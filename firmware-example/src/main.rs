@@ -5,7 +5,10 @@
 //! Output lines, which the host check (`tests/tests/firmware_qemu.rs`) parses:
 //! `noise_crc32 0x...` (CRC-32 of the initial noise's f32 bits, little-endian),
 //! the image (`P2`/`P3` header, one row per line), `image_crc32 0x...` (of the u8 pixels),
-//! `heap_high_water N` (bytes) and `done`.
+//! `heap_high_water N` and `stack_high_water N` (bytes) and `done`.
+//!
+//! memory.x gives the program 256 KiB of RAM (the board has 4 MiB): the heap below, the
+//! stack above it, which is painted at boot so its deepest use can be measured.
 #![no_std]
 #![no_main]
 
@@ -24,8 +27,48 @@ use sampler_core::burn::tensor::Device;
 
 /// Seed of the image; the host check uses the same.
 const SEED: u64 = 0;
-/// Heap for tensors and the decoded bundle (the rest of the 4 MiB RAM is stack and statics).
-const HEAP_SIZE: usize = 3 * 1024 * 1024;
+/// Heap for tensors and the decoded bundle; the rest of the 256 KiB is the stack (and a few
+/// bytes of statics).
+const HEAP_SIZE: usize = 228 * 1024;
+/// What an untouched stack word holds.
+const PAINT: u32 = 0x5AC3_5AC3;
+
+unsafe extern "C" {
+    /// End of the statics (cortex-m-rt's link.x): the lowest address the stack may reach.
+    static __sheap: u32;
+    /// Top of the stack (cortex-m-rt's link.x).
+    static _stack_start: u32;
+}
+
+fn stack_bounds() -> (usize, usize) {
+    (
+        &raw const __sheap as usize,
+        &raw const _stack_start as usize,
+    )
+}
+
+/// Fills the free stack below the current frame with [`PAINT`].
+fn paint_stack() {
+    let (bottom, _) = stack_bounds();
+    let sp = cortex_m::register::msp::read() as usize;
+    let mut p = bottom;
+    while p + 256 < sp {
+        // SAFETY: [bottom, sp - 256) is unused stack: below every live frame, above statics.
+        unsafe { (p as *mut u32).write_volatile(PAINT) };
+        p += 4;
+    }
+}
+
+/// Deepest stack use so far, or `None` if the stack reached the statics.
+fn stack_high_water() -> Option<usize> {
+    let (bottom, top) = stack_bounds();
+    let mut p = bottom;
+    // SAFETY: reads of the stack region only.
+    while p < top && unsafe { (p as *const u32).read_volatile() } == PAINT {
+        p += 4;
+    }
+    (p > bottom).then_some(top - p)
+}
 
 static BUNDLE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/bundle.bin"));
 
@@ -60,6 +103,7 @@ static HEAP: Tracked = Tracked {
 
 #[entry]
 fn main() -> ! {
+    paint_stack();
     {
         static mut HEAP_MEM: [core::mem::MaybeUninit<u8>; HEAP_SIZE] =
             [core::mem::MaybeUninit::uninit(); HEAP_SIZE];
@@ -122,6 +166,13 @@ fn run() -> Result<(), sampler_core::SamplerError> {
     crc.update(&pixels);
     hprintln!("image_crc32 {:#010x}", crc.finalize());
     hprint!("heap_high_water {}\n", HEAP.peak.load(Ordering::Relaxed));
+    match stack_high_water() {
+        Some(n) => hprintln!("stack_high_water {}", n),
+        None => {
+            hprintln!("error: the stack overflowed into the statics");
+            debug::exit(debug::EXIT_FAILURE);
+        }
+    }
     Ok(())
 }
 

@@ -1,7 +1,9 @@
-//! The firmware check of issue 4: build `firmware-example` for thumbv7em-none-eabihf, boot it
-//! in qemu-system-arm (mps2-an386), and compare its image with the host's for the same
-//! bundle and seed: the initial noise must be bit-identical, the pixels within 2/255 (the
-//! targets may sum floats in a different order).
+//! The firmware check of issues 4 and 5: build `firmware-example` for thumbv7em-none-eabihf
+//! with the shipped `bundles/digits8.bin`, linked for 256 KiB of RAM, boot it in
+//! qemu-system-arm (mps2-an386), and compare its image with the host's for the same bundle
+//! and seed: the initial noise must be bit-identical, the pixels within 2/255 (the targets
+//! may sum floats in a different order). The firmware itself fails if the heap runs out or
+//! the stack reaches the statics.
 //!
 //! Needs `qemu-system-arm` and the `thumbv7em-none-eabihf` target (`.ci/run` installs
 //! both). `FEWSTEP_SKIP_FIRMWARE=1` skips it explicitly, with a note on stderr.
@@ -22,6 +24,7 @@ struct FirmwareRun {
     image_crc: u32,
     pixels: Vec<u8>,
     heap_high_water: usize,
+    stack_high_water: usize,
 }
 
 fn parse(stdout: &str) -> FirmwareRun {
@@ -32,6 +35,7 @@ fn parse(stdout: &str) -> FirmwareRun {
     let mut noise_crc = None;
     let mut image_crc = None;
     let mut heap = None;
+    let mut stack = None;
     let mut pixels = Vec::new();
     while let Some(line) = lines.next() {
         if let Some(v) = line.strip_prefix("noise_crc32 ") {
@@ -40,6 +44,8 @@ fn parse(stdout: &str) -> FirmwareRun {
             image_crc = Some(hex(v));
         } else if let Some(v) = line.strip_prefix("heap_high_water ") {
             heap = v.trim().parse().ok();
+        } else if let Some(v) = line.strip_prefix("stack_high_water ") {
+            stack = v.trim().parse().ok();
         } else if line == "P2" || line == "P3" {
             let dims: Vec<usize> = lines
                 .next()
@@ -64,6 +70,7 @@ fn parse(stdout: &str) -> FirmwareRun {
         image_crc: image_crc.expect("image_crc32 line"),
         pixels,
         heap_high_water: heap.expect("heap_high_water line"),
+        stack_high_water: stack.expect("stack_high_water line"),
     }
 }
 
@@ -83,9 +90,9 @@ fn firmware_in_qemu_matches_the_host() {
          (or set FEWSTEP_SKIP_FIRMWARE=1 to skip this check)"
     );
     let bundle = repo()
-        .join("bundles/shapes8.bin")
+        .join("bundles/digits8.bin")
         .canonicalize()
-        .expect("bundles/shapes8.bin");
+        .expect("bundles/digits8.bin");
     let fw = repo().join("firmware-example");
 
     // 1. Build.
@@ -154,8 +161,12 @@ fn firmware_in_qemu_matches_the_host() {
         .max()
         .unwrap_or(0);
     eprintln!(
-        "firmware: qemu wall {wall:.1} s, max pixel difference {max_diff}/255, heap high-water {} bytes",
-        fw_run.heap_high_water
+        "firmware: qemu wall {wall:.1} s, max pixel difference {max_diff}/255, heap high-water {} bytes, stack high-water {} bytes",
+        fw_run.heap_high_water, fw_run.stack_high_water
+    );
+    assert!(
+        fw_run.heap_high_water + fw_run.stack_high_water < 256 * 1024,
+        "heap + stack exceed the 256 KiB budget"
     );
     assert!(max_diff <= 2, "max pixel difference {max_diff}/255 > 2/255");
 }
