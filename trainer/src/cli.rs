@@ -40,6 +40,66 @@ enum Command {
     MakeMixture(MixtureArgs),
     /// Time pre-training, stage 1 (exact and paper gradients) and stage 2 steps.
     Bench(crate::bench::BenchArgs),
+    /// Compare samplers at equal NFE: EDM-schedule Euler / Heun / DPM-Solver++(2M) on the
+    /// base bundle and Euler on fine-tuned bundles; table, CSV, figures and sample grids.
+    Eval(EvalArgs),
+}
+
+#[derive(Args, Debug)]
+struct EvalArgs {
+    /// The base (pre-trained) bundle.
+    #[arg(long, value_name = "FILE")]
+    base: PathBuf,
+    /// A fine-tuned row: NAME=PATH, where {T} in PATH stands for T (repeatable), e.g.
+    /// --tuned "two-stage=runs/t{T}.bin". Missing files leave that T out of the row.
+    #[arg(long, value_name = "NAME=PATH")]
+    tuned: Vec<String>,
+    /// Numbers of denoiser evaluations to compare at.
+    #[arg(long, default_value = "5,8,10,12,15,20", value_delimiter = ',')]
+    t: Vec<usize>,
+    /// Held-out real images for the Frechet distances (shipped name, .fsd file or folder).
+    #[arg(long, value_name = "NAME|PATH")]
+    real: Option<String>,
+    /// The feature classifier (FD-cls, accuracy): loaded if the file exists, otherwise
+    /// trained on --classifier-data and saved there.
+    #[arg(long, value_name = "FILE")]
+    classifier: Option<PathBuf>,
+    /// Labelled images to train the classifier on.
+    #[arg(long, value_name = "NAME|PATH")]
+    classifier_data: Option<String>,
+    /// Adam steps of classifier training (batch 64).
+    #[arg(long, default_value_t = 1500)]
+    classifier_steps: u64,
+    /// Resize the real and classifier images to N x N (to match the model).
+    #[arg(long, value_name = "N")]
+    resize: Option<u32>,
+    /// Images generated per row and T.
+    #[arg(long, default_value_t = 500)]
+    count: usize,
+    /// Images compared with the reference solution (the first --count noises).
+    #[arg(long, default_value_t = 64)]
+    ref_count: usize,
+    /// Levels of the reference Heun solve.
+    #[arg(long, default_value_t = 256)]
+    reference_steps: usize,
+    /// Seed of the noises.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Images per batch.
+    #[arg(long, default_value_t = 250)]
+    batch: usize,
+    /// Images per sample grid.
+    #[arg(long, default_value_t = 50)]
+    grid: usize,
+    /// Title of the table and figures (default: the base bundle's data set).
+    #[arg(long)]
+    title: Option<String>,
+    /// Output directory (results.md, results.csv, figures, grids/).
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
 }
 
 /// Where the training images come from.
@@ -295,7 +355,167 @@ fn dispatch(command: Command) -> Result<()> {
         Command::Export(a) => export(a),
         Command::MakeMixture(a) => make_mixture(a),
         Command::Bench(a) => crate::bench::run(a),
+        Command::Eval(a) => eval(a),
     }
+}
+
+fn load_named(spec: &str, labels: bool, resize: Option<u32>) -> Result<Dataset> {
+    let opts = FolderOptions {
+        resize,
+        labels,
+        skip_bad: false,
+        channels: None,
+    };
+    Ok(Dataset::load(spec, &opts)?)
+}
+
+fn eval(a: EvalArgs) -> Result<()> {
+    use crate::classifier::TrainedClassifier;
+    use crate::eval::{EvalConfig, RealSet, plot_results, run_eval, to_csv, to_markdown};
+    let mut tuned = Vec::new();
+    for spec in &a.tuned {
+        let Some((name, path)) = spec.split_once('=') else {
+            bail!("--tuned expects NAME=PATH, got '{spec}'");
+        };
+        if name.trim().is_empty() || path.is_empty() {
+            bail!("--tuned expects NAME=PATH, got '{spec}'");
+        }
+        tuned.push((name.trim().to_string(), path.to_string()));
+    }
+    let config = EvalConfig {
+        base: a.base.clone(),
+        tuned,
+        ts: a.t.clone(),
+        count: a.count,
+        ref_count: a.ref_count,
+        reference_steps: a.reference_steps,
+        seed: a.seed,
+        batch: a.batch,
+        grid: a.grid,
+    };
+    let base_bytes = std::fs::read(&a.base)
+        .with_context(|| format!("cannot read base bundle {}", a.base.display()))?;
+    let base = Bundle::from_bytes(&base_bytes).with_context(|| format!("{}", a.base.display()))?;
+    std::fs::create_dir_all(&a.out)
+        .with_context(|| format!("cannot create {}", a.out.display()))?;
+    let plain = burn::tensor::Device::flex();
+
+    let classifier = match &a.classifier {
+        Some(path) if path.exists() => Some(TrainedClassifier::load(path, &plain)?),
+        Some(path) => {
+            let spec = a.classifier_data.as_deref().context(
+                "--classifier names no existing file: pass --classifier-data to train it",
+            )?;
+            let data = load_named(spec, true, a.resize)?;
+            eprintln!(
+                "training the feature classifier on {} images of {spec}",
+                data.len()
+            );
+            let c = TrainedClassifier::train(
+                &data,
+                a.classifier_steps,
+                64,
+                a.seed,
+                &crate::device("flex")?,
+                a.quiet,
+            )?;
+            c.save(path)?;
+            Some(c)
+        }
+        None => None,
+    };
+    let real = match &a.real {
+        Some(spec) => {
+            let labelled = classifier.is_some();
+            let data = load_named(spec, labelled, a.resize)
+                .or_else(|_| load_named(spec, false, a.resize))?;
+            if data.shape != base.image {
+                bail!(
+                    "--real images are {}x{}x{}, the model makes {}x{}x{}; use --resize",
+                    data.shape.channels,
+                    data.shape.height,
+                    data.shape.width,
+                    base.image.channels,
+                    base.image.height,
+                    base.image.width
+                );
+            }
+            Some((RealSet::new(&data, classifier.as_ref(), &plain)?, data))
+        }
+        None => None,
+    };
+    let held_out_accuracy = match (&real, &classifier) {
+        (Some((_, data)), Some(c)) => match &data.labels {
+            Some(l) => Some(c.accuracy(&data.values, l, 256, &plain)?),
+            None => None,
+        },
+        _ => None,
+    };
+
+    let results = run_eval(
+        &config,
+        real.as_ref().map(|(r, _)| r),
+        classifier.as_ref(),
+        &a.out,
+        a.quiet,
+    )?;
+    let title = a
+        .title
+        .clone()
+        .unwrap_or_else(|| base.provenance.dataset.clone());
+    let sigma_data = match base.precond {
+        Precond::Edm { sigma_data } => sigma_data as f64,
+        _ => 0.5,
+    };
+    let figures = plot_results(&title, &results, sigma_data, &a.out)?;
+    write_atomic(
+        &a.out.join("results.csv"),
+        to_csv(&title, &results).as_bytes(),
+    )?;
+
+    let mut md = format!("# {title}\n\n");
+    md.push_str(&format!(
+        "Base bundle `{}` ({}; {} training steps; levels in [{}, {}]). {} images per row from \
+         seeds `image_seed({}, k)`, conditional models asked for label k mod L. Truncation \
+         RMSE over the first {} of them against the base network's Heun solution with {} \
+         levels. ",
+        a.base.display(),
+        base.provenance.dataset,
+        base.provenance.training_steps,
+        base.schedule.s_min(),
+        base.schedule.s_max(),
+        a.count,
+        a.seed,
+        a.ref_count.min(a.count),
+        a.reference_steps
+    ));
+    if let Some((r, _)) = &real {
+        md.push_str(&format!(
+            "Frechet distances against {} real images of `{}`",
+            r.count,
+            a.real.as_deref().unwrap_or_default()
+        ));
+        if let Some(c) = &classifier {
+            md.push_str(&format!(
+                "; FD-cls in the {}-dimensional penultimate layer of the project's classifier",
+                c.config.features
+            ));
+            if let Some(acc) = held_out_accuracy {
+                md.push_str(&format!(" (accuracy on those real images {:.3})", acc));
+            }
+        }
+        md.push_str(". These are not FID (no Inception network). ");
+    }
+    md.push_str("Wall time on this machine's CPU (flex backend), all images in batches.\n\n");
+    md.push_str(&to_markdown(&results));
+    md.push('\n');
+    for f in &figures {
+        md.push_str(&format!("![{f}]({f})\n"));
+    }
+    write_atomic(&a.out.join("results.md"), md.as_bytes())?;
+    println!("{}", to_markdown(&results));
+    println!("wrote {}", a.out.join("results.md").display());
+    Ok(())
 }
 
 fn pretrain(a: PretrainArgs) -> Result<()> {

@@ -1,14 +1,25 @@
-//! Measurements of a schedule (docs/method.md §6): the truncation error of the T-step Euler
-//! sampler against the same denoiser's many-step Heun solution from the same noise, and,
-//! for an analytic mixture, the mean log-likelihood of the samples under the true density.
+//! Measurements of samplers (docs/method.md §6), behind `trainer eval`: for a base bundle
+//! and its fine-tuned bundles, at several numbers of denoiser evaluations T, the truncation
+//! error against the base network's many-step Heun solution from the same noise, Frechet
+//! distances to held-out real images (pixels and a small classifier's features), the
+//! classifier's accuracy on the requested labels, and wall time; then the table, CSV and
+//! figures. [`evaluate_schedule`] is the same truncation measurement for one schedule, plus
+//! the exact log-likelihood when the model is an analytic mixture.
 
-use anyhow::Result;
-use burn::tensor::{Device, Tensor};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result, anyhow, bail};
+use burn::tensor::{Device, Tensor, TensorData};
 use sampler_core::gmm::MixtureDenoiser;
+use sampler_core::rng;
 use sampler_core::schedule::Schedule;
 use sampler_core::solver::{Denoiser, euler, heun};
+use sampler_core::{Images, Sampler};
 
-use crate::data::noise;
+use crate::classifier::TrainedClassifier;
+use crate::data::{Dataset, noise};
+use crate::frechet::{FrechetReference, Moments};
 use crate::losses::row_mse;
 
 /// What [`evaluate_schedule`] measures.
@@ -57,4 +68,701 @@ pub fn evaluate_schedule(
         trunc_rmse,
         mean_loglik,
     })
+}
+
+/// The solver of an evaluation row.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SolverRow {
+    /// Euler (the paper's sampler, what bundles run).
+    Euler,
+    /// EDM's Heun: `n` levels cost `2n - 1` evaluations.
+    Heun,
+    /// DPM-Solver++(2M): one evaluation per level.
+    DpmPp2m,
+}
+
+impl SolverRow {
+    /// Name in tables.
+    pub fn name(self) -> &'static str {
+        match self {
+            SolverRow::Euler => "Euler",
+            SolverRow::Heun => "Heun",
+            SolverRow::DpmPp2m => "DPM-Solver++(2M)",
+        }
+    }
+
+    /// Levels to use for a budget of `nfe` evaluations, and the evaluations they cost:
+    /// Heun gets the largest `n` with `2n - 1 <= nfe`.
+    pub fn levels_for(self, nfe: usize) -> (usize, usize) {
+        match self {
+            SolverRow::Heun => {
+                let n = nfe.div_ceil(2).max(2);
+                (n, 2 * n - 1)
+            }
+            _ => (nfe, nfe),
+        }
+    }
+
+    fn solve(
+        self,
+        den: &dyn Denoiser,
+        x0: Tensor<2>,
+        sigmas: Tensor<1>,
+        labels: Option<Tensor<2>>,
+    ) -> Tensor<2> {
+        match self {
+            SolverRow::Euler => euler(den, x0, sigmas, labels, |_| {}),
+            SolverRow::Heun => heun(den, x0, sigmas, labels, |_| {}),
+            SolverRow::DpmPp2m => sampler_core::solver::dpmpp_2m(den, x0, sigmas, labels, |_| {}),
+        }
+    }
+}
+
+/// What `trainer eval` compares and how much.
+#[derive(Clone, Debug)]
+pub struct EvalConfig {
+    /// The base (pre-trained) bundle: Euler / Heun / DPM-Solver++(2M) rows with EDM's
+    /// rho = 7 levels over its `[s_min, s_max]`, and the truncation-error reference.
+    pub base: PathBuf,
+    /// Fine-tuned rows: (row name, bundle path where `{T}` stands for T). A missing file
+    /// leaves that row out at that T.
+    pub tuned: Vec<(String, String)>,
+    /// Numbers of denoiser evaluations.
+    pub ts: Vec<usize>,
+    /// Images generated per row and T (FD and accuracy).
+    pub count: usize,
+    /// Images (the first of the same noises) compared with the reference solution.
+    pub ref_count: usize,
+    /// Levels of the reference Heun solve (EDM rho = 7; `2n - 1` evaluations).
+    pub reference_steps: usize,
+    /// Seed of the noises (image `k` uses stream `image_seed(seed, k)`, as sampler-cli).
+    pub seed: u64,
+    /// Images per batch.
+    pub batch: usize,
+    /// Images in each sample grid.
+    pub grid: usize,
+}
+
+/// One row of the results: one sampler at one T.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RowResult {
+    /// Row name (paper Table 1 naming for fine-tuned rows).
+    pub row: String,
+    /// Solver.
+    pub solver: &'static str,
+    /// The NFE budget T of the comparison.
+    pub t: usize,
+    /// Denoiser evaluations actually spent.
+    pub nfe: usize,
+    /// The levels used.
+    pub sigmas: Vec<f32>,
+    /// RMSE against the base network's many-step Heun solution from the same noise.
+    pub trunc_rmse: f64,
+    /// Frechet distance to the real images in pixel space.
+    pub fd_pixel: Option<f64>,
+    /// Frechet distance in the classifier's penultimate-layer features.
+    pub fd_cls: Option<f64>,
+    /// Fraction of samples the classifier assigns to the requested label.
+    pub accuracy: Option<f64>,
+    /// Wall time per image, milliseconds.
+    pub ms_per_image: f64,
+    /// Sample-grid file, relative to the output directory.
+    pub grid: String,
+}
+
+/// The real images of the comparison with what the metrics need from them.
+pub struct RealSet {
+    /// Pixel-space moments.
+    pub pixels: FrechetReference,
+    /// Classifier-feature moments, when a classifier is given.
+    pub features: Option<FrechetReference>,
+    /// Number of images.
+    pub count: usize,
+}
+
+impl RealSet {
+    /// Moments of `data` (and of its classifier features).
+    pub fn new(
+        data: &Dataset,
+        classifier: Option<&TrainedClassifier>,
+        device: &Device,
+    ) -> Result<RealSet> {
+        let pixels = FrechetReference::new(Moments::from_rows(&data.values, data.dim())?);
+        let features = match classifier {
+            Some(c) => {
+                let p = c.predict(&data.values, 256, device)?;
+                Some(FrechetReference::new(Moments::from_rows(
+                    &p.features,
+                    c.config.features,
+                )?))
+            }
+            None => None,
+        };
+        Ok(RealSet {
+            pixels,
+            features,
+            count: data.len(),
+        })
+    }
+}
+
+fn one_hot(first: usize, count: usize, label_count: u32, device: &Device) -> Option<Tensor<2>> {
+    if label_count == 0 {
+        return None;
+    }
+    let l = label_count as usize;
+    let mut oh = vec![0f32; count * l];
+    for k in 0..count {
+        oh[k * l + (first + k) % l] = 1.0;
+    }
+    Some(Tensor::from_data(TensorData::new(oh, [count, l]), device))
+}
+
+/// Runs `solver` over `schedule` from the noises `eps` (`n * d`, unscaled), in batches;
+/// returns the raw outputs and the seconds spent.
+#[allow(clippy::too_many_arguments)]
+fn generate(
+    den: &dyn Denoiser,
+    solver: SolverRow,
+    schedule: &Schedule,
+    eps: &[f32],
+    label_count: u32,
+    batch: usize,
+    device: &Device,
+) -> Result<(Vec<f32>, f64)> {
+    let d = den.dim();
+    let n = eps.len() / d;
+    let start = Instant::now();
+    let mut out = Vec::with_capacity(eps.len());
+    let mut first = 0;
+    while first < n {
+        let b = batch.min(n - first);
+        let x0 = Tensor::<2>::from_data(
+            TensorData::new(eps[first * d..(first + b) * d].to_vec(), [b, d]),
+            device,
+        )
+        .mul_scalar(schedule.s_max() as f64);
+        let labels = one_hot(first, b, label_count, device);
+        let x = solver.solve(den, x0, schedule.to_tensor(device), labels);
+        out.extend(
+            x.try_into_vec_as::<f32>()
+                .map_err(|e| anyhow!("reading samples back: {e:?}"))?,
+        );
+        first += b;
+    }
+    Ok((out, start.elapsed().as_secs_f64()))
+}
+
+fn rmse(a: &[f32], b: &[f32]) -> f64 {
+    let n = a.len().min(b.len()).max(1);
+    let s: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(&x, &y)| (x as f64 - y as f64).powi(2))
+        .sum();
+    (s / n as f64).sqrt()
+}
+
+/// A file-name-safe form of a row name.
+pub fn slug(name: &str) -> String {
+    let mut s: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    while s.contains("--") {
+        s = s.replace("--", "-");
+    }
+    s.trim_matches('-').to_string()
+}
+
+/// Evaluates every row at every T of `config`, writing sample grids under `out/grids/`.
+pub fn run_eval(
+    config: &EvalConfig,
+    real: Option<&RealSet>,
+    classifier: Option<&TrainedClassifier>,
+    out: &Path,
+    quiet: bool,
+) -> Result<Vec<RowResult>> {
+    if config.ts.iter().any(|&t| t < 2) || config.ts.is_empty() {
+        bail!("every T must be at least 2");
+    }
+    if config.count < 2 || config.batch == 0 || config.reference_steps < 2 {
+        bail!("--count must be at least 2, --batch and --reference-steps positive");
+    }
+    let device = Device::flex();
+    let read = |path: &Path| -> Result<Sampler> {
+        let bytes =
+            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        Sampler::from_bundle(&bytes, &device).with_context(|| format!("{}", path.display()))
+    };
+    let base = read(&config.base)?;
+    let shape = base.bundle().image;
+    let label_count = base.bundle().label_count;
+    let (s_min, s_max) = (
+        base.bundle().schedule.s_min() as f64,
+        base.bundle().schedule.s_max() as f64,
+    );
+    let d = shape.values();
+    let ref_count = config.ref_count.min(config.count);
+
+    // The same noises for every row: image k is stream image_seed(seed, k), as sampler-cli.
+    let mut eps = vec![0f32; config.count * d];
+    for (k, chunk) in eps.chunks_mut(d).enumerate() {
+        rng::fill_gaussian(rng::image_seed(config.seed, k as u64), 0, chunk);
+    }
+
+    let grids = out.join("grids");
+    std::fs::create_dir_all(&grids)
+        .with_context(|| format!("cannot create {}", grids.display()))?;
+
+    eprintln!(
+        "reference: {} images, Heun with {} levels ({} evaluations) of the base network",
+        ref_count,
+        config.reference_steps,
+        2 * config.reference_steps - 1
+    );
+    let reference_levels = Schedule::edm(config.reference_steps, s_min, s_max)?;
+    let (reference, _) = base.with_denoiser(|den| {
+        generate(
+            den,
+            SolverRow::Heun,
+            &reference_levels,
+            &eps[..ref_count * d],
+            label_count,
+            config.batch,
+            &device,
+        )
+    })?;
+
+    struct Plan {
+        row: String,
+        solver: SolverRow,
+        bundle: Option<PathBuf>,
+    }
+    let mut plans = vec![
+        Plan {
+            row: "Euler, EDM rho=7".into(),
+            solver: SolverRow::Euler,
+            bundle: None,
+        },
+        Plan {
+            row: "Heun, EDM rho=7".into(),
+            solver: SolverRow::Heun,
+            bundle: None,
+        },
+        Plan {
+            row: "DPM-Solver++(2M), EDM rho=7".into(),
+            solver: SolverRow::DpmPp2m,
+            bundle: None,
+        },
+    ];
+    for (name, pattern) in &config.tuned {
+        plans.push(Plan {
+            row: name.clone(),
+            solver: SolverRow::Euler,
+            bundle: Some(PathBuf::from(pattern)),
+        });
+    }
+
+    let total = (config.ts.len() * plans.len()) as u64;
+    let bar = crate::progress(total, quiet);
+    let mut results = Vec::new();
+    for &t in &config.ts {
+        for plan in &plans {
+            bar.set_message(format!("T={t} {}", plan.row));
+            let tuned = match &plan.bundle {
+                None => None,
+                Some(pattern) => {
+                    let path =
+                        PathBuf::from(pattern.to_string_lossy().replace("{T}", &t.to_string()));
+                    if !path.exists() {
+                        bar.inc(1);
+                        continue;
+                    }
+                    let s = read(&path)?;
+                    if s.bundle().image != shape || s.bundle().label_count != label_count {
+                        bail!(
+                            "{} does not match the base bundle's image shape and labels",
+                            path.display()
+                        );
+                    }
+                    if s.bundle().schedule.len() != t {
+                        bail!(
+                            "{} has T = {}, expected {t}",
+                            path.display(),
+                            s.bundle().schedule.len()
+                        );
+                    }
+                    Some(s)
+                }
+            };
+            let sampler = tuned.as_ref().unwrap_or(&base);
+            let (levels, nfe) = plan.solver.levels_for(t);
+            let schedule = match &tuned {
+                Some(s) => s.bundle().schedule.clone(),
+                None => Schedule::edm(levels, s_min, s_max)?,
+            };
+            let (samples, seconds) = sampler.with_denoiser(|den| {
+                generate(
+                    den,
+                    plan.solver,
+                    &schedule,
+                    &eps,
+                    label_count,
+                    config.batch,
+                    &device,
+                )
+            })?;
+            let trunc_rmse = rmse(&samples[..ref_count * d], &reference);
+            let clamped: Vec<f32> = samples.iter().map(|v| v.clamp(-1.0, 1.0)).collect();
+            let fd_pixel = match real {
+                Some(r) => Some(r.pixels.distance(&Moments::from_rows(&clamped, d)?)?),
+                None => None,
+            };
+            let (fd_cls, accuracy) = match (real, classifier) {
+                (Some(r), Some(c)) => {
+                    let p = c.predict(&clamped, 256, &device)?;
+                    let fd = match &r.features {
+                        Some(f) => {
+                            Some(f.distance(&Moments::from_rows(&p.features, c.config.features)?)?)
+                        }
+                        None => None,
+                    };
+                    let acc =
+                        (label_count > 0 && c.config.classes == label_count as usize).then(|| {
+                            let right = p
+                                .classes
+                                .iter()
+                                .enumerate()
+                                .filter(|(k, y)| **y as usize == k % label_count as usize)
+                                .count();
+                            right as f64 / p.classes.len() as f64
+                        });
+                    (fd, acc)
+                }
+                _ => (None, None),
+            };
+            let grid_name = format!("grids/{}-t{t}.png", slug(&plan.row));
+            let shown = config.grid.min(config.count);
+            if shown > 0 {
+                let images = Images {
+                    shape,
+                    count: shown,
+                    data: clamped[..shown * d].to_vec(),
+                };
+                let cols = if label_count > 0 {
+                    Some(label_count as usize)
+                } else {
+                    None
+                };
+                // Small images are enlarged (nearest) to at least 48 pixels for viewing.
+                let scale = (48 / shape.height.max(1)).max(1);
+                sampler_core::fs::write_png(
+                    &out.join(&grid_name),
+                    &images.grid(cols).scaled(scale),
+                )
+                .with_context(|| format!("cannot write {}", out.join(&grid_name).display()))?;
+            }
+            results.push(RowResult {
+                row: plan.row.clone(),
+                solver: plan.solver.name(),
+                t,
+                nfe,
+                sigmas: schedule.sigmas().to_vec(),
+                trunc_rmse,
+                fd_pixel,
+                fd_cls,
+                accuracy,
+                ms_per_image: seconds * 1000.0 / config.count as f64,
+                grid: grid_name,
+            });
+            bar.inc(1);
+        }
+    }
+    bar.finish_and_clear();
+    Ok(results)
+}
+
+fn opt(v: Option<f64>, digits: usize) -> String {
+    v.map(|x| format!("{x:.digits$}")).unwrap_or_default()
+}
+
+/// The results as CSV (one line per row and T; levels space-separated).
+pub fn to_csv(dataset: &str, results: &[RowResult]) -> String {
+    let mut s = String::from(
+        "dataset,row,solver,T,nfe,trunc_rmse,fd_pixel,fd_cls,accuracy,ms_per_image,sigmas\n",
+    );
+    for r in results {
+        let sigmas: Vec<String> = r.sigmas.iter().map(|v| format!("{v}")).collect();
+        s.push_str(&format!(
+            "{dataset},\"{}\",{},{},{},{:.6},{},{},{},{:.3},{}\n",
+            r.row,
+            r.solver,
+            r.t,
+            r.nfe,
+            r.trunc_rmse,
+            opt(r.fd_pixel, 4),
+            opt(r.fd_cls, 4),
+            opt(r.accuracy, 4),
+            r.ms_per_image,
+            sigmas.join(" ")
+        ));
+    }
+    s
+}
+
+/// The results as a Markdown table grouped by T, the best value of each metric per T in bold.
+pub fn to_markdown(results: &[RowResult]) -> String {
+    let mut s = String::from(
+        "| T | row | NFE | trunc RMSE | FD-pixel | FD-cls | accuracy | ms/image |\n\
+         |---:|---|---:|---:|---:|---:|---:|---:|\n",
+    );
+    let mut ts: Vec<usize> = results.iter().map(|r| r.t).collect();
+    ts.dedup();
+    for t in ts {
+        let rows: Vec<&RowResult> = results.iter().filter(|r| r.t == t).collect();
+        let best = |f: &dyn Fn(&RowResult) -> Option<f64>, lower: bool| -> Option<f64> {
+            rows.iter()
+                .filter_map(|r| f(r))
+                .fold(None, |acc, v| match acc {
+                    None => Some(v),
+                    Some(a) if (lower && v < a) || (!lower && v > a) => Some(v),
+                    a => a,
+                })
+        };
+        let b_trunc = best(&|r| Some(r.trunc_rmse), true);
+        let b_fdp = best(&|r| r.fd_pixel, true);
+        let b_fdc = best(&|r| r.fd_cls, true);
+        let b_acc = best(&|r| r.accuracy, false);
+        let cell = |v: Option<f64>, b: Option<f64>, digits: usize| match v {
+            None => "".to_string(),
+            Some(x) if Some(x) == b => format!("**{x:.digits$}**"),
+            Some(x) => format!("{x:.digits$}"),
+        };
+        for r in rows {
+            s.push_str(&format!(
+                "| {} | {} | {} | {} | {} | {} | {} | {:.1} |\n",
+                r.t,
+                r.row,
+                r.nfe,
+                cell(Some(r.trunc_rmse), b_trunc, 4),
+                cell(r.fd_pixel, b_fdp, 2),
+                cell(r.fd_cls, b_fdc, 3),
+                cell(r.accuracy, b_acc, 3),
+                r.ms_per_image
+            ));
+        }
+    }
+    s
+}
+
+/// Draws the figures of the results into `out`: metrics against T (paper Fig. 2), the levels
+/// of every row against EDM's (Fig. 3) and the lambda weights against EDM's weighting at the
+/// same levels (Fig. 4). Returns the file names written.
+pub fn plot_results(
+    title: &str,
+    results: &[RowResult],
+    sigma_data: f64,
+    out: &Path,
+) -> Result<Vec<String>> {
+    use crate::plots::{Series, line_chart};
+    let mut rows: Vec<String> = Vec::new();
+    for r in results {
+        if !rows.contains(&r.row) {
+            rows.push(r.row.clone());
+        }
+    }
+    let mut written = Vec::new();
+    // Errors span orders of magnitude (Heun with 2 levels diverges): log10 axes for them.
+    let metrics: [(&str, &str, bool, &dyn Fn(&RowResult) -> Option<f64>); 4] = [
+        (
+            "trunc_rmse",
+            "truncation RMSE vs the reference",
+            true,
+            &|r| Some(r.trunc_rmse),
+        ),
+        ("fd_pixel", "FD-pixel", true, &|r| r.fd_pixel),
+        ("fd_cls", "FD-cls", true, &|r| r.fd_cls),
+        ("accuracy", "classifier accuracy", false, &|r| r.accuracy),
+    ];
+    for (file, label, log, f) in metrics {
+        let f = |r: &RowResult| f(r).map(|v| if log { v.max(1e-12).log10() } else { v });
+        let series: Vec<Series> = rows
+            .iter()
+            .map(|row| Series {
+                name: row.clone(),
+                points: results
+                    .iter()
+                    .filter(|r| &r.row == row)
+                    .filter_map(|r| f(r).map(|v| (r.t as f64, v)))
+                    .collect(),
+                dashed: !results.iter().any(|r| &r.row == row && r.solver == "Euler")
+                    || row.contains("EDM"),
+            })
+            .filter(|s| !s.points.is_empty())
+            .collect();
+        if series.is_empty() {
+            continue;
+        }
+        let name = format!("{file}_vs_t.png");
+        line_chart(
+            &out.join(&name),
+            &format!("{title}: {label}"),
+            "T (denoiser evaluations)",
+            &if log {
+                format!("log10 {label}")
+            } else {
+                label.to_string()
+            },
+            &series,
+        )?;
+        written.push(name);
+    }
+
+    // Levels: ln(sigma_i) against i / (T - 1), EDM's rho = 7 dashed, for each fine-tuned
+    // row whose levels differ from it.
+    let mut level_series = Vec::new();
+    let mut weight_series = Vec::new();
+    let mut ts: Vec<usize> = results.iter().map(|r| r.t).collect();
+    ts.dedup();
+    for &t in &ts {
+        let Some(edm) = results
+            .iter()
+            .find(|r| r.t == t && r.row.starts_with("Euler, EDM"))
+        else {
+            continue;
+        };
+        let learned: Vec<&RowResult> = results
+            .iter()
+            .filter(|r| r.t == t && r.solver == "Euler" && r.sigmas != edm.sigmas)
+            .collect();
+        if learned.is_empty() {
+            continue;
+        }
+        let levels = |s: &[f32]| -> Vec<(f64, f64)> {
+            s.iter()
+                .enumerate()
+                .map(|(i, &v)| (i as f64 / (s.len() - 1) as f64, (v as f64).ln()))
+                .collect()
+        };
+        level_series.push(Series {
+            name: format!("EDM rho=7, T={t}"),
+            points: levels(&edm.sigmas),
+            dashed: true,
+        });
+        for r in &learned {
+            level_series.push(Series {
+                name: format!("{}, T={t}", r.row),
+                points: levels(&r.sigmas),
+                dashed: false,
+            });
+            // Lambda_i against ln s_i, normalized to sum 1, beside EDM's w(s) at the same
+            // levels normalized the same way: the relative weight each loss puts on a level.
+            let s64: Vec<f64> = r.sigmas.iter().map(|&v| v as f64).collect();
+            let lambdas = Schedule::new(r.sigmas.clone())?.lambda_weights();
+            let total: f64 = lambdas.iter().sum();
+            weight_series.push(Series {
+                name: format!("lambda, {}, T={t}", r.row),
+                points: lambdas
+                    .iter()
+                    .zip(&s64)
+                    .map(|(l, s)| (s.ln(), (l / total).log10()))
+                    .collect(),
+                dashed: false,
+            });
+            let w: Vec<f64> = s64[..s64.len() - 1]
+                .iter()
+                .map(|s| (s * s + sigma_data * sigma_data) / (s * s * sigma_data * sigma_data))
+                .collect();
+            let wt: f64 = w.iter().sum();
+            weight_series.push(Series {
+                name: format!("EDM w(s), same levels, T={t}"),
+                points: w
+                    .iter()
+                    .zip(&s64)
+                    .map(|(w, s)| (s.ln(), (w / wt).log10()))
+                    .collect(),
+                dashed: true,
+            });
+        }
+    }
+    if !level_series.is_empty() {
+        line_chart(
+            &out.join("schedules.png"),
+            &format!("{title}: learned levels vs EDM rho=7"),
+            "i / (T - 1)",
+            "ln sigma_i",
+            &level_series,
+        )?;
+        written.push("schedules.png".into());
+        line_chart(
+            &out.join("lambda_weights.png"),
+            &format!("{title}: lambda_i vs EDM weighting (each normalized to sum 1)"),
+            "ln sigma_i",
+            "log10 relative weight",
+            &weight_series,
+        )?;
+        written.push("lambda_weights.png".into());
+    }
+    Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn heun_gets_the_levels_that_fit_the_budget() {
+        assert_eq!(SolverRow::Heun.levels_for(5), (3, 5));
+        assert_eq!(SolverRow::Heun.levels_for(8), (4, 7));
+        assert_eq!(SolverRow::Heun.levels_for(3), (2, 3));
+        assert_eq!(SolverRow::Euler.levels_for(8), (8, 8));
+        assert_eq!(SolverRow::DpmPp2m.levels_for(12), (12, 12));
+    }
+
+    #[test]
+    fn slugs_and_the_best_cell_per_t() {
+        assert_eq!(
+            slug("DPM-Solver++(2M), EDM rho=7"),
+            "dpm-solver-2m-edm-rho-7"
+        );
+        let row = |name: &str, t: usize, trunc: f64, acc: Option<f64>| RowResult {
+            row: name.into(),
+            solver: "Euler",
+            t,
+            nfe: t,
+            sigmas: vec![80.0, 0.002],
+            trunc_rmse: trunc,
+            fd_pixel: None,
+            fd_cls: None,
+            accuracy: acc,
+            ms_per_image: 1.0,
+            grid: String::new(),
+        };
+        let md = to_markdown(&[
+            row("a", 5, 0.3, Some(0.5)),
+            row("b", 5, 0.2, Some(0.4)),
+            row("a", 8, 0.1, None),
+        ]);
+        assert!(
+            md.contains("| 5 | a | 5 | 0.3000 |  |  | **0.500** |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| 5 | b | 5 | **0.2000** |  |  | 0.400 |"),
+            "{md}"
+        );
+        assert!(md.contains("| 8 | a | 8 | **0.1000** |"), "{md}");
+        let csv = to_csv("d", &[row("a", 5, 0.3, None)]);
+        assert_eq!(
+            csv.lines().nth(1),
+            Some("d,\"a\",Euler,5,5,0.300000,,,,1.000,80 0.002")
+        );
+    }
 }

@@ -4,12 +4,15 @@
 //! sampler-core, so what is trained is exactly what ships.
 
 pub mod bench;
+pub mod classifier;
 pub mod cli;
 pub mod data;
 pub mod eval;
 pub mod finetune;
+pub mod frechet;
 pub mod losses;
 pub mod model;
+pub mod plots;
 pub mod pretrain;
 pub mod run;
 

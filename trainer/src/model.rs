@@ -48,7 +48,7 @@ impl ScheduleLogits {
 
 /// Flex draws initial weights from one global RNG: seed, build and materialize under one
 /// lock so concurrent runs in one process cannot interleave their draws.
-static INIT_LOCK: Mutex<()> = Mutex::new(());
+pub(crate) static INIT_LOCK: Mutex<()> = Mutex::new(());
 
 /// A freshly initialized network, identical for the same `seed`.
 pub fn init_network(config: &NetConfig, seed: u64, device: &Device) -> Network {

@@ -209,3 +209,156 @@ fn conditional_unet_on_shipped_digits_through_the_cli() {
     let images = sampler.generate(1, 2, Some(3)).unwrap();
     assert_eq!(images.data.len(), 2 * 64);
 }
+
+/// `trainer eval` end to end on a tiny model (the CI smoke test of issue 5): every row and T
+/// appear, a fine-tuned row that is the base bundle itself reproduces the Euler baseline's
+/// numbers exactly, the classifier is saved and a rerun with it is deterministic.
+#[test]
+fn eval_smoke_on_a_tiny_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |n: &str| dir.path().join(n).to_string_lossy().into_owned();
+    ok(&trainer(&[
+        "pretrain",
+        "--data",
+        "digits",
+        "--labels",
+        "--run",
+        &p("base"),
+        "--steps",
+        "2",
+        "--batch",
+        "8",
+        "--model-channels",
+        "4",
+        "--channel-mult",
+        "1,2",
+        "--num-blocks",
+        "1",
+        "--quiet",
+    ]));
+    ok(&trainer(&[
+        "export",
+        "--run",
+        &p("base"),
+        "--out",
+        &p("base.bin"),
+        "--t",
+        "4",
+    ]));
+    std::fs::copy(p("base.bin"), p("same4.bin")).unwrap();
+    let eval = |out: &str, train_classifier: bool| {
+        let mut args: Vec<String> = [
+            "eval",
+            "--base",
+            &p("base.bin"),
+            "--tuned",
+            &format!("same={}", p("same{T}.bin")),
+            "--t",
+            "3,4",
+            "--real",
+            "digits",
+            "--classifier",
+            &p("cls.bin"),
+            "--count",
+            "24",
+            "--ref-count",
+            "6",
+            "--reference-steps",
+            "8",
+            "--batch",
+            "10",
+            "--grid",
+            "10",
+            "--out",
+            &p(out),
+            "--quiet",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        if train_classifier {
+            args.extend(
+                ["--classifier-data", "digits", "--classifier-steps", "3"].map(String::from),
+            );
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        ok(&trainer(&args));
+        std::fs::read_to_string(dir.path().join(out).join("results.csv")).unwrap()
+    };
+    let csv = eval("first", true);
+    assert!(dir.path().join("cls.bin").exists());
+    let rows: Vec<Vec<String>> = csv
+        .lines()
+        .skip(1)
+        .map(|l| {
+            // Row names are quoted and contain commas.
+            let (head, rest) = l.split_once(",\"").unwrap();
+            let (name, tail) = rest.split_once("\",").unwrap();
+            let mut v = vec![head.to_string(), name.to_string()];
+            v.extend(tail.split(',').map(str::to_string));
+            v
+        })
+        .collect();
+    // T = 3: the three training-free rows; T = 4: those and the `same` row.
+    assert_eq!(rows.len(), 7, "{csv}");
+    let find = |name: &str, t: &str| {
+        rows.iter()
+            .find(|r| r[1] == name && r[3] == t)
+            .unwrap_or_else(|| panic!("row {name} T={t} missing:\n{csv}"))
+    };
+    assert!(rows.iter().all(|r| r[1] != "same" || r[3] == "4"));
+    let euler = find("Euler, EDM rho=7", "4");
+    let same = find("same", "4");
+    // nfe, trunc RMSE, FD-pixel, FD-cls and accuracy agree; wall time may not. The levels
+    // agree to f32 rounding (the bundle's come from s_min in f64, eval's from the f32 one).
+    for col in [4, 5, 6, 7, 8] {
+        assert_eq!(euler[col], same[col], "column {col}:\n{csv}");
+    }
+    let levels =
+        |r: &[String]| -> Vec<f64> { r[10].split(' ').map(|v| v.parse().unwrap()).collect() };
+    for (a, b) in levels(euler).iter().zip(levels(same)) {
+        assert!((a - b).abs() <= 1e-6 * a, "{a} vs {b}");
+    }
+    assert_eq!(
+        find("Heun, EDM rho=7", "4")[4],
+        "3",
+        "Heun at NFE 4 uses 2 levels"
+    );
+    assert_eq!(find("DPM-Solver++(2M), EDM rho=7", "3")[4], "3");
+    for r in &rows {
+        for col in [5, 6, 7, 8] {
+            let v: f64 = r[col].parse().unwrap_or_else(|_| panic!("{col} in {r:?}"));
+            assert!(v.is_finite() && v >= 0.0, "{r:?}");
+        }
+    }
+    for f in [
+        "results.md",
+        "trunc_rmse_vs_t.png",
+        "fd_pixel_vs_t.png",
+        "fd_cls_vs_t.png",
+        "accuracy_vs_t.png",
+        "grids/same-t4.png",
+        "grids/euler-edm-rho-7-t3.png",
+    ] {
+        assert!(dir.path().join("first").join(f).exists(), "{f} missing");
+    }
+    // The saved classifier is reused: the same numbers again.
+    let again = eval("second", false);
+    let strip = |s: &str| -> Vec<String> {
+        s.lines()
+            .map(|l| {
+                let (head, rest) = l.split_once(",\"").unwrap_or((l, ""));
+                let cols: Vec<&str> = rest.split(',').collect();
+                // Drop the wall-time column (second to last).
+                let keep: Vec<&str> = cols
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| *i + 2 != cols.len())
+                    .map(|(_, c)| *c)
+                    .collect();
+                format!("{head},{}", keep.join(","))
+            })
+            .collect()
+    };
+    assert_eq!(strip(&csv), strip(&again));
+}
