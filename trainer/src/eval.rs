@@ -580,7 +580,13 @@ pub fn plot_results(
     }
     let mut written = Vec::new();
     // Errors span orders of magnitude (Heun with 2 levels diverges): log10 axes for them.
-    let metrics: [(&str, &str, bool, &dyn Fn(&RowResult) -> Option<f64>); 4] = [
+    type Metric<'a> = (
+        &'a str,
+        &'a str,
+        bool,
+        &'a dyn Fn(&RowResult) -> Option<f64>,
+    );
+    let metrics: [Metric; 4] = [
         (
             "trunc_rmse",
             "truncation RMSE vs the reference",
