@@ -87,8 +87,7 @@ fn run(args: &Args) -> Result<()> {
     let bundle =
         Bundle::from_bytes(&bytes).with_context(|| format!("{}", args.bundle.display()))?;
     if args.info {
-        print_info(&bundle);
-        return Ok(());
+        return emit(&info_text(&bundle));
     }
     let device = sampler_core::burn::tensor::Device::flex();
     let sampler =
@@ -132,15 +131,14 @@ fn run(args: &Args) -> Result<()> {
             args.out.display().to_string()
         }
     };
-    println!(
-        "wrote {} images to {} in {:.2} s ({:.1} images/s, T = {})",
+    emit(&format!(
+        "wrote {} images to {} in {:.2} s ({:.1} images/s, T = {})\n",
         images.count,
         target,
         elapsed,
         images.count as f64 / elapsed.max(1e-9),
         sampler.bundle().schedule.len()
-    );
-    Ok(())
+    ))
 }
 
 fn progress_bar(count: usize) -> ProgressBar {
@@ -156,16 +154,21 @@ fn progress_bar(count: usize) -> ProgressBar {
     bar
 }
 
-fn print_info(b: &Bundle) {
-    println!("name:        {}", b.name);
+/// What `--info` prints.
+fn info_text(b: &Bundle) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    let _ = writeln!(s, "name:        {}", b.name);
     if !b.description.is_empty() {
-        println!("description: {}", b.description);
+        let _ = writeln!(s, "description: {}", b.description);
     }
-    println!(
+    let _ = writeln!(
+        s,
         "image:       {} x {} x {} (C x H x W)",
         b.image.channels, b.image.height, b.image.width
     );
-    println!(
+    let _ = writeln!(
+        s,
         "labels:      {}",
         if b.label_count == 0 {
             "unconditional".to_string()
@@ -173,27 +176,29 @@ fn print_info(b: &Bundle) {
             b.label_count.to_string()
         }
     );
-    println!("precond:     {:?}", b.precond);
-    println!("solver:      {:?}", b.solver);
+    let _ = writeln!(s, "precond:     {:?}", b.precond);
+    let _ = writeln!(s, "solver:      {:?}", b.solver);
     match &b.model {
         ModelSpec::Network { config, weights } => {
             let kind = match config {
                 NetConfig::UNet(_) => "U-Net (DDPM++)",
                 NetConfig::Mlp(_) => "MLP",
             };
-            println!("model:       {kind}, {} bytes of weights", weights.len());
+            let _ = writeln!(s, "model:       {kind}, {} bytes of weights", weights.len());
         }
         ModelSpec::Mixture(m) => {
-            println!(
+            let _ = writeln!(
+                s,
                 "model:       Gaussian mixture, {} components in {} dimensions",
                 m.components(),
                 m.dim
-            )
+            );
         }
     }
     let p = &b.provenance;
-    println!("dataset:     {}", p.dataset);
-    println!(
+    let _ = writeln!(s, "dataset:     {}", p.dataset);
+    let _ = writeln!(
+        s,
         "training:    {} steps; schedule: {}",
         p.training_steps, p.schedule_method
     );
@@ -203,15 +208,27 @@ fn print_info(b: &Bundle) {
         .iter()
         .map(|s| format!("{s:.6}"))
         .collect();
-    println!("T:           {}", b.schedule.len());
-    println!("sigmas:      {}", levels.join(" "));
+    let _ = writeln!(s, "T:           {}", b.schedule.len());
+    let _ = writeln!(s, "sigmas:      {}", levels.join(" "));
     let lambdas: Vec<String> = b
         .schedule
         .lambda_weights()
         .iter()
         .map(|l| format!("{l:.6}"))
         .collect();
-    println!("lambdas:     {}", lambdas.join(" "));
+    let _ = writeln!(s, "lambdas:     {}", lambdas.join(" "));
+    s
+}
+
+/// Writes `text` to stdout; a closed pipe (`--info | head`) is not an error.
+fn emit(text: &str) -> Result<()> {
+    use std::io::Write;
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(e).context("cannot write to stdout")
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Encodes a PNG and moves it into place atomically.

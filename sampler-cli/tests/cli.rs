@@ -297,3 +297,21 @@ fn noise_is_the_portable_generator() {
     let eps = rng::gaussian_vec(rng::image_seed(7, 1), 48);
     assert_eq!(x0, eps.iter().map(|e| e * 80.0).collect::<Vec<_>>());
 }
+
+/// `--info | head -1`: the reader closes the pipe early; the CLI must not panic.
+#[test]
+fn a_closed_stdout_pipe_is_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = mixture_bundle(dir.path());
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sampler-cli"))
+        .args(["--bundle", bundle.to_str().unwrap(), "--info"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take()); // close the read end before the CLI writes
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
