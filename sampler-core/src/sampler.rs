@@ -278,7 +278,7 @@ impl Sampler {
         first: u64,
         count: usize,
         label: Option<u32>,
-        on_step: impl FnMut(Step<'_>),
+        on_step: impl FnMut(Step<'_>) + Send,
     ) -> Result<Images, SamplerError> {
         let d = self.bundle.image.values();
         let labels = self.labels(label, first, count)?;
@@ -295,7 +295,11 @@ impl Sampler {
             &self.device,
         );
         let sigmas = self.bundle.schedule.to_tensor(&self.device);
-        let out = self.with_denoiser(|den| euler(den, x0, sigmas, labels, on_step));
+        let run = || self.with_denoiser(|den| euler(den, x0, sigmas, labels, on_step));
+        #[cfg(feature = "std")]
+        let out = crate::model::flex_ops::on_cpu_workers(run);
+        #[cfg(not(feature = "std"))]
+        let out = run();
         let data = out
             .clamp(-1.0, 1.0)
             .try_into_vec_as::<f32>()

@@ -123,6 +123,10 @@ impl Pretrain {
 
     /// One Adam step on a batch; returns the loss.
     pub fn step_once(&mut self, data: &Dataset) -> Result<f64> {
+        sampler_core::model::flex_ops::on_cpu_workers(|| self.step_inner(data))
+    }
+
+    fn step_inner(&mut self, data: &Dataset) -> Result<f64> {
         let c = &self.config;
         let d = data.dim();
         let (x, labels) = data.batch(c.seed, self.step, c.batch, &self.device);

@@ -3,6 +3,10 @@
 //! [`Network`] is the burn module it builds; [`Preconditioned`] wraps it into the denoiser
 //! `D(x, s)` of docs/method.md §1.
 
+#[cfg(feature = "std")]
+pub mod flex_ops;
+#[cfg(feature = "std")]
+mod kernels;
 mod mlp;
 mod unet;
 
@@ -114,6 +118,30 @@ impl Denoiser for Preconditioned<'_> {
         let col = |t: Tensor<1>| t.reshape([b, 1]);
         let f = self.net.forward(x.clone() * col(c.c_in), c.c_noise, labels);
         x * col(c.c_skip) + f * col(c.c_out)
+    }
+}
+
+/// `conv.forward(x)`, through the fast CPU path of [`flex_ops`] on hosts.
+#[cfg(feature = "std")]
+pub(crate) use flex_ops::conv2d;
+/// `norm.forward(x)`, then SiLU when `silu`, fused on the fast CPU path on hosts.
+#[cfg(feature = "std")]
+pub(crate) use flex_ops::group_norm;
+
+/// `conv.forward(x)` (microcontrollers: burn's own convolution).
+#[cfg(not(feature = "std"))]
+pub(crate) fn conv2d(conv: &burn::nn::conv::Conv2d, x: Tensor<4>) -> Tensor<4> {
+    conv.forward(x)
+}
+
+/// `norm.forward(x)`, then SiLU when `silu` (microcontrollers: burn's own ops).
+#[cfg(not(feature = "std"))]
+pub(crate) fn group_norm(norm: &burn::nn::GroupNorm, x: Tensor<4>, silu: bool) -> Tensor<4> {
+    let y = norm.forward(x);
+    if silu {
+        burn::tensor::activation::silu(y)
+    } else {
+        y
     }
 }
 

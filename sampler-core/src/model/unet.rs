@@ -13,10 +13,10 @@ use burn::config::Config;
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{GroupNorm, GroupNormConfig, Linear, LinearConfig, PaddingConfig2d};
-use burn::tensor::activation::{silu, softmax};
+use burn::tensor::activation::softmax;
 use burn::tensor::{Device, Tensor};
 
-use super::embed;
+use super::{conv2d, embed, group_norm};
 
 /// Hyper-parameters of [`SongUNet`]; defaults are EDM's DDPM++ CIFAR-10 settings scaled
 /// down for CPUs where noted.
@@ -146,7 +146,7 @@ impl UNetConfig {
             conv_in,
             enc,
             dec,
-            aux_norm: group_norm(cout, device),
+            aux_norm: edm_group_norm(cout, device),
             aux_conv: conv(cout, self.out_channels, 3, device),
             noise_channels,
             img_resolution: self.img_resolution,
@@ -178,7 +178,7 @@ fn conv(cin: usize, cout: usize, kernel: usize, device: &Device) -> Conv2d {
 }
 
 /// EDM's GroupNorm: at most 32 groups with at least 4 channels each, eps = 1e-6.
-fn group_norm(channels: usize, device: &Device) -> GroupNorm {
+fn edm_group_norm(channels: usize, device: &Device) -> GroupNorm {
     let groups = 32.min(channels / 4).max(1);
     GroupNormConfig::new(groups, channels)
         .with_epsilon(1e-6)
@@ -241,13 +241,13 @@ impl UNetBlock {
     ) -> Self {
         let needs_skip = cin != cout || resample != Resample::None;
         UNetBlock {
-            norm0: group_norm(cin, device),
+            norm0: edm_group_norm(cin, device),
             conv0: conv(cin, cout, 3, device),
             affine: LinearConfig::new(emb, cout).init(device),
-            norm1: group_norm(cout, device),
+            norm1: edm_group_norm(cout, device),
             conv1: conv(cout, cout, 3, device),
             skip: needs_skip.then(|| conv(cin, cout, 1, device)),
-            norm2: attention.then(|| group_norm(cout, device)),
+            norm2: attention.then(|| edm_group_norm(cout, device)),
             qkv: attention.then(|| conv(cout, 3 * cout, 1, device)),
             proj: attention.then(|| conv(cout, cout, 1, device)),
             resample,
@@ -260,15 +260,16 @@ impl UNetBlock {
     pub fn forward(&self, x: Tensor<4>, emb: Tensor<2>) -> Tensor<4> {
         let skip_scale = core::f64::consts::FRAC_1_SQRT_2;
         let orig = x.clone();
-        let x = self
-            .conv0
-            .forward(resample(silu(self.norm0.forward(x)), self.resample)); // [B, Cout, H', W']
+        let x = conv2d(
+            &self.conv0,
+            resample(group_norm(&self.norm0, x, true), self.resample),
+        ); // [B, Cout, H', W']
         let [b, c, h, w] = x.dims();
         let params = self.affine.forward(emb).reshape([b, c, 1, 1]);
-        let x = silu(self.norm1.forward(x + params));
-        let x = self.conv1.forward(x);
+        let x = group_norm(&self.norm1, x + params, true);
+        let x = conv2d(&self.conv1, x);
         let residual = match &self.skip {
-            Some(skip) => skip.forward(resample(orig, self.resample)),
+            Some(skip) => conv2d(skip, resample(orig, self.resample)),
             None => orig,
         };
         let x = (x + residual).mul_scalar(skip_scale);
@@ -276,7 +277,7 @@ impl UNetBlock {
             (Some(norm2), Some(qkv), Some(proj)) => {
                 // One head: q, k, v are [B, C, HW]; w = softmax_k(q^T k / sqrt(C)).
                 let n = h * w;
-                let qkv = qkv.forward(norm2.forward(x.clone())).reshape([b, c, 3, n]);
+                let qkv = conv2d(qkv, group_norm(norm2, x.clone(), false)).reshape([b, c, 3, n]);
                 let q = qkv
                     .clone()
                     .slice([0..b, 0..c, 0..1, 0..n])
@@ -289,7 +290,7 @@ impl UNetBlock {
                 let logits = q.swap_dims(1, 2).matmul(k).div_scalar(libm::sqrt(c as f64)); // [B, q, k]
                 let attn = softmax(logits, 2);
                 let a = v.matmul(attn.swap_dims(1, 2)).reshape([b, c, h, w]); // [B, C, q]
-                (proj.forward(a) + x).mul_scalar(skip_scale)
+                (conv2d(proj, a) + x).mul_scalar(skip_scale)
             }
             _ => x,
         }
@@ -342,7 +343,7 @@ impl SongUNet {
             Some(&self.map_layer1),
         ); // [B, E]
         // 2. Encoder, keeping every output for the skips.
-        let mut x = self.conv_in.forward(x);
+        let mut x = conv2d(&self.conv_in, x);
         let mut skips = vec![x.clone()];
         for block in &self.enc {
             x = block.forward(x, emb.clone());
@@ -358,7 +359,7 @@ impl SongUNet {
             x = block.forward(x, emb.clone());
         }
         // 4. Output head.
-        self.aux_conv.forward(silu(self.aux_norm.forward(x)))
+        conv2d(&self.aux_conv, group_norm(&self.aux_norm, x, true))
     }
 
     /// [`SongUNet::forward`] on flattened samples `[B, C*H*W]`.
