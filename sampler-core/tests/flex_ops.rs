@@ -111,6 +111,9 @@ fn convolution_matches_burn_in_f64() {
     // Batch 1 large enough to be split into bands of output rows (on 2+ threads).
     conv_case(1, 16, 16, 13, 10, 3, 1);
     conv_case(1, 64, 64, 12, 12, 1, 0);
+    // Images smaller than or as small as the kernel.
+    conv_case(2, 3, 2, 2, 3, 3, 1);
+    conv_case(1, 2, 2, 1, 1, 3, 1);
 }
 
 /// burn's GroupNorm (biased variance) composed from f64 ops, then SiLU.
