@@ -28,6 +28,10 @@ pub struct BenchArgs {
     /// Image resolution of the U-Net.
     #[arg(long, default_value_t = 16)]
     resolution: usize,
+    /// Trajectory-cache rows: every pool entry (pool = one batch) re-simulated once every N
+    /// steps; 0 leaves those rows out.
+    #[arg(long, default_value_t = 8, value_name = "N")]
+    traj_refresh: u64,
     /// Compute device: flex, vulkan or cuda.
     #[arg(long, default_value = "flex")]
     device: String,
@@ -74,7 +78,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
     std::fs::create_dir_all(&dir)?;
     let base_path = dir.join("base.bin");
     std::fs::write(&base_path, pt.export(8, "bench")?.to_bytes()?)?;
-    let finetune = |mode: Mode, t: usize, grad: DiscGrad| -> Result<Finetune> {
+    let finetune = |mode: Mode, t: usize, grad: DiscGrad, refresh: u64| -> Result<Finetune> {
         let mut c = FinetuneConfig::new(base_path.clone(), t);
         c.mode = mode;
         c.rounds = 1;
@@ -85,24 +89,33 @@ pub fn run(a: BenchArgs) -> Result<()> {
         c.disc_grad = grad;
         c.teacher_pool = a.batch;
         c.teacher_steps = 8;
+        c.traj_refresh = refresh;
         Finetune::new(c, Some(data.clone()), None, &device)
     };
-    let mut ft = finetune(Mode::Stage2Only, 8, DiscGrad::Exact)?;
+    let mut ft = finetune(Mode::Stage2Only, 8, DiscGrad::Exact, 0)?;
     rows.push((
         "stage 2 (L_bound, weights)".into(),
         time(a.steps, || ft.step_once().map(|_| ()))?,
     ));
     for &t in &a.t {
-        for grad in [DiscGrad::Exact, DiscGrad::Paper] {
-            let mut ft = finetune(Mode::Stage1Only, t, grad)?;
-            let label = format!(
-                "stage 1, T = {t}, {} gradient",
-                if grad == DiscGrad::Exact {
-                    "exact"
-                } else {
-                    "paper"
-                }
-            );
+        let variants = [
+            (DiscGrad::Exact, 0, "exact gradient".to_string()),
+            (DiscGrad::Paper, 0, "paper gradient".to_string()),
+            (
+                DiscGrad::Paper,
+                a.traj_refresh,
+                format!(
+                    "paper gradient, trajectory cache (refresh {})",
+                    a.traj_refresh
+                ),
+            ),
+        ];
+        for (grad, refresh, what) in variants {
+            if grad == DiscGrad::Paper && refresh > 0 && a.traj_refresh == 0 {
+                continue;
+            }
+            let mut ft = finetune(Mode::Stage1Only, t, grad, refresh)?;
+            let label = format!("stage 1, T = {t}, {what}");
             rows.push((label, time(a.steps, || ft.step_once().map(|_| ()))?));
         }
     }

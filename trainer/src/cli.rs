@@ -277,6 +277,12 @@ struct FinetuneArgs {
     /// Teacher (noise, solution) pairs computed per round.
     #[arg(long, default_value_t = 256)]
     teacher_pool: usize,
+    /// Trajectory cache of the paper gradient (--disc-grad paper, teacher target): keep the
+    /// Euler states of the whole teacher pool and re-simulate each entry under the current
+    /// levels once every this many steps (a 1/N share of the pool per step) instead of
+    /// re-running the sampler for every batch. 0 turns the cache off.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    traj_refresh: u64,
     /// EMA decay of the exported weights.
     #[arg(long, default_value_t = 0.999)]
     ema_decay: f64,
@@ -605,6 +611,7 @@ fn finetune(a: FinetuneArgs) -> Result<()> {
     c.disc_batch = a.disc_batch;
     c.teacher_steps = a.teacher_steps;
     c.teacher_pool = a.teacher_pool;
+    c.traj_refresh = a.traj_refresh;
     c.ema_decay = a.ema_decay;
     c.s_max = a.s_max.unwrap_or(base.schedule.s_max() as f64);
     c.s_min = a.s_min.unwrap_or(base.schedule.s_min() as f64);

@@ -26,7 +26,10 @@ use sampler_core::schedule::{Schedule, Warp, lambda_weights};
 use sampler_core::solver::{Denoiser, heun_to_min};
 
 use crate::data::{Dataset, noise, uniform_indices};
-use crate::losses::{Weighting, bound_loss, disc_loss_exact, disc_surrogate_paper};
+use crate::losses::{
+    Weighting, bound_loss, bound_terms, denoise_together, disc_loss_exact, euler_states,
+    paper_terms,
+};
 use crate::model::{Base, ScheduleLogits, update_ema};
 use crate::run::{Checkpoint, RunDir};
 
@@ -96,6 +99,11 @@ pub struct FinetuneConfig {
     pub teacher_steps: usize,
     /// Number of (noise, teacher solution) pairs computed per round.
     pub teacher_pool: usize,
+    /// Trajectory cache of the paper gradient: every pool entry's Euler states are
+    /// re-simulated under the current levels once every this many steps; 0 = no cache.
+    /// (Absent from configs written before the cache existed: those ran without it.)
+    #[serde(default)]
+    pub traj_refresh: u64,
     /// Largest level (default: the base bundle's).
     pub s_max: f64,
     /// Smallest level (default: the base bundle's).
@@ -130,6 +138,7 @@ impl FinetuneConfig {
             disc_batch: 32,
             teacher_steps: 64,
             teacher_pool: 256,
+            traj_refresh: 0,
             s_max: 80.0,
             s_min: 0.002,
             ema_decay: 0.999,
@@ -188,6 +197,14 @@ impl FinetuneConfig {
         }
         if !(0.0..1.0).contains(&self.ema_decay) {
             bail!("--ema-decay must be in [0, 1)");
+        }
+        if self.traj_refresh > 0
+            && (self.disc_grad != DiscGrad::Paper || self.disc_target != DiscTarget::Teacher)
+        {
+            bail!(
+                "--traj-refresh caches the paper gradient's trajectories of the teacher pool: \
+                 it needs --disc-grad paper --disc-target teacher"
+            );
         }
         Ok(())
     }
@@ -255,6 +272,22 @@ pub struct Finetune {
     pub step: u64,
     device: Device,
     pool: Option<(u64, Tensor<2>, Tensor<2>, Option<Tensor<2>>)>,
+    trajectories: Option<Trajectories>,
+}
+
+/// The trajectory cache: the Euler states of every teacher-pool entry, each simulated under
+/// the levels of some recent step. A stage-1 step with the paper gradient then needs one
+/// denoiser evaluation at a cached `x_t` instead of a fresh T-step trajectory, plus its
+/// share of re-simulation (`teacher_pool / traj_refresh` entries).
+struct Trajectories {
+    /// Round of the teacher pool the states belong to.
+    round: u64,
+    /// `x_0, ..., x_{T-2}`, each `[pool, d]` (no autodiff).
+    states: Vec<Tensor<2>>,
+    /// `x_{T-1}`, `[pool, d]`.
+    last: Tensor<2>,
+    /// Next entry to re-simulate (round robin).
+    cursor: usize,
 }
 
 impl Finetune {
@@ -353,6 +386,7 @@ impl Finetune {
             step,
             device: device.clone(),
             pool: None,
+            trajectories: None,
         })
     }
 
@@ -448,8 +482,70 @@ impl Finetune {
         Ok((x0, target, labels))
     }
 
+    /// Brings the cached states up to date for a step of `round` under `sigmas` (the
+    /// current levels): the whole pool at a round's first step, then `ceil(pool / N)` entries
+    /// round robin, N = `traj_refresh`.
+    fn refresh_trajectories(
+        &mut self,
+        round: u64,
+        sigmas: &Tensor<1>,
+        pool: &(Tensor<2>, Tensor<2>, Option<Tensor<2>>),
+    ) {
+        let n = self.config.teacher_pool;
+        let plain = self.device.clone().without_autodiff();
+        let sigmas = sigmas.clone().detach().to_device(&plain);
+        let (px0, _, plabels) = pool;
+        let simulate = |range: std::ops::Range<usize>| -> (Vec<Tensor<2>>, Tensor<2>) {
+            self.base.with_shipped(|den| {
+                euler_states(
+                    den,
+                    px0.clone().slice(range.clone()),
+                    plabels.clone().map(|l| l.slice(range.clone())),
+                    sigmas.clone(),
+                )
+            })
+        };
+        let fresh = match &self.trajectories {
+            Some(tr) if tr.round == round => None,
+            _ => Some(simulate(0..n)),
+        };
+        if let Some((states, last)) = fresh {
+            self.trajectories = Some(Trajectories {
+                round,
+                states,
+                last,
+                cursor: 0,
+            });
+        } else {
+            let share = (n as u64).div_ceil(self.config.traj_refresh.max(1)) as usize;
+            let start = self.trajectories.as_ref().map_or(0, |tr| tr.cursor);
+            // At most two contiguous ranges (the round robin wraps).
+            let first = start..(start + share).min(n);
+            let second = 0..(start + share).saturating_sub(n).min(start);
+            for range in [first, second] {
+                if range.is_empty() {
+                    continue;
+                }
+                let (new, new_last) = simulate(range.clone());
+                if let Some(tr) = self.trajectories.as_mut() {
+                    for (state, part) in tr.states.iter_mut().zip(new) {
+                        *state = state.clone().slice_assign(range.clone(), part);
+                    }
+                    tr.last = tr.last.clone().slice_assign(range.clone(), new_last);
+                }
+            }
+            if let Some(tr) = self.trajectories.as_mut() {
+                tr.cursor = (start + share) % n;
+            }
+        }
+    }
+
     /// One optimization step; returns its record.
     pub fn step_once(&mut self) -> Result<StepRecord> {
+        sampler_core::model::flex_ops::on_cpu_workers(|| self.step_inner())
+    }
+
+    fn step_inner(&mut self) -> Result<StepRecord> {
         let step = self.step;
         let (round, stage) = self.position(step);
         let c = self.config.clone();
@@ -464,6 +560,9 @@ impl Finetune {
             let sigmas = self.logits.sigmas(c.s_min, c.s_max, c.warp);
             let lambdas = lambda_weights(sigmas.clone());
             let (l_bound, disc, objective) = {
+                let ts = uniform_indices(c.seed, purpose::PAPER_T, step, 1, t - 1);
+                // With the trajectory cache: the picked entries' x_t and x_{T-1}.
+                let mut cached: Option<(Vec<(usize, Tensor<2>)>, Tensor<2>)> = None;
                 let (disc_x0, target, disc_labels) = match c.disc_target {
                     DiscTarget::Data => {
                         let (xd, ld) =
@@ -474,6 +573,13 @@ impl Finetune {
                     }
                     DiscTarget::Teacher => {
                         let (px0, ptarget, plabels) = self.teacher_pool(round)?;
+                        let pool = (px0.clone(), ptarget.clone(), plabels.clone());
+                        let traj = if c.traj_refresh > 0 && c.disc_grad == DiscGrad::Paper {
+                            self.refresh_trajectories(round, &sigmas, &pool);
+                            self.trajectories.as_ref()
+                        } else {
+                            None
+                        };
                         let pick = uniform_indices(
                             c.seed,
                             purpose::POOL_PICK,
@@ -489,6 +595,15 @@ impl Finetune {
                             &px0.device(),
                         );
                         let dev = &self.device;
+                        if let Some(tr) = traj {
+                            let pick_rows =
+                                |m: &Tensor<2>| m.clone().select(0, idx.clone()).to_device(dev);
+                            let x_ts = ts
+                                .iter()
+                                .map(|&ti| (ti, pick_rows(&tr.states[ti])))
+                                .collect();
+                            cached = Some((x_ts, pick_rows(&tr.last)));
+                        }
                         (
                             px0.select(0, idx.clone()).to_device(dev),
                             ptarget.select(0, idx.clone()).to_device(dev),
@@ -497,8 +612,7 @@ impl Finetune {
                     }
                 };
                 self.base.with_shipped(|den| {
-                    let l_bound = bound_loss(
-                        den,
+                    let bound = bound_terms(
                         x,
                         labels,
                         sigmas.clone(),
@@ -508,23 +622,40 @@ impl Finetune {
                         Weighting::Lambda,
                         precond,
                     );
-                    let (disc_value, disc_term) = match c.disc_grad {
+                    let (l_bound, disc_value, disc_term) = match c.disc_grad {
                         DiscGrad::Exact => {
+                            let rows = bound.rows.clone();
+                            let l_bound =
+                                bound.finish(den.denoise(rows.x, rows.sigma, rows.labels));
                             let l =
                                 disc_loss_exact(den, disc_x0, disc_labels, sigmas.clone(), target);
-                            (l.clone(), l)
+                            (l_bound, l.clone(), l)
                         }
                         DiscGrad::Paper => {
-                            let ts = uniform_indices(c.seed, purpose::PAPER_T, step, 1, t - 1);
-                            let (sur, l) = disc_surrogate_paper(
-                                den,
-                                disc_x0,
-                                disc_labels,
-                                sigmas.clone(),
-                                target,
-                                &ts,
-                            );
-                            (l, sur)
+                            // x_t and x_{T-1}: from the cache, or a fresh trajectory.
+                            let (x_ts, x_last) = match cached {
+                                Some(picked) => picked,
+                                None => {
+                                    let (states, x_last) = euler_states(
+                                        den,
+                                        disc_x0,
+                                        disc_labels.clone(),
+                                        sigmas.clone(),
+                                    );
+                                    let x_ts = ts.iter().map(|&ti| (ti, states[ti].clone()));
+                                    (x_ts.collect(), x_last)
+                                }
+                            };
+                            let paper =
+                                paper_terms(&x_ts, x_last, disc_labels, sigmas.clone(), target);
+                            // L_bound's rows and Eq. 14's in one denoiser call.
+                            let mut blocks = vec![bound.rows.clone()];
+                            blocks.extend(paper.rows.iter().cloned());
+                            let mut outs = denoise_together(den, blocks);
+                            let rest = outs.split_off(1);
+                            let l_bound = bound.finish(outs.remove(0));
+                            let (sur, l) = paper.finish(rest);
+                            (l_bound, l, sur)
                         }
                     };
                     let objective = l_bound.clone() + disc_term.mul_scalar(c.gamma);

@@ -35,6 +35,100 @@ fn index_tensor(levels: &[usize], like: &Tensor<1>) -> Tensor<1, Int> {
     Tensor::from_data(TensorData::new(idx, [levels.len()]), &like.device())
 }
 
+/// The rows a loss needs the denoiser at: `D(x, sigma)` for every row of `x`. Losses are
+/// split into these inputs and a `finish` step so that stage 1 can evaluate two of them in
+/// one denoiser call ([`denoise_together`]), which at these batch sizes costs much less
+/// than two calls.
+#[derive(Clone, Debug)]
+pub struct DenoiserRows {
+    /// Noisy inputs, `[B, d]`.
+    pub x: Tensor<2>,
+    /// Their noise levels, `[B]`.
+    pub sigma: Tensor<1>,
+    /// One-hot labels, `[B, L]`.
+    pub labels: Option<Tensor<2>>,
+}
+
+/// `D` at every block of rows, in one call on the concatenated blocks.
+pub fn denoise_together(den: &dyn Denoiser, blocks: Vec<DenoiserRows>) -> Vec<Tensor<2>> {
+    if blocks.len() == 1 {
+        let b = blocks.into_iter().next().expect("one block");
+        return vec![den.denoise(b.x, b.sigma, b.labels)];
+    }
+    let sizes: Vec<usize> = blocks.iter().map(|b| b.x.dims()[0]).collect();
+    let with_labels = blocks.iter().all(|b| b.labels.is_some());
+    let mut xs = Vec::with_capacity(blocks.len());
+    let mut sigmas = Vec::with_capacity(blocks.len());
+    let mut labels = Vec::with_capacity(blocks.len());
+    for b in blocks {
+        xs.push(b.x);
+        sigmas.push(b.sigma);
+        labels.extend(b.labels);
+    }
+    let out = den.denoise(
+        Tensor::cat(xs, 0),
+        Tensor::cat(sigmas, 0),
+        with_labels.then(|| Tensor::cat(labels, 0)),
+    );
+    let mut start = 0;
+    sizes
+        .into_iter()
+        .map(|n| {
+            let part = out.clone().slice(start..start + n);
+            start += n;
+            part
+        })
+        .collect()
+}
+
+/// `L_bound` prepared: the noisy rows and, for [`BoundTerms::finish`], their clean data and
+/// weights.
+pub struct BoundTerms {
+    /// Where the denoiser is evaluated.
+    pub rows: DenoiserRows,
+    x: Tensor<2>,
+    weight: Tensor<1>,
+}
+
+impl BoundTerms {
+    /// `L_bound` from the denoiser's output at [`BoundTerms::rows`].
+    pub fn finish(self, denoised: Tensor<2>) -> Tensor<1> {
+        (row_mse(denoised, self.x) * self.weight).mean()
+    }
+}
+
+/// [`bound_loss`]'s inputs: level `levels[b]` for sample `b`.
+#[allow(clippy::too_many_arguments)]
+pub fn bound_terms(
+    x: Tensor<2>,
+    labels: Option<Tensor<2>>,
+    sigmas: Tensor<1>,
+    lambdas: Tensor<1>,
+    levels: &[usize],
+    eps: Tensor<2>,
+    weighting: Weighting,
+    precond: Precond,
+) -> BoundTerms {
+    let b = x.dims()[0];
+    let t = sigmas.dims()[0];
+    let idx = index_tensor(levels, &sigmas);
+    let s = sigmas.select(0, idx.clone()); // [B]
+    let noisy = x.clone() + eps * s.clone().reshape([b, 1]);
+    let weight = match weighting {
+        Weighting::Lambda => lambdas.select(0, idx).mul_scalar((t - 1) as f64),
+        Weighting::Edm => precond.loss_weight(s.clone()),
+    };
+    BoundTerms {
+        rows: DenoiserRows {
+            x: noisy,
+            sigma: s,
+            labels,
+        },
+        x,
+        weight,
+    }
+}
+
 /// `L_bound` with level `levels[b]` for sample `b`.
 ///
 /// # Shapes
@@ -51,17 +145,13 @@ pub fn bound_loss(
     weighting: Weighting,
     precond: Precond,
 ) -> Tensor<1> {
-    let b = x.dims()[0];
-    let t = sigmas.dims()[0];
-    let idx = index_tensor(levels, &sigmas);
-    let s = sigmas.select(0, idx.clone()); // [B]
-    let noisy = x.clone() + eps * s.clone().reshape([b, 1]);
-    let per = row_mse(den.denoise(noisy, s.clone(), labels), x); // [B]
-    let weight = match weighting {
-        Weighting::Lambda => lambdas.select(0, idx).mul_scalar((t - 1) as f64),
-        Weighting::Edm => precond.loss_weight(s),
-    };
-    (per * weight).mean()
+    let terms = bound_terms(x, labels, sigmas, lambdas, levels, eps, weighting, precond);
+    let denoised = den.denoise(
+        terms.rows.x.clone(),
+        terms.rows.sigma.clone(),
+        terms.rows.labels.clone(),
+    );
+    terms.finish(denoised)
 }
 
 /// EDM's pre-training loss (method.md §1) at the given `ln s` draws.
@@ -99,6 +189,25 @@ pub fn disc_loss_exact(
     row_mse(x_last, target).mean()
 }
 
+/// The Euler trajectory under `sigmas`, without gradients: the states `[x_0, ..., x_{T-2}]`
+/// the denoiser is evaluated at (before the last one), and the last iterate `x_{T-1}`.
+///
+/// # Shapes
+/// `x0`: `[B, d]`; `sigmas`: `[T]` -> (`T-1` tensors `[B, d]`, `[B, d]`).
+pub fn euler_states(
+    den: &dyn Denoiser,
+    x0: Tensor<2>,
+    labels: Option<Tensor<2>>,
+    sigmas: Tensor<1>,
+) -> (Vec<Tensor<2>>, Tensor<2>) {
+    let t = sigmas.dims()[0];
+    let mut states = Vec::with_capacity(t);
+    let x_last = euler_to_min(den, x0.detach(), sigmas.detach(), labels, |st| {
+        states.push(st.x.clone().detach())
+    });
+    (states, x_last.detach())
+}
+
 /// The paper's estimator (Eq. 14) as a surrogate: returns `(surrogate, L_disc)`. The
 /// trajectory runs without gradients; `surrogate = (T-1)/|ts| sum_{t in ts} 2 lambda_t
 /// <r, D(x_t, s_t)> / (B d)` with `r = x_{T-1} - target` and `lambda_t`, `x_t` held fixed,
@@ -115,33 +224,87 @@ pub fn disc_surrogate_paper(
     target: Tensor<2>,
     ts: &[usize],
 ) -> (Tensor<1>, Tensor<1>) {
-    let [b, d] = x0.dims();
-    let t = sigmas.dims()[0];
-    let fixed = sigmas.clone().detach();
-    let mut states = Vec::with_capacity(t - 1);
-    let x_last = euler_to_min(den, x0.detach(), fixed.clone(), labels.clone(), |st| {
-        states.push(st.x.clone().detach())
-    })
-    .detach();
-    let residual = (x_last.clone() - target.clone()).detach();
-    let lambdas = sampler_core::schedule::lambda_weights(fixed);
-    let mut surrogate: Option<Tensor<1>> = None;
-    for &ti in ts {
-        let s_t = sigmas.clone().slice(ti..ti + 1).expand([b]);
-        let den_t = den.denoise(states[ti].clone(), s_t, labels.clone());
-        let lam = lambdas.clone().slice(ti..ti + 1);
-        let term = (residual.clone() * den_t)
-            .sum()
-            .mul_scalar(2.0 / (b * d) as f64)
-            * lam;
-        surrogate = Some(match surrogate {
-            None => term,
-            Some(acc) => acc + term,
-        });
+    let (states, x_last) = euler_states(den, x0, labels.clone(), sigmas.clone());
+    let x_ts: Vec<(usize, Tensor<2>)> = ts.iter().map(|&t| (t, states[t].clone())).collect();
+    paper_surrogate(den, &x_ts, x_last, labels, sigmas, target)
+}
+
+/// [`disc_surrogate_paper`] at given states: `x_ts` pairs a level index `t` with the state
+/// `x_t` the sampler reached there, `x_last` is its last iterate `x_{T-1}` (both may come
+/// from the trajectory cache, simulated under earlier levels).
+///
+/// # Shapes
+/// each `x_t`, `x_last`, `target`: `[B, d]`; `sigmas`: `[T]` -> (`[1]`, `[1]`).
+pub fn paper_surrogate(
+    den: &dyn Denoiser,
+    x_ts: &[(usize, Tensor<2>)],
+    x_last: Tensor<2>,
+    labels: Option<Tensor<2>>,
+    sigmas: Tensor<1>,
+    target: Tensor<2>,
+) -> (Tensor<1>, Tensor<1>) {
+    let terms = paper_terms(x_ts, x_last, labels, sigmas, target);
+    let denoised = terms
+        .rows
+        .iter()
+        .map(|r| den.denoise(r.x.clone(), r.sigma.clone(), r.labels.clone()))
+        .collect();
+    terms.finish(denoised)
+}
+
+/// The paper surrogate prepared: one block of denoiser rows per drawn level.
+pub struct PaperTerms {
+    /// Where the denoiser is evaluated: `x_t` at `s_t`, one block per `t`.
+    pub rows: Vec<DenoiserRows>,
+    /// `2 (T-1) / |ts| lambda_t / (B d)` per block (`lambda_t` held fixed).
+    coefs: Vec<Tensor<1>>,
+    residual: Tensor<2>,
+    l_disc: Tensor<1>,
+    sigmas: Tensor<1>,
+}
+
+impl PaperTerms {
+    /// `(surrogate, L_disc)` from the denoiser's outputs at [`PaperTerms::rows`].
+    pub fn finish(self, denoised: Vec<Tensor<2>>) -> (Tensor<1>, Tensor<1>) {
+        let surrogate = denoised
+            .into_iter()
+            .zip(self.coefs)
+            .map(|(d, coef)| (self.residual.clone() * d).sum() * coef)
+            .reduce(|a, b| a + b)
+            .unwrap_or_else(|| self.sigmas.sum().mul_scalar(0.0));
+        (surrogate, self.l_disc)
     }
-    let scale = (t - 1) as f64 / ts.len().max(1) as f64;
-    let surrogate = surrogate
-        .map(|s| s.mul_scalar(scale))
-        .unwrap_or_else(|| sigmas.sum().mul_scalar(0.0));
-    (surrogate, row_mse(x_last, target).mean())
+}
+
+/// [`paper_surrogate`]'s inputs.
+pub fn paper_terms(
+    x_ts: &[(usize, Tensor<2>)],
+    x_last: Tensor<2>,
+    labels: Option<Tensor<2>>,
+    sigmas: Tensor<1>,
+    target: Tensor<2>,
+) -> PaperTerms {
+    let [b, d] = x_last.dims();
+    let t = sigmas.dims()[0];
+    let residual = (x_last.clone() - target.clone()).detach();
+    let lambdas = sampler_core::schedule::lambda_weights(sigmas.clone().detach());
+    let scale = 2.0 * (t - 1) as f64 / x_ts.len().max(1) as f64 / (b * d) as f64;
+    let mut rows = Vec::with_capacity(x_ts.len());
+    let mut coefs = Vec::with_capacity(x_ts.len());
+    for (ti, x_t) in x_ts {
+        let ti = *ti;
+        rows.push(DenoiserRows {
+            x: x_t.clone().detach(),
+            sigma: sigmas.clone().slice(ti..ti + 1).expand([b]),
+            labels: labels.clone(),
+        });
+        coefs.push(lambdas.clone().slice(ti..ti + 1).mul_scalar(scale));
+    }
+    PaperTerms {
+        rows,
+        coefs,
+        residual,
+        l_disc: row_mse(x_last, target).mean(),
+        sigmas,
+    }
 }
