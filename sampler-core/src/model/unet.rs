@@ -77,66 +77,100 @@ impl UNetConfig {
         {
             return Err("channel multipliers must be positive".into());
         }
-        if self.model_channels * self.channel_mult_noise < 4 {
-            return Err("the noise embedding needs at least 4 channels".into());
+        let noise = self.model_channels.saturating_mul(self.channel_mult_noise);
+        if noise < 4 || !noise.is_multiple_of(2) {
+            return Err(alloc::format!(
+                "the noise embedding has model_channels * channel_mult_noise = {noise} \
+                 channels; it needs an even number, at least 4 (half sines, half cosines)"
+            ));
+        }
+        // Every GroupNorm splits its channels into min(32, C/4) equal groups.
+        let (enc, dec, head) = self.topology();
+        let norms = enc
+            .iter()
+            .chain(&dec)
+            .flat_map(|b| [b.cin, b.cout])
+            .chain([head]);
+        for c in norms {
+            if !c.is_multiple_of(edm_groups(c)) {
+                return Err(alloc::format!(
+                    "model_channels {} with channel_mult {:?} gives a GroupNorm over {c} \
+                     channels, which EDM's rule splits into {} groups unevenly; choose them so \
+                     that every channel count, the decoder's sums with skip connections \
+                     included, is a multiple of 4 (of 32 above 128)",
+                    self.model_channels,
+                    self.channel_mult,
+                    edm_groups(c)
+                ));
+            }
         }
         Ok(())
     }
 
-    /// Builds the network.
-    pub fn init(&self, device: &Device) -> SongUNet {
-        let emb_channels = self.model_channels * self.channel_mult_emb;
-        let noise_channels = self.model_channels * self.channel_mult_noise;
-        let block = |cin: usize, cout: usize, attention: bool, resample: Resample| {
-            UNetBlock::new(cin, cout, emb_channels, attention, resample, device)
+    /// The blocks of SongUNet in order, encoder then decoder: the one walk of the
+    /// architecture that [`UNetConfig::init`] builds and [`UNetConfig::validate`] checks.
+    /// Returns them with the channels of the output head.
+    fn topology(&self) -> (Vec<BlockSpec>, Vec<BlockSpec>, usize) {
+        let spec = |cin, cout, attention, resample, takes_skip| BlockSpec {
+            cin,
+            cout,
+            attention,
+            resample,
+            takes_skip,
         };
-
         // Encoder, in SongUNet's order.
         let mut enc = Vec::new();
-        let mut skips = Vec::new();
-        let mut cout = self.in_channels;
-        let conv_in = conv(cout, self.model_channels, 3, device);
-        cout = self.model_channels;
-        skips.push(cout);
+        let mut cout = self.model_channels;
+        let mut skips = vec![cout];
         for (level, &mult) in self.channel_mult.iter().enumerate() {
             let res = self.img_resolution >> level;
             if level > 0 {
-                enc.push(block(cout, cout, false, Resample::Down));
+                enc.push(spec(cout, cout, false, Resample::Down, false));
                 skips.push(cout);
             }
             for _ in 0..self.num_blocks {
                 let cin = cout;
-                cout = self.model_channels * mult;
-                enc.push(block(
-                    cin,
-                    cout,
-                    self.attn_resolutions.contains(&res),
-                    Resample::None,
-                ));
+                cout = self.model_channels.saturating_mul(mult);
+                let attn = self.attn_resolutions.contains(&res);
+                enc.push(spec(cin, cout, attn, Resample::None, false));
                 skips.push(cout);
             }
         }
-
         // Decoder.
         let mut dec = Vec::new();
         let levels = self.channel_mult.len();
         for (level, &mult) in self.channel_mult.iter().enumerate().rev() {
             let res = self.img_resolution >> level;
-            if level == levels - 1 {
-                dec.push(block(cout, cout, true, Resample::None)); // in0
-                dec.push(block(cout, cout, false, Resample::None)); // in1
+            if level + 1 == levels {
+                dec.push(spec(cout, cout, true, Resample::None, false)); // in0
+                dec.push(spec(cout, cout, false, Resample::None, false)); // in1
             } else {
-                dec.push(block(cout, cout, false, Resample::Up));
+                dec.push(spec(cout, cout, false, Resample::Up, false));
             }
             for idx in 0..=self.num_blocks {
-                let cin = cout + skips.pop().unwrap_or(0);
-                cout = self.model_channels * mult;
+                let cin = cout.saturating_add(skips.pop().unwrap_or(0));
+                cout = self.model_channels.saturating_mul(mult);
                 let attn = idx == self.num_blocks && self.attn_resolutions.contains(&res);
-                let mut b = block(cin, cout, attn, Resample::None);
-                b.takes_skip = true;
-                dec.push(b);
+                dec.push(spec(cin, cout, attn, Resample::None, true));
             }
         }
+        (enc, dec, cout)
+    }
+
+    /// Builds the network. Call [`UNetConfig::validate`] first.
+    pub fn init(&self, device: &Device) -> SongUNet {
+        let emb_channels = self.model_channels * self.channel_mult_emb;
+        let noise_channels = self.model_channels * self.channel_mult_noise;
+        let (enc, dec, cout) = self.topology();
+        let build = |b: &BlockSpec| {
+            let mut block =
+                UNetBlock::new(b.cin, b.cout, emb_channels, b.attention, b.resample, device);
+            block.takes_skip = b.takes_skip;
+            block
+        };
+        let conv_in = conv(self.in_channels, self.model_channels, 3, device);
+        let enc = enc.iter().map(build).collect();
+        let dec = dec.iter().map(build).collect();
 
         SongUNet {
             map_label: (self.label_dim > 0)
@@ -153,6 +187,20 @@ impl UNetConfig {
             in_channels: self.in_channels,
         }
     }
+}
+
+/// One block of [`UNetConfig::topology`].
+struct BlockSpec {
+    cin: usize,
+    cout: usize,
+    attention: bool,
+    resample: Resample,
+    takes_skip: bool,
+}
+
+/// EDM's GroupNorm group count for `channels`: at most 32 groups of at least 4 channels.
+fn edm_groups(channels: usize) -> usize {
+    32.min(channels / 4).max(1)
 }
 
 /// Resampling applied before `conv0` and `skip` of a block.
@@ -179,8 +227,7 @@ fn conv(cin: usize, cout: usize, kernel: usize, device: &Device) -> Conv2d {
 
 /// EDM's GroupNorm: at most 32 groups with at least 4 channels each, eps = 1e-6.
 fn edm_group_norm(channels: usize, device: &Device) -> GroupNorm {
-    let groups = 32.min(channels / 4).max(1);
-    GroupNormConfig::new(groups, channels)
+    GroupNormConfig::new(edm_groups(channels), channels)
         .with_epsilon(1e-6)
         .init(device)
 }
@@ -374,5 +421,49 @@ impl SongUNet {
         let y = self.forward(x.reshape([b, self.in_channels, r, r]), c_noise, labels);
         let d = y.dims()[1] * r * r;
         y.reshape([b, d])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::{Tensor, TensorData};
+
+    #[test]
+    fn validate_refuses_uneven_group_norms_and_accepts_what_init_can_run() {
+        let bad = UNetConfig::new(8, 1, 1).with_model_channels(18);
+        let err = bad.validate().unwrap_err();
+        assert!(
+            err.contains("GroupNorm") && err.contains("model_channels 18"),
+            "{err}"
+        );
+        // One changed byte of face8.bin: channel_mult [1, 2] -> [1, 127].
+        let edited = UNetConfig::new(24, 1, 1)
+            .with_model_channels(16)
+            .with_channel_mult(vec![1, 127]);
+        assert!(edited.validate().unwrap_err().contains("GroupNorm"));
+        // Whatever validate accepts builds and runs (GroupNorm would panic otherwise).
+        let device = Device::flex();
+        let mut accepted = 0;
+        for mc in 1..=20 {
+            for mult in [vec![1], vec![1, 2], vec![1, 3], vec![2, 3]] {
+                let c = UNetConfig::new(4, 1, 1)
+                    .with_model_channels(mc)
+                    .with_channel_mult(mult)
+                    .with_num_blocks(1);
+                if c.validate().is_err() {
+                    continue;
+                }
+                accepted += 1;
+                let net = c.init(&device);
+                let x = Tensor::<4>::from_data(
+                    TensorData::new(vec![0.5f32; 16], [1, 1, 4, 4]),
+                    &device,
+                );
+                let c_noise = Tensor::<1>::from_data(TensorData::new(vec![0.1f32], [1]), &device);
+                assert_eq!(net.forward(x, c_noise, None).dims(), [1, 1, 4, 4]);
+            }
+        }
+        assert!(accepted >= 20, "only {accepted} configs accepted");
     }
 }
