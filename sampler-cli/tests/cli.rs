@@ -315,3 +315,46 @@ fn a_closed_stdout_pipe_is_not_a_panic() {
     assert!(out.status.success(), "{err}");
     assert!(!err.contains("panicked"), "{err}");
 }
+
+#[test]
+fn bench_prints_a_row_per_batch_size_and_writes_no_image() {
+    let dir = tempfile::tempdir().unwrap();
+    let (bundle, _) = unet_bundle(dir.path());
+    let out = dir.path().join("never.png");
+    let o = cli(&[
+        "--bundle",
+        bundle.to_str().unwrap(),
+        "--count",
+        "6",
+        "--out",
+        out.to_str().unwrap(),
+        "--bench",
+        "1,4",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = String::from_utf8_lossy(&o.stdout);
+    let rows: Vec<Vec<String>> = text
+        .lines()
+        .filter(|l| l.starts_with("| ") && !l.contains("batch") && !l.contains("---"))
+        .map(|l| l.split('|').map(|c| c.trim().to_string()).collect())
+        .collect();
+    assert_eq!(rows.len(), 2, "{text}");
+    for (row, batch) in rows.iter().zip(["1", "4"]) {
+        assert_eq!(row[1], batch, "{text}");
+        let rate: f64 = row[2].parse().unwrap();
+        let ms: f64 = row[3].parse().unwrap();
+        assert!(rate > 0.0 && (rate * ms / 1e3 - 1.0).abs() < 0.05, "{text}");
+    }
+    assert!(!out.exists(), "--bench must not write images");
+    // Without a list, batch sizes 1 and 16.
+    let o = cli(&[
+        "--bundle",
+        bundle.to_str().unwrap(),
+        "--count",
+        "2",
+        "--bench",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.contains("| 1 |") && text.contains("| 16 |"), "{text}");
+}

@@ -89,6 +89,64 @@ fn mixture_to_bundle_through_the_cli() {
 }
 
 #[test]
+fn trajectory_cache_flag_runs_with_the_paper_gradient_and_is_refused_otherwise() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |n: &str| dir.path().join(n).to_string_lossy().into_owned();
+    ok(&trainer(&[
+        "make-mixture",
+        "--components",
+        "3",
+        "--dim",
+        "8",
+        "--out",
+        &p("gmm.bin"),
+    ]));
+    let gmm = p("gmm.bin");
+    let run = |name: &str, grad: &str| {
+        let run_dir = p(name);
+        trainer(&[
+            "finetune",
+            "--base",
+            &gmm,
+            "--run",
+            &run_dir,
+            "--t",
+            "4",
+            "--mode",
+            "stage1-only",
+            "--rounds",
+            "2",
+            "--stage1-steps",
+            "4",
+            "--batch",
+            "8",
+            "--disc-batch",
+            "8",
+            "--teacher-pool",
+            "8",
+            "--teacher-steps",
+            "8",
+            "--disc-grad",
+            grad,
+            "--traj-refresh",
+            "2",
+            "--quiet",
+        ])
+    };
+    let out = ok(&run("cached", "paper"));
+    assert!(out.contains("8 of 8 steps"), "{out}");
+    let cfg = std::fs::read_to_string(p("cached/config.json")).unwrap();
+    assert!(cfg.contains("\"traj_refresh\": 2"), "{cfg}");
+    let o = run("refused", "exact");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("--disc-grad paper") && !err.contains("panicked"),
+        "{err}"
+    );
+}
+
+#[test]
 fn help_documents_every_flag() {
     let out = ok(&trainer(&["finetune", "--help"]));
     for flag in [
@@ -111,6 +169,7 @@ fn help_documents_every_flag() {
         "--resize",
         "--labels",
         "--skip-bad",
+        "--traj-refresh",
     ] {
         assert!(out.contains(flag), "finetune --help lacks {flag}");
     }
