@@ -192,7 +192,7 @@ fn im2col_same(g: &ConvGeom, x: &[f32], rows: core::ops::Range<usize>, cols: &mu
                 let dst = &mut cols[row * band..(row + 1) * band];
                 // Output rows oy in `rows` read input row oy + kh - pad; the valid ones are
                 // contiguous, [y0, y1).
-                let y0 = rows.start.max(g.pad.saturating_sub(kh));
+                let y0 = rows.start.max(g.pad.saturating_sub(kh)).min(rows.end);
                 let y1 = rows.end.min((h + g.pad).saturating_sub(kh)).max(y0);
                 let (d0, d1) = ((y0 - rows.start) * w, (y1 - rows.start) * w);
                 dst[..d0].fill(0.0);
@@ -203,8 +203,8 @@ fn im2col_same(g: &ConvGeom, x: &[f32], rows: core::ops::Range<usize>, cols: &mu
                     // block's ends: those entries are wrapped columns, zeroed below.
                     let start = ((y0 + kh - g.pad) * w) as isize + kw as isize - g.pad as isize;
                     let len = d1 - d0;
-                    let lo = (-start).max(0) as usize;
-                    let hi = len.min((plane as isize - start).max(0) as usize);
+                    let lo = ((-start).max(0) as usize).min(len);
+                    let hi = len.min((plane as isize - start).max(0) as usize).max(lo);
                     if hi > lo {
                         let s0 = (start + lo as isize) as usize;
                         dst[d0 + lo..d0 + hi].copy_from_slice(&src[s0..s0 + (hi - lo)]);
@@ -212,11 +212,15 @@ fn im2col_same(g: &ConvGeom, x: &[f32], rows: core::ops::Range<usize>, cols: &mu
                     dst[d0..d0 + lo].fill(0.0);
                     dst[d0 + hi..d1].fill(0.0);
                     // Columns ox < pad - kw and ox >= W + pad - kw read across a row edge.
-                    let left = g.pad.saturating_sub(kw);
-                    let right = (w + g.pad).saturating_sub(kw).min(w);
+                    let left = g.pad.saturating_sub(kw).min(w);
+                    let right = (w + g.pad).saturating_sub(kw).clamp(left, w);
                     for r in dst[d0..d1].chunks_mut(w) {
-                        r[..left].fill(0.0);
-                        r[right..].fill(0.0);
+                        // Mostly one value a side (pad 1): a store, not a call to memset.
+                        let (head, rest) = r.split_at_mut(left);
+                        let tail = &mut rest[right - left..];
+                        for v in head.iter_mut().chain(tail.iter_mut()) {
+                            *v = 0.0;
+                        }
                     }
                 }
             }
@@ -799,6 +803,9 @@ mod tests {
             (2, 9, 3, 1),
             (6, 6, 5, 2),
             (4, 3, 1, 0),
+            (1, 1, 5, 2),
+            (3, 1, 5, 2),
+            (1, 4, 5, 2),
         ] {
             let g = ConvGeom {
                 batch: 1,
