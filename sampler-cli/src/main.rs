@@ -44,7 +44,9 @@ struct Args {
     #[arg(long, value_name = "K")]
     label: Option<u32>,
 
-    /// Write all images as one PNG grid to this file.
+    /// Write all images as one PNG grid to this file (`-`: standard output, for pipes). An
+    /// existing regular file is replaced, a symbolic link replaces the file it points to;
+    /// directories, devices, FIFOs and sockets are refused.
     #[arg(
         long,
         value_name = "FILE",
@@ -75,13 +77,20 @@ struct Args {
 fn main() -> ExitCode {
     let args = match Args::try_parse() {
         Ok(a) => a,
-        Err(e) => {
+        Err(e) if !e.use_stderr() => {
+            // --help and --version.
             let _ = e.print();
-            return if e.use_stderr() {
-                ExitCode::from(2)
-            } else {
-                ExitCode::SUCCESS
-            };
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            // One line, as every other error: clap's first line, without its usage block.
+            let text = e.render().to_string();
+            let first = text
+                .lines()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("error");
+            eprintln!("{}; see --help", first.trim_end());
+            return ExitCode::from(2);
         }
     };
     match run(&args) {
@@ -141,19 +150,33 @@ fn run(args: &Args) -> Result<()> {
             }
             dir.display().to_string()
         }
+        None if args.out.as_os_str() == "-" => {
+            let png = sampler_core::fs::encode_png(&images.grid(None))
+                .context("cannot encode the PNG")?;
+            emit_bytes(&png)?;
+            "standard output".to_string()
+        }
         None => {
             write_png(&args.out, &images.grid(None))?;
             args.out.display().to_string()
         }
     };
-    emit(&format!(
+    // With the image on stdout, the summary goes to stderr.
+    let to_stdout = args.out_dir.is_some() || args.out.as_os_str() != "-";
+    let summary = format!(
         "wrote {} images to {} in {:.2} s ({:.1} images/s, T = {})\n",
         images.count,
         target,
         elapsed,
         images.count as f64 / elapsed.max(1e-9),
         sampler.bundle().schedule.len()
-    ))
+    );
+    if to_stdout {
+        emit(&summary)
+    } else {
+        eprint!("{summary}");
+        Ok(())
+    }
 }
 
 /// `--bench`: images/s at each batch size, from the same seeds as a normal run.
@@ -280,8 +303,14 @@ fn info_text(b: &Bundle) -> String {
 
 /// Writes `text` to stdout; a closed pipe (`--info | head`) is not an error.
 fn emit(text: &str) -> Result<()> {
+    emit_bytes(text.as_bytes())
+}
+
+/// Writes `bytes` to stdout; a closed pipe is not an error.
+fn emit_bytes(bytes: &[u8]) -> Result<()> {
     use std::io::Write;
-    match std::io::stdout().lock().write_all(text.as_bytes()) {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(bytes).and_then(|()| out.flush()) {
         Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
             Err(e).context("cannot write to stdout")
         }

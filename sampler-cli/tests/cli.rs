@@ -358,3 +358,133 @@ fn bench_prints_a_row_per_batch_size_and_writes_no_image() {
     let text = String::from_utf8_lossy(&o.stdout);
     assert!(text.contains("| 1 |") && text.contains("| 16 |"), "{text}");
 }
+
+#[cfg(unix)]
+#[test]
+fn outputs_that_are_not_regular_files_are_refused_and_left_alone() {
+    use std::os::unix::fs::{FileTypeExt, symlink};
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = mixture_bundle(dir.path());
+    let run = |out: &Path| {
+        cli(&[
+            "--bundle",
+            bundle.to_str().unwrap(),
+            "--count",
+            "2",
+            "--out",
+            out.to_str().unwrap(),
+        ])
+    };
+    let refused = |out: &Path, what: &str| {
+        let o = run(out);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains(what) && err.contains("refusing"), "{err}");
+    };
+    // A directory.
+    let d = dir.path().join("adir");
+    std::fs::create_dir(&d).unwrap();
+    refused(&d, "a directory");
+    assert!(d.is_dir());
+    // A socket (a device node needs root to make; it takes the same branch).
+    let sock = dir.path().join("a.sock");
+    let _listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    refused(&sock, "a device, FIFO or socket");
+    assert!(
+        std::fs::symlink_metadata(&sock)
+            .unwrap()
+            .file_type()
+            .is_socket()
+    );
+    // A dangling link.
+    let dangling = dir.path().join("dangling.png");
+    symlink(dir.path().join("nowhere.png"), &dangling).unwrap();
+    refused(&dangling, "a symbolic link to nothing");
+    // A link to a regular file: the file gets the PNG, the link stays a link.
+    let real = dir.path().join("real.png");
+    std::fs::write(&real, b"old").unwrap();
+    let link = dir.path().join("link.png");
+    symlink(&real, &link).unwrap();
+    let o = run(&link);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    assert_eq!(png_dims(&real).0, png_dims(&link).0);
+    assert!(std::fs::read(&real).unwrap().starts_with(b"\x89PNG"));
+}
+
+#[test]
+fn temp_files_of_dead_writers_are_removed_and_live_ones_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = mixture_bundle(dir.path());
+    let out = dir.path().join("grid.png");
+    // No process has this id (above Linux's pid_max); ours is alive.
+    let stale = dir.path().join(".grid.png.tmp-4000000000");
+    let live = dir
+        .path()
+        .join(format!(".grid.png.tmp-{}", std::process::id()));
+    std::fs::write(&stale, b"half a png").unwrap();
+    std::fs::write(&live, b"someone else's write in progress").unwrap();
+    let o = cli(&[
+        "--bundle",
+        bundle.to_str().unwrap(),
+        "--count",
+        "2",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(out.exists());
+    if std::path::Path::new("/proc/self").exists() {
+        assert!(
+            !stale.exists(),
+            "the dead writer's temp file is still there"
+        );
+    }
+    assert!(live.exists(), "a live process's temp file was removed");
+}
+
+#[test]
+fn out_dash_writes_the_png_to_stdout_and_the_summary_to_stderr() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = mixture_bundle(dir.path());
+    let o = cli(&[
+        "--bundle",
+        bundle.to_str().unwrap(),
+        "--count",
+        "3",
+        "--out",
+        "-",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let img = image::load_from_memory(&o.stdout).expect("stdout is a PNG");
+    // 2 columns x 2 rows of 4x4 images with 2-pixel borders.
+    assert_eq!((img.width(), img.height()), (2 * 6 + 2, 2 * 6 + 2));
+    assert!(stderr(&o).contains("wrote 3 images to standard output"));
+    assert!(!dir.path().join("-").exists());
+}
+
+#[test]
+fn usage_errors_are_one_line() {
+    for args in [
+        &["--bogus"][..],
+        &["--bundle"][..],
+        &["--count", "0", "--bundle", "x"][..],
+    ] {
+        let o = cli(args);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        assert!(
+            err.starts_with("error: ") && err.contains("--help"),
+            "{err}"
+        );
+    }
+    let o = cli(&["--help"]);
+    assert!(o.status.success() && String::from_utf8_lossy(&o.stdout).contains("--bench"));
+}

@@ -1,6 +1,12 @@
 //! Host conveniences (`std` feature): the one atomic file write that the CLI and the
 //! trainer use, so an interrupted program never leaves half an image, bundle or checkpoint,
 //! and the PNG writer of both.
+//!
+//! What an output path may be: a new file, or an existing regular file (replaced). A
+//! symbolic link to a regular file replaces the file it points to and keeps the link.
+//! Anything else that exists (a directory, a device such as `/dev/null`, a FIFO, a socket,
+//! a dangling link) is refused: renaming over it would destroy it, and as root that
+//! includes the system's device nodes.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -18,9 +24,51 @@ pub fn temp_path(path: &Path) -> PathBuf {
     dir.join(std::format!(".{name}.tmp-{}", std::process::id()))
 }
 
+/// Where [`write_atomic`] may write for `path`: `path` itself, or for a link to a regular
+/// file the file it points to; an error naming what `path` is otherwise.
+pub fn output_target(path: &Path) -> std::io::Result<PathBuf> {
+    let refuse = |what: &str| {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            std::format!(
+                "{} is {what}, not a regular file; refusing to replace it",
+                path.display()
+            ),
+        ))
+    };
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(path.to_path_buf()),
+        Err(e) => return Err(e),
+    };
+    let (target, meta) = if meta.file_type().is_symlink() {
+        match std::fs::canonicalize(path) {
+            Ok(t) => {
+                let m = std::fs::metadata(&t)?;
+                (t, m)
+            }
+            Err(_) => return refuse("a symbolic link to nothing"),
+        }
+    } else {
+        (path.to_path_buf(), meta)
+    };
+    let ft = meta.file_type();
+    if ft.is_file() {
+        Ok(target)
+    } else if ft.is_dir() {
+        refuse("a directory")
+    } else {
+        refuse("a device, FIFO or socket")
+    }
+}
+
 /// Writes `bytes` to a temporary file beside `path`, syncs it, then renames it into place;
-/// on failure the temporary file is removed and `path` is untouched.
+/// on failure the temporary file is removed and `path` is untouched. `path` must be new or
+/// a regular file (see the module doc); temporary files that killed writers left beside it
+/// are removed first.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let path = &output_target(path)?;
+    remove_stale_temps(path);
     let tmp = temp_path(path);
     let result = (|| {
         let mut f = std::fs::File::create(&tmp)?;
@@ -34,8 +82,46 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     result
 }
 
+/// Removes `.NAME.tmp-PID` files beside `path` whose process is gone (a writer killed
+/// between write and rename). Only on systems with `/proc`; best effort.
+fn remove_stale_temps(path: &Path) {
+    let proc = Path::new("/proc/self");
+    if !proc.exists() {
+        return;
+    }
+    let Some(dir) = temp_path(path).parent().map(Path::to_path_buf) else {
+        return;
+    };
+    let Some(name) = path.file_name().map(|n| n.to_string_lossy().into_owned()) else {
+        return;
+    };
+    let prefix = std::format!(".{name}.tmp-");
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let file = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = file
+            .strip_prefix(&prefix)
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let alive = Path::new("/proc").join(std::format!("{pid}")).exists();
+        let regular = entry.file_type().map(|t| t.is_file()).unwrap_or(false);
+        if !alive && regular {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
 /// Encodes `px` as an 8-bit PNG (gray, RGB or RGBA) and writes it with [`write_atomic`].
 pub fn write_png(path: &Path, px: &crate::sampler::Pixels) -> std::io::Result<()> {
+    write_atomic(path, &encode_png(px)?)
+}
+
+/// `px` as the bytes of an 8-bit PNG (gray, RGB or RGBA).
+pub fn encode_png(px: &crate::sampler::Pixels) -> std::io::Result<std::vec::Vec<u8>> {
     let color = match px.channels {
         1 => png::ColorType::Grayscale,
         3 => png::ColorType::Rgb,
@@ -58,5 +144,5 @@ pub fn write_png(path: &Path, px: &crate::sampler::Pixels) -> std::io::Result<()
             .map_err(std::io::Error::other)?;
         writer.finish().map_err(std::io::Error::other)?;
     }
-    write_atomic(path, &buf)
+    Ok(buf)
 }
