@@ -158,6 +158,43 @@ pub struct Bundle {
     pub provenance: Provenance,
 }
 
+/// [`Bundle`] as it is on the wire, with the levels not yet validated: postcard drops the
+/// message of a validation error raised inside serde ("Serde Deserialization Error"), so
+/// [`Bundle::from_bytes`] decodes this and validates afterwards, keeping the reason. The
+/// field order and types are [`Bundle`]'s (a [`Schedule`] is encoded as its levels).
+#[derive(Deserialize)]
+struct BundleWire {
+    name: String,
+    description: String,
+    image: ImageShape,
+    label_count: u32,
+    precond: Precond,
+    schedule: Vec<f32>,
+    solver: SolverKind,
+    model: ModelSpec,
+    provenance: Provenance,
+}
+
+impl TryFrom<BundleWire> for Bundle {
+    type Error = BundleError;
+
+    fn try_from(w: BundleWire) -> Result<Self, BundleError> {
+        let schedule =
+            Schedule::new(w.schedule).map_err(|e| BundleError::Inconsistent(e.to_string()))?;
+        Ok(Bundle {
+            name: w.name,
+            description: w.description,
+            image: w.image,
+            label_count: w.label_count,
+            precond: w.precond,
+            schedule,
+            solver: w.solver,
+            model: w.model,
+            provenance: w.provenance,
+        })
+    }
+}
+
 /// CRC-32 (IEEE 802.3, reflected, polynomial 0xEDB88320).
 pub fn crc32(bytes: &[u8]) -> u32 {
     let mut h = crc32fast::Hasher::new();
@@ -226,12 +263,29 @@ impl Bundle {
                 }
             }
         }
-        if let Precond::Edm { sigma_data } = self.precond
-            && !(sigma_data.is_finite() && sigma_data > 0.0)
-        {
-            return bad(alloc::format!(
-                "sigma_data must be positive, got {sigma_data}"
-            ));
+        match self.precond {
+            Precond::Edm { sigma_data } if !(sigma_data.is_finite() && sigma_data > 0.0) => {
+                return bad(alloc::format!(
+                    "sigma_data must be positive, got {sigma_data}"
+                ));
+            }
+            Precond::Vp {
+                beta_d,
+                beta_min,
+                m,
+            } if !(beta_d.is_finite()
+                && beta_min.is_finite()
+                && m.is_finite()
+                && beta_d > 0.0
+                && beta_min >= 0.0
+                && m > 0.0) =>
+            {
+                return bad(alloc::format!(
+                    "VP preconditioning needs finite beta_d > 0, beta_min >= 0 and M > 0, got \
+                     beta_d {beta_d}, beta_min {beta_min}, M {m}"
+                ));
+            }
+            _ => {}
         }
         Ok(())
     }
@@ -294,7 +348,7 @@ impl Bundle {
             return Err(BundleError::ChecksumMismatch { stored, computed });
         }
         // 3. Body, then consistency.
-        let (bundle, rest): (Bundle, &[u8]) = postcard::take_from_bytes(&bytes[HEADER_LEN..end])
+        let (wire, rest): (BundleWire, &[u8]) = postcard::take_from_bytes(&bytes[HEADER_LEN..end])
             .map_err(|e| BundleError::Malformed(e.to_string()))?;
         if !rest.is_empty() {
             return Err(BundleError::Malformed(alloc::format!(
@@ -302,6 +356,7 @@ impl Bundle {
                 rest.len()
             )));
         }
+        let bundle = Bundle::try_from(wire)?;
         bundle.validate()?;
         Ok(bundle)
     }

@@ -279,3 +279,45 @@ fn labels_are_checked() {
     assert!(s.generate(0, 1, Some(3)).is_err());
     assert!(s.generate(0, 1, Some(2)).is_ok());
 }
+
+#[test]
+fn bad_levels_and_precond_are_refused_with_their_reason() {
+    let b = mixture_bundle();
+    let bytes = b.to_bytes().unwrap();
+    let levels: Vec<[u8; 4]> = b
+        .schedule
+        .sigmas()
+        .iter()
+        .map(|s| s.to_le_bytes())
+        .collect();
+    let pattern: Vec<u8> = levels.concat();
+    let at = bytes
+        .windows(pattern.len())
+        .position(|w| w == pattern.as_slice())
+        .expect("the levels are stored as f32 in order");
+    let edit = |i: usize, value: f32| {
+        let mut e = bytes.clone();
+        e[at + 4 * i..at + 4 * i + 4].copy_from_slice(&value.to_le_bytes());
+        reseal(e)
+    };
+    for (i, value, reason) in [
+        (2, 1e3f32, "must strictly decrease"),
+        (1, f32::NAN, "finite"),
+        (3, f32::INFINITY, "finite"),
+    ] {
+        let err = Bundle::from_bytes(&edit(i, value)).unwrap_err().to_string();
+        assert!(
+            err.contains("noise level") && err.contains(reason),
+            "level {i} = {value}: {err}"
+        );
+    }
+    // VP preconditioning with a NaN parameter used to sample a black image and exit 0.
+    let mut vp = mixture_bundle();
+    vp.precond = Precond::Vp {
+        beta_d: f32::NAN,
+        beta_min: 0.1,
+        m: 1000.0,
+    };
+    let err = vp.to_bytes().unwrap_err().to_string();
+    assert!(err.contains("beta_d NaN"), "{err}");
+}
