@@ -488,3 +488,40 @@ fn usage_errors_are_one_line() {
     let o = cli(&["--help"]);
     assert!(o.status.success() && String::from_utf8_lossy(&o.stdout).contains("--bench"));
 }
+
+#[test]
+fn max_memory_refuses_before_loading_and_names_a_batch_that_fits() {
+    let dir = tempfile::tempdir().unwrap();
+    let (bundle, b) = unet_bundle(dir.path());
+    let out = dir.path().join("m.png");
+    let run = |limit: &str, batch: &str| {
+        cli(&[
+            "--bundle",
+            bundle.to_str().unwrap(),
+            "--count",
+            "8",
+            "--batch",
+            batch,
+            "--max-memory",
+            limit,
+            "--out",
+            out.to_str().unwrap(),
+        ])
+    };
+    // A limit between the needs of batch 2 and batch 8.
+    let limit = (b.memory_bytes(2) + b.memory_bytes(3)) / 2;
+    let o = run(&limit.to_string(), "8");
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("use --batch 2 or less"), "{err}");
+    assert!(!out.exists());
+    assert!(run(&limit.to_string(), "2").status.success());
+    let o = run("1k", "1");
+    assert!(
+        stderr(&o).contains("even one image does not fit"),
+        "{}",
+        stderr(&o)
+    );
+    let o = run("lots", "1");
+    assert!(stderr(&o).contains("not a size"), "{}", stderr(&o));
+}

@@ -290,6 +290,23 @@ impl Bundle {
         Ok(())
     }
 
+    /// An upper estimate of the bytes sampling `batch` images at once needs, computed from
+    /// the config before anything is allocated: the weights twice (the bundle's bytes while
+    /// they are loaded) plus `batch` times one image's activations. Call after
+    /// [`Bundle::validate`] (which [`Bundle::from_bytes`] runs).
+    pub fn memory_bytes(&self, batch: usize) -> u64 {
+        let (fixed, per_image) = match &self.model {
+            ModelSpec::Network { config, weights } => {
+                (2 * weights.len() as u64, config.activation_bytes())
+            }
+            ModelSpec::Mixture(m) => {
+                let (k, d) = (m.components() as u64, m.dim as u64);
+                (3 * 4 * k * d, 2 * 4 * (4 * d + 4 * k))
+            }
+        };
+        fixed.saturating_add((batch as u64).saturating_mul(per_image))
+    }
+
     /// Encodes to the file format. Fails only if the bundle is inconsistent.
     pub fn to_bytes(&self) -> Result<Vec<u8>, BundleError> {
         self.validate()?;

@@ -321,3 +321,55 @@ fn bad_levels_and_precond_are_refused_with_their_reason() {
     let err = vp.to_bytes().unwrap_err().to_string();
     assert!(err.contains("beta_d NaN"), "{err}");
 }
+
+#[test]
+fn weights_are_checked_before_the_network_is_allocated() {
+    let image = ImageShape {
+        channels: 1,
+        height: 8,
+        width: 8,
+    };
+    let b = network_bundle(NetConfig::UNet(unet_config()), image, 3);
+    // 1. A config that claims a network 1000x larger than the weights present (the bundle
+    //    still decodes: the weights are not tied to model_channels by the format).
+    let mut big = b.clone();
+    if let ModelSpec::Network {
+        config: NetConfig::UNet(c),
+        ..
+    } = &mut big.model
+    {
+        c.model_channels = 512;
+    }
+    LARGEST.store(0, Ordering::Relaxed);
+    let err = Sampler::new(big, &Device::flex())
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        err.contains("values but the network config describes"),
+        "{err}"
+    );
+    let largest = LARGEST.load(Ordering::Relaxed);
+    assert!(largest < 8 << 20, "largest allocation {largest} bytes");
+    // 2. An integer tensor where a float weight belongs (burn's loader panicked on it).
+    let ints = burn_pack::Writer::new(vec![burn_pack::Tensor::new(
+        "conv_in.weight".into(),
+        burn_pack::DType::I32,
+        vec![2usize, 2],
+        None,
+        burn_pack::Bytes::from_bytes_vec(vec![0u8; 16]),
+    )])
+    .into_bytes()
+    .unwrap();
+    let mut bad = b.clone();
+    if let ModelSpec::Network { weights, .. } = &mut bad.model {
+        *weights = ints.to_vec();
+    }
+    let err = Sampler::new(bad, &Device::flex())
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(err.contains("'conv_in.weight' is I32"), "{err}");
+    // 3. The untouched bundle still loads.
+    assert!(Sampler::new(b, &Device::flex()).is_ok());
+}

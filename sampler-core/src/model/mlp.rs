@@ -37,10 +37,32 @@ impl MlpConfig {
         if self.dim == 0 || self.hidden == 0 {
             return Err("MLP dim and hidden width must be positive".into());
         }
+        // Bounds before anything is built from these numbers (a hostile bundle could ask for
+        // 2^26 layers); far above anything fewstep trains.
+        for (name, value, max) in [
+            ("dim", self.dim, 1 << 24),
+            ("hidden", self.hidden, 1 << 16),
+            ("depth", self.depth, 1 << 10),
+            ("noise_channels", self.noise_channels, 1 << 14),
+            ("label_dim", self.label_dim, 1 << 16),
+        ] {
+            if value > max {
+                return Err(alloc::format!(
+                    "MLP {name} {value} is above the limit {max}"
+                ));
+            }
+        }
         if self.noise_channels < 4 || !self.noise_channels.is_multiple_of(2) {
             return Err("the noise embedding needs an even number of channels, at least 4".into());
         }
         Ok(())
+    }
+
+    /// An upper estimate of the bytes of activations one sample needs in a forward pass:
+    /// input, output and a few hidden vectors per block, f32, doubled for temporaries.
+    pub fn activation_bytes(&self) -> u64 {
+        let (dim, hidden) = (self.dim as u64, self.hidden as u64);
+        2 * 4 * (4 * dim + (4 + 2 * self.depth as u64) * hidden + 2 * self.noise_channels as u64)
     }
 
     /// Builds the network.

@@ -57,6 +57,15 @@ impl NetConfig {
         }
     }
 
+    /// An upper estimate of the activation bytes of one sample in a forward pass without
+    /// gradients. Call [`NetConfig::validate`] first.
+    pub fn activation_bytes(&self) -> u64 {
+        match self {
+            NetConfig::UNet(c) => c.activation_bytes(),
+            NetConfig::Mlp(c) => c.activation_bytes(),
+        }
+    }
+
     /// Builds the module with freshly initialized weights (burn's initializers, seeded by
     /// the device's RNG). Call [`NetConfig::validate`] first.
     pub fn init(&self, device: &Device) -> Network {
@@ -204,15 +213,55 @@ pub fn network_from_bytes(
 
 /// [`network_from_bytes`] taking ownership of the bytes, so loading holds the weights once
 /// less (what decides whether a model fits a microcontroller's RAM).
+///
+/// Before anything of the network's size is allocated, the weights' tensor table is checked
+/// against `config` ([`check_weights`]); burn's loader then matches names and shapes.
 pub fn network_from_vec(
     config: &NetConfig,
     bytes: alloc::vec::Vec<u8>,
     device: &Device,
 ) -> Result<Network, burn::store::RecordError> {
-    let record = burn::store::ModuleRecord::from_bytes(burn::tensor::Bytes::from_bytes_vec(bytes))?;
-    Ok(owned_parameters(
-        config.init(device).try_load_record(record)?,
-    ))
+    let invalid = burn::store::RecordError::Validation;
+    config.validate().map_err(invalid)?;
+    // Shared: the check's reader and the loader view the same buffer, no copy.
+    let bytes = burn::tensor::Bytes::from_bytes_vec(bytes).shared();
+    let net = config.init(device); // parameters are lazy: nothing of their size yet
+    check_weights(&net, bytes.clone()).map_err(invalid)?;
+    let record = burn::store::ModuleRecord::from_bytes(bytes)?;
+    Ok(owned_parameters(net.try_load_record(record)?))
+}
+
+/// Checks a burnpack against the (lazily initialized) network it is to be loaded into:
+/// every tensor a 32-bit float, and exactly as many values as the network's parameters. Run
+/// before loading because burn's loader allocates every parameter at the size the config
+/// declares (an 80 KB file could ask for gigabytes) and panics on integer, boolean or
+/// quantized tensors.
+pub fn check_weights(net: &Network, bytes: burn::tensor::Bytes) -> Result<(), String> {
+    let tensors = burn_pack::Reader::from_bytes(bytes)
+        .and_then(|r| r.into_tensors())
+        .map_err(|e| alloc::format!("the weights are not a readable burnpack: {e}"))?;
+    let mut present: u64 = 0;
+    for t in &tensors {
+        let (name, dtype, shape) = (&t.name, t.dtype, &t.shape);
+        if dtype != burn::tensor::DType::F32 {
+            return Err(alloc::format!(
+                "weight tensor '{name}' is {dtype:?}; fewstep bundles hold f32 weights"
+            ));
+        }
+        let n = shape
+            .iter()
+            .try_fold(1u64, |acc, &d| acc.checked_mul(d as u64))
+            .ok_or_else(|| alloc::format!("weight tensor '{name}' has an impossible shape"))?;
+        present = present.saturating_add(n);
+    }
+    let expected = net.num_params() as u64;
+    if present != expected {
+        return Err(alloc::format!(
+            "the weights hold {present} values but the network config describes {expected} \
+             parameters"
+        ));
+    }
+    Ok(())
 }
 
 /// Gives every parameter a buffer of its own. Loaded tensors are views into the one burnpack

@@ -63,6 +63,35 @@ impl UNetConfig {
         if self.in_channels == 0 || self.out_channels == 0 || self.img_resolution == 0 {
             return Err("image resolution and channel counts must be positive".into());
         }
+        // Bounds before anything is built from these numbers (a hostile bundle could ask for
+        // 2^64 blocks); far above anything fewstep trains. Memory is checked separately.
+        let bounds = [
+            ("img_resolution", self.img_resolution, 4096),
+            ("in_channels", self.in_channels, 64),
+            ("out_channels", self.out_channels, 64),
+            ("label_dim", self.label_dim, 1 << 16),
+            ("model_channels", self.model_channels, 4096),
+            ("number of levels (channel_mult)", levels, 10),
+            ("channel_mult_emb", self.channel_mult_emb, 64),
+            ("num_blocks", self.num_blocks, 64),
+            (
+                "number of attn_resolutions",
+                self.attn_resolutions.len(),
+                16,
+            ),
+            ("channel_mult_noise", self.channel_mult_noise, 64),
+        ];
+        for (name, value, max) in bounds.into_iter().chain(
+            self.channel_mult
+                .iter()
+                .map(|&m| ("a channel_mult entry", m, 64)),
+        ) {
+            if value > max {
+                return Err(alloc::format!(
+                    "U-Net {name} {value} is above the limit {max}"
+                ));
+            }
+        }
         if !self.img_resolution.is_multiple_of(1 << (levels - 1)) {
             return Err(alloc::format!(
                 "resolution {} is not divisible by 2^{} ({} levels); resize the images",
@@ -155,6 +184,45 @@ impl UNetConfig {
             }
         }
         (enc, dec, cout)
+    }
+
+    /// An upper estimate of the bytes of activations one image needs in a forward pass
+    /// without gradients (what the sampler allocates per image of a batch): every skip
+    /// connection kept for the decoder, plus the largest block's working set (its input, the
+    /// GroupNorm, convolution and residual outputs, the 3x3 unfolding) and attention's
+    /// `n x n` weights twice over (logits and softmax), all f32, doubled for burn's
+    /// temporaries. Call [`UNetConfig::validate`] first. A test holds it above the measured
+    /// peak.
+    pub fn activation_bytes(&self) -> u64 {
+        let (enc, dec, _) = self.topology();
+        let r = self.img_resolution as u64;
+        let mut res = r;
+        let mut skips = self.model_channels as u64 * r * r;
+        let mut peak: u64 = 0;
+        let block_cost = |b: &BlockSpec, res: u64| -> u64 {
+            let n = res * res;
+            let (cin, cout) = (b.cin as u64, b.cout as u64);
+            let mut v = (3 * cin + 5 * cout + 9 * cin) * n;
+            if b.attention {
+                v += 5 * cout * n + 2 * n * n;
+            }
+            v
+        };
+        for b in &enc {
+            if b.resample == Resample::Down {
+                res /= 2;
+            }
+            let c = block_cost(b, res);
+            peak = peak.max(c);
+            skips += b.cout as u64 * res * res;
+        }
+        for b in &dec {
+            if b.resample == Resample::Up {
+                res *= 2;
+            }
+            peak = peak.max(block_cost(b, res));
+        }
+        2 * 4 * (skips + peak + 2 * self.in_channels as u64 * r * r)
     }
 
     /// Builds the network. Call [`UNetConfig::validate`] first.
@@ -437,11 +505,24 @@ mod tests {
             err.contains("GroupNorm") && err.contains("model_channels 18"),
             "{err}"
         );
-        // One changed byte of face8.bin: channel_mult [1, 2] -> [1, 127].
-        let edited = UNetConfig::new(24, 1, 1)
-            .with_model_channels(16)
-            .with_channel_mult(vec![1, 127]);
-        assert!(edited.validate().unwrap_err().contains("GroupNorm"));
+        // One changed byte of face8.bin: channel_mult [1, 2] -> [1, 127] (above the bound),
+        // or -> [1, 27] (432 channels in 32 groups).
+        let edit = |m: usize| {
+            UNetConfig::new(24, 1, 1)
+                .with_model_channels(16)
+                .with_channel_mult(vec![1, m])
+                .validate()
+                .unwrap_err()
+        };
+        assert!(
+            edit(127).contains("channel_mult entry 127"),
+            "{}",
+            edit(127)
+        );
+        assert!(edit(27).contains("GroupNorm over 432"), "{}", edit(27));
+        // A hostile block count is refused before anything walks it.
+        let many = UNetConfig::new(8, 1, 1).with_num_blocks(usize::MAX);
+        assert!(many.validate().unwrap_err().contains("num_blocks"));
         // Whatever validate accepts builds and runs (GroupNorm would panic otherwise).
         let device = Device::flex();
         let mut accepted = 0;
