@@ -34,6 +34,10 @@ const CRC_LEN: usize = 4;
 /// allocations against absurd shapes in hand-made files.
 pub const MAX_IMAGE_VALUES: u64 = 1 << 24;
 
+/// Largest noise level a bundle may hold (EDM uses 80, VE checkpoints 100-500; far beyond,
+/// `s_max * eps` and the preconditioning overflow f32).
+pub const MAX_SIGMA: f32 = 1e5;
+
 /// Why bytes are not a usable bundle.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum BundleError {
@@ -263,29 +267,36 @@ impl Bundle {
                 }
             }
         }
+        // Ranges wide enough for every published EDM/VP/VE setting; beyond them f32
+        // arithmetic overflows into NaN images.
         match self.precond {
-            Precond::Edm { sigma_data } if !(sigma_data.is_finite() && sigma_data > 0.0) => {
+            Precond::Edm { sigma_data } if !(sigma_data > 0.0 && sigma_data <= 100.0) => {
                 return bad(alloc::format!(
-                    "sigma_data must be positive, got {sigma_data}"
+                    "sigma_data must be in (0, 100], got {sigma_data}"
                 ));
             }
             Precond::Vp {
                 beta_d,
                 beta_min,
                 m,
-            } if !(beta_d.is_finite()
-                && beta_min.is_finite()
-                && m.is_finite()
-                && beta_d > 0.0
-                && beta_min >= 0.0
-                && m > 0.0) =>
+            } if !(beta_d > 0.0
+                && beta_d <= 1e3
+                && (0.0..=1e2).contains(&beta_min)
+                && m > 0.0
+                && m <= 1e6) =>
             {
                 return bad(alloc::format!(
-                    "VP preconditioning needs finite beta_d > 0, beta_min >= 0 and M > 0, got \
-                     beta_d {beta_d}, beta_min {beta_min}, M {m}"
+                    "VP preconditioning needs beta_d in (0, 1000], beta_min in [0, 100] and M \
+                     in (0, 1e6], got beta_d {beta_d}, beta_min {beta_min}, M {m}"
                 ));
             }
             _ => {}
+        }
+        let s_max = self.schedule.s_max();
+        if s_max > MAX_SIGMA {
+            return bad(alloc::format!(
+                "the largest noise level is {s_max}; fewstep samples levels up to {MAX_SIGMA}"
+            ));
         }
         Ok(())
     }

@@ -35,6 +35,12 @@ pub enum SamplerError {
     /// The tensor backend returned data of an unexpected type.
     #[error("could not read the generated images back: {0}")]
     Readback(String),
+    /// The model produced NaN or infinite values.
+    #[error(
+        "the model produced {0} NaN or infinite values; the bundle's weights or parameters are \
+         broken (re-export it)"
+    )]
+    NonFinite(usize),
 }
 
 enum LoadedModel {
@@ -300,10 +306,17 @@ impl Sampler {
         let out = crate::model::flex_ops::on_cpu_workers(run);
         #[cfg(not(feature = "std"))]
         let out = run();
-        let data = out
-            .clamp(-1.0, 1.0)
+        let mut data = out
             .try_into_vec_as::<f32>()
             .map_err(|e| SamplerError::Readback(alloc::format!("{e:?}")))?;
+        // A NaN pixel clamps to nothing sensible: say so instead of writing a black image.
+        let bad = data.iter().filter(|v| !v.is_finite()).count();
+        if bad > 0 {
+            return Err(SamplerError::NonFinite(bad));
+        }
+        for v in &mut data {
+            *v = v.clamp(-1.0, 1.0);
+        }
         Ok(Images { shape, count, data })
     }
 }

@@ -304,6 +304,7 @@ fn bad_levels_and_precond_are_refused_with_their_reason() {
         (2, 1e3f32, "must strictly decrease"),
         (1, f32::NAN, "finite"),
         (3, f32::INFINITY, "finite"),
+        (0, 1e6, "samples levels up to"),
     ] {
         let err = Bundle::from_bytes(&edit(i, value)).unwrap_err().to_string();
         assert!(

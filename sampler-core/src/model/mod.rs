@@ -232,7 +232,8 @@ pub fn network_from_vec(
 }
 
 /// Checks a burnpack against the (lazily initialized) network it is to be loaded into:
-/// every tensor a 32-bit float, and exactly as many values as the network's parameters. Run
+/// every tensor a float without NaN or infinity, and exactly as many values as the network's
+/// parameters. Run
 /// before loading because burn's loader allocates every parameter at the size the config
 /// declares (an 80 KB file could ask for gigabytes) and panics on integer, boolean or
 /// quantized tensors.
@@ -243,16 +244,38 @@ pub fn check_weights(net: &Network, bytes: burn::tensor::Bytes) -> Result<(), St
     let mut present: u64 = 0;
     for t in &tensors {
         let (name, dtype, shape) = (&t.name, t.dtype, &t.shape);
-        if dtype != burn::tensor::DType::F32 {
-            return Err(alloc::format!(
-                "weight tensor '{name}' is {dtype:?}; fewstep bundles hold f32 weights"
-            ));
-        }
+        use burn::tensor::DType;
+        // Bytes per value and the test for a NaN or infinity in one value's bits.
+        let (width, non_finite): (usize, fn(&[u8]) -> bool) = match dtype {
+            DType::F32 => (4, |b| {
+                !f32::from_le_bytes([b[0], b[1], b[2], b[3]]).is_finite()
+            }),
+            DType::F64 => (8, |b| {
+                !f64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]).is_finite()
+            }),
+            DType::F16 => (2, |b| u16::from_le_bytes([b[0], b[1]]) & 0x7C00 == 0x7C00),
+            DType::BF16 => (2, |b| u16::from_le_bytes([b[0], b[1]]) & 0x7F80 == 0x7F80),
+            other => {
+                return Err(alloc::format!(
+                    "weight tensor '{name}' is {other:?}; network weights are floats"
+                ));
+            }
+        };
         let n = shape
             .iter()
             .try_fold(1u64, |acc, &d| acc.checked_mul(d as u64))
             .ok_or_else(|| alloc::format!("weight tensor '{name}' has an impossible shape"))?;
         present = present.saturating_add(n);
+        // A NaN or infinite weight makes every image NaN, which used to come out as a black
+        // PNG with exit code 0.
+        let data = t
+            .to_bytes()
+            .map_err(|e| alloc::format!("weight tensor '{name}': {e}"))?;
+        if data.chunks_exact(width).any(non_finite) {
+            return Err(alloc::format!(
+                "weight tensor '{name}' holds NaN or infinite values"
+            ));
+        }
     }
     let expected = net.num_params() as u64;
     if present != expected {
