@@ -45,8 +45,8 @@ struct Args {
     label: Option<u32>,
 
     /// Write all images as one PNG grid to this file (`-`: standard output, for pipes). An
-    /// existing regular file is replaced, a symbolic link replaces the file it points to;
-    /// directories, devices, FIFOs and sockets are refused.
+    /// existing regular file is replaced; directories, devices, FIFOs, sockets and symbolic
+    /// links are refused (links are never followed).
     #[arg(
         long,
         value_name = "FILE",

@@ -2,11 +2,12 @@
 //! trainer use, so an interrupted program never leaves half an image, bundle or checkpoint,
 //! and the PNG writer of both.
 //!
-//! What an output path may be: a new file, or an existing regular file (replaced). A
-//! symbolic link to a regular file replaces the file it points to and keeps the link.
-//! Anything else that exists (a directory, a device such as `/dev/null`, a FIFO, a socket,
-//! a dangling link) is refused: renaming over it would destroy it, and as root that
-//! includes the system's device nodes.
+//! What an output path may be: a new file, or an existing regular file (replaced). Anything
+//! else that exists is refused and left as it is: a directory, a device such as `/dev/null`,
+//! a FIFO, a socket (renaming over it would destroy it, and as root that includes the
+//! system's device nodes), and a symbolic link, which is never followed (replacing the link
+//! would surprise, writing through it would let whoever made the link choose which file a
+//! program running as root overwrites): write to the link's target by its own name.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -24,9 +25,9 @@ pub fn temp_path(path: &Path) -> PathBuf {
     dir.join(std::format!(".{name}.tmp-{}", std::process::id()))
 }
 
-/// Where [`write_atomic`] may write for `path`: `path` itself, or for a link to a regular
-/// file the file it points to; an error naming what `path` is otherwise.
-pub fn output_target(path: &Path) -> std::io::Result<PathBuf> {
+/// Checks that `path` is new or a regular file (see the module doc); the error names what
+/// it is otherwise.
+pub fn check_output(path: &Path) -> std::io::Result<()> {
     let refuse = |what: &str| {
         Err(std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
@@ -38,23 +39,14 @@ pub fn output_target(path: &Path) -> std::io::Result<PathBuf> {
     };
     let meta = match std::fs::symlink_metadata(path) {
         Ok(m) => m,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(path.to_path_buf()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(e),
-    };
-    let (target, meta) = if meta.file_type().is_symlink() {
-        match std::fs::canonicalize(path) {
-            Ok(t) => {
-                let m = std::fs::metadata(&t)?;
-                (t, m)
-            }
-            Err(_) => return refuse("a symbolic link to nothing"),
-        }
-    } else {
-        (path.to_path_buf(), meta)
     };
     let ft = meta.file_type();
     if ft.is_file() {
-        Ok(target)
+        Ok(())
+    } else if ft.is_symlink() {
+        refuse("a symbolic link (never followed: write to its target by name)")
     } else if ft.is_dir() {
         refuse("a directory")
     } else {
@@ -67,7 +59,7 @@ pub fn output_target(path: &Path) -> std::io::Result<PathBuf> {
 /// a regular file (see the module doc); temporary files that killed writers left beside it
 /// are removed first.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let path = &output_target(path)?;
+    check_output(path)?;
     remove_stale_temps(path);
     let tmp = temp_path(path);
     let result = (|| {

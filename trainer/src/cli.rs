@@ -71,22 +71,22 @@ struct EvalArgs {
     #[arg(long, default_value_t = 1500)]
     classifier_steps: u64,
     /// Resize the real and classifier images to N x N (to match the model).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
     resize: Option<u32>,
     /// Images generated per row and T.
-    #[arg(long, default_value_t = 500)]
+    #[arg(long, default_value_t = 500, value_parser = count_arg)]
     count: usize,
     /// Images compared with the reference solution (the first --count noises).
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = count_arg)]
     ref_count: usize,
     /// Levels of the reference Heun solve.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 256, value_parser = steps_arg)]
     reference_steps: usize,
     /// Seed of the noises.
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Images per batch.
-    #[arg(long, default_value_t = 250)]
+    #[arg(long, default_value_t = 250, value_parser = batch_arg)]
     batch: usize,
     /// Images per sample grid.
     #[arg(long, default_value_t = 50)]
@@ -110,7 +110,7 @@ pub struct DataArgs {
     #[arg(long, value_name = "NAME|PATH")]
     data: Option<String>,
     /// Resize every image to N x N.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
     resize: Option<u32>,
     /// Class-conditional: labels from a .fsd file, or from the first-level sub-folder names
     /// of an image folder.
@@ -210,7 +210,7 @@ struct PretrainArgs {
     #[arg(long, default_value_t = 10_000)]
     steps: u64,
     /// Batch size.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = batch_arg)]
     batch: usize,
     /// Adam learning rate.
     #[arg(long, default_value_t = 1e-3)]
@@ -266,16 +266,16 @@ struct FinetuneArgs {
     #[arg(long, value_enum, default_value = "teacher")]
     disc_target: DiscTarget,
     /// Batch size of L_bound and stage 2.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 32, value_parser = batch_arg)]
     batch: usize,
     /// Batch size of L_disc.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 32, value_parser = batch_arg)]
     disc_batch: usize,
     /// Heun steps of the teacher reference solution.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = steps_arg)]
     teacher_steps: usize,
     /// Teacher (noise, solution) pairs computed per round.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 256, value_parser = count_arg)]
     teacher_pool: usize,
     /// Trajectory cache of the paper gradient (--disc-grad paper, teacher target): keep the
     /// Euler states of the whole teacher pool and re-simulate each entry under the current
@@ -634,9 +634,7 @@ fn finetune(a: FinetuneArgs) -> Result<()> {
 }
 
 fn export(a: ExportArgs) -> Result<()> {
-    let run_dir = RunDir {
-        path: a.run.clone(),
-    };
+    let run_dir = RunDir::open(&a.run);
     let ck = run_dir
         .load_checkpoint()?
         .with_context(|| format!("{} has no checkpoint yet", a.run.display()))?;
@@ -717,4 +715,29 @@ pub fn random_mixture(k: usize, d: usize, seed: u64) -> Mixture {
             .map(|i| (0.5 + u(2_000_000 + i as u64)) as f32)
             .collect(),
     }
+}
+
+/// `n` in `lo..=hi`, for counts that size allocations (a --batch of 10^8 aborted on memory).
+fn bounded(s: &str, lo: usize, hi: usize) -> Result<usize, String> {
+    let n: usize = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{s}' is not a whole number"))?;
+    if (lo..=hi).contains(&n) {
+        Ok(n)
+    } else {
+        Err(format!("{n} is outside {lo}..={hi}"))
+    }
+}
+
+fn batch_arg(s: &str) -> Result<usize, String> {
+    bounded(s, 1, 1 << 12)
+}
+
+fn count_arg(s: &str) -> Result<usize, String> {
+    bounded(s, 1, 1 << 20)
+}
+
+fn steps_arg(s: &str) -> Result<usize, String> {
+    bounded(s, 2, 1 << 16)
 }

@@ -46,6 +46,17 @@ pub enum DataError {
         want_h: u32,
     },
     /// Nothing usable.
+    /// `--labels` with an image that is in no class folder.
+    #[error(
+        "{path} is directly in {root}, in no class folder; with --labels every image must be in a \
+         sub-folder named after its class"
+    )]
+    Unlabelled {
+        /// The image.
+        path: PathBuf,
+        /// The data folder.
+        root: PathBuf,
+    },
     #[error("no images found under {0} (looked for .png, .jpg, .jpeg)")]
     Empty(PathBuf),
     /// A `.fsd` file that is not one, or is damaged.
@@ -227,6 +238,12 @@ impl Dataset {
             ]) as usize
         };
         let (n, c, h, w, labels) = (field(0), field(1), field(2), field(3), field(4));
+        // Labels are stored one byte per image.
+        if labels > 256 {
+            return Err(bad(format!(
+                "the header declares {labels} classes; labels are bytes, so at most 256"
+            )));
+        }
         let per = c
             .checked_mul(h)
             .and_then(|v| v.checked_mul(w))
@@ -294,6 +311,12 @@ impl Dataset {
             return Err(DataError::Empty(root.to_path_buf()));
         }
         let classes: Vec<String> = if opts.labels {
+            if let Some(orphan) = files.iter().find(|f| class_of(root, f).is_none()) {
+                return Err(DataError::Unlabelled {
+                    path: orphan.clone(),
+                    root: root.to_path_buf(),
+                });
+            }
             let mut c: Vec<String> = files.iter().filter_map(|f| class_of(root, f)).collect();
             c.sort();
             c.dedup();
@@ -307,7 +330,7 @@ impl Dataset {
         let mut channels = opts.channels;
         let mut skipped = 0;
         for path in &files {
-            let img = match image::open(path) {
+            let img = match open_image(path) {
                 Ok(i) => i,
                 Err(e) if opts.skip_bad => {
                     let _ = e;
@@ -426,6 +449,22 @@ impl Dataset {
         });
         (x, labels)
     }
+}
+
+/// Largest image side and decoded size the trainer accepts (a 16000x16000 PNG would
+/// otherwise be decoded before anything could refuse it).
+const MAX_IMAGE_SIDE: u32 = 8192;
+const MAX_IMAGE_BYTES: u64 = 256 << 20;
+
+/// `image::open` with limits on the dimensions and the decoded size.
+fn open_image(path: &Path) -> image::ImageResult<image::DynamicImage> {
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(MAX_IMAGE_SIDE);
+    limits.max_image_height = Some(MAX_IMAGE_SIDE);
+    limits.max_alloc = Some(MAX_IMAGE_BYTES);
+    let mut reader = image::ImageReader::open(path)?.with_guessed_format()?;
+    reader.limits(limits);
+    reader.decode()
 }
 
 fn class_of(root: &Path, file: &Path) -> Option<String> {

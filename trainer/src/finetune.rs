@@ -400,6 +400,17 @@ impl Finetune {
         )?)
     }
 
+    /// Whether the network weights (trained and EMA) and the schedule logits are finite.
+    pub fn state_finite(&self) -> bool {
+        let nets = match &self.base {
+            Base::Network { net, ema, .. } => {
+                crate::model::network_finite(net) && crate::model::network_finite(ema)
+            }
+            Base::Mixture { .. } => true,
+        };
+        nets && self.logits.values().iter().all(|v| v.is_finite())
+    }
+
     /// The data set.
     pub fn data(&self) -> &Dataset {
         &self.data
@@ -881,10 +892,10 @@ pub fn scalar(t: &Tensor<1>) -> f64 {
 
 fn check_finite(loss: f64, step: u64, stage: u8) -> Result<()> {
     if !loss.is_finite() {
-        bail!(
-            "the stage-{stage} loss became {loss} at step {step}; stopping. The last good checkpoint is kept; \
-             lower the learning rate (--lr-schedule / --lr-weights) and resume"
-        );
+        return Err(crate::run::Diverged(format!(
+            "the stage-{stage} loss became {loss} at step {step}"
+        ))
+        .into());
     }
     Ok(())
 }
@@ -899,8 +910,11 @@ pub fn run(
     stop_after: Option<u64>,
     quiet: bool,
 ) -> Result<Finetune> {
-    let checkpoint = run_dir.start(&config)?;
-    let mut ft = Finetune::new(config, data, checkpoint, device)?;
+    let started = run_dir.start(&config)?;
+    let mut checkpoints =
+        crate::run::Checkpoints::new(run_dir, started.checkpoint.as_ref().map(|c| c.step));
+    let mut ft = Finetune::new(config, data, started.checkpoint.clone(), device)?;
+    run_dir.accept(&ft.config, &started)?;
     let total = ft.config.total_steps();
     let end = stop_after.map_or(total, |s| s.min(total));
     let bar = crate::progress(total, quiet);
@@ -908,7 +922,8 @@ pub fn run(
     let start = Instant::now();
     let first = ft.step;
     while ft.step < end {
-        let rec = ft.step_once()?;
+        let rec = ft.step_once().map_err(|e| checkpoints.diverged(e))?;
+        checkpoints.step_ok()?;
         let mut entry =
             json!({"step": rec.step, "stage": rec.stage, "loss": rec.loss, "l_bound": rec.l_bound});
         if let Some(l) = rec.l_disc {
@@ -923,7 +938,7 @@ pub fn run(
         ));
         bar.set_position(ft.step);
         if ft.step % ft.config.checkpoint_every.max(1) == 0 || ft.step == end {
-            run_dir.save_checkpoint(&ft.checkpoint()?)?;
+            checkpoints.offer(ft.checkpoint()?, ft.state_finite(), ft.step == end)?;
         }
     }
     bar.finish_and_clear();

@@ -131,6 +131,25 @@ impl Base {
     }
 }
 
+/// Whether every parameter of `net` is finite.
+pub fn network_finite(net: &Network) -> bool {
+    struct Finite(bool);
+    impl ModuleVisitor for Finite {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            if self.0 {
+                self.0 = param
+                    .val()
+                    .inner()
+                    .try_into_vec_as::<f64>()
+                    .is_ok_and(|v| v.iter().all(|x| x.is_finite()));
+            }
+        }
+    }
+    let mut f = Finite(true);
+    net.visit(&mut f);
+    f.0
+}
+
 /// `ema <- decay * ema + (1 - decay) * net`, matching parameters by id.
 pub fn update_ema(ema: Network, net: &Network, decay: f64) -> Network {
     struct Collect(HashMap<ParamId, Tensor<1>>);

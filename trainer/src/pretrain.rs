@@ -121,6 +121,12 @@ impl Pretrain {
         })
     }
 
+    /// Whether the trained and the EMA weights are all finite (checked before every
+    /// checkpoint: one update can turn them NaN while the loss that led to it was finite).
+    pub fn weights_finite(&self) -> bool {
+        crate::model::network_finite(&self.net) && crate::model::network_finite(&self.ema)
+    }
+
     /// One Adam step on a batch; returns the loss.
     pub fn step_once(&mut self, data: &Dataset) -> Result<f64> {
         sampler_core::model::flex_ops::on_cpu_workers(|| self.step_inner(data))
@@ -145,10 +151,11 @@ impl Pretrain {
         let loss_t = edm_loss(&den, x, labels, ln_sigma, eps, c.precond);
         let loss = scalar(&loss_t);
         if !loss.is_finite() {
-            bail!(
-                "the loss became {loss} at step {}; the last good checkpoint is kept; lower --lr and resume",
+            return Err(crate::run::Diverged(format!(
+                "the loss became {loss} at step {}",
                 self.step
-            );
+            ))
+            .into());
         }
         let gp = GradientsParams::from_grads(loss_t.backward(), &self.net);
         let placeholder = self
@@ -257,8 +264,11 @@ pub fn run(
             data.label_count
         );
     }
-    let checkpoint = run_dir.start(&config)?;
-    let mut pt = Pretrain::new(config, checkpoint, device)?;
+    let started = run_dir.start(&config)?;
+    let mut checkpoints =
+        crate::run::Checkpoints::new(run_dir, started.checkpoint.as_ref().map(|c| c.step));
+    let mut pt = Pretrain::new(config, started.checkpoint.clone(), device)?;
+    run_dir.accept(&pt.config, &started)?;
     let total = pt.config.steps;
     let end = stop_after.map_or(total, |s| s.min(total));
     let bar = crate::progress(total, quiet);
@@ -267,13 +277,14 @@ pub fn run(
     let first = pt.step;
     while pt.step < end {
         let step = pt.step;
-        let loss = pt.step_once(data)?;
+        let loss = pt.step_once(data).map_err(|e| checkpoints.diverged(e))?;
+        checkpoints.step_ok()?;
         run_dir.log(&json!({"step": step, "loss": loss}))?;
         let rate = (pt.step - first) as f64 / start.elapsed().as_secs_f64().max(1e-9);
         bar.set_message(format!("loss {loss:.4} {rate:.2} steps/s"));
         bar.set_position(pt.step);
         if pt.step % pt.config.checkpoint_every.max(1) == 0 || pt.step == end {
-            run_dir.save_checkpoint(&pt.checkpoint()?)?;
+            checkpoints.offer(pt.checkpoint()?, pt.weights_finite(), pt.step == end)?;
         }
     }
     bar.finish_and_clear();

@@ -1,6 +1,12 @@
 //! A run directory: `config.json` (everything needed to reproduce the run), `log.jsonl`
-//! (one line per step: losses and the current schedule) and `checkpoint.bin` (written to a
-//! temporary file and renamed, so an interruption never leaves a half checkpoint).
+//! (one line per step: losses and the current schedule), `checkpoint.bin` (written to a
+//! temporary file and renamed, so an interruption never leaves a half checkpoint) and
+//! `run.lock` while a trainer works in it.
+//!
+//! A resumed run must have the same config, except for what does not change the steps already
+//! taken: the learning rates, the length (`--steps`, `--rounds`) and the checkpoint interval.
+//! Those changes are saved and logged. Nothing in the directory is rewritten before the
+//! checkpoint has been accepted by the model it is for.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -28,26 +34,188 @@ pub struct Checkpoint {
     pub schedule_optim: Option<Vec<u8>>,
 }
 
+/// The loss or the weights of a run became NaN or infinite.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Diverged(pub String);
+
+/// Adds to a [`Diverged`] error what the user can do: resume from the last checkpoint written
+/// (always one with finite weights) or start again. Other errors pass unchanged.
+pub fn diverged(e: anyhow::Error, last_checkpoint: Option<u64>) -> anyhow::Error {
+    if e.downcast_ref::<Diverged>().is_none() {
+        return e;
+    }
+    match last_checkpoint {
+        Some(step) => anyhow::anyhow!(
+            "{e}; stopped. The checkpoint of step {step} is kept: lower the learning rate \
+             (--lr, --lr-schedule, --lr-weights) and run the same command to resume from it"
+        ),
+        None => anyhow::anyhow!(
+            "{e}; stopped before the first checkpoint, so nothing was kept: lower the learning \
+             rate and start again"
+        ),
+    }
+}
+
+/// Writes a run's checkpoints so that a resume never starts from a diverged state: a
+/// checkpoint is held back until the next step's loss, computed on its weights, comes out
+/// finite (an update can leave finite weights that already give a NaN loss); the one at the
+/// end of the run is written at once.
+pub struct Checkpoints<'a> {
+    dir: &'a RunDir,
+    pending: Option<Checkpoint>,
+    last: Option<u64>,
+}
+
+impl<'a> Checkpoints<'a> {
+    /// For a run resumed from the checkpoint of step `resumed_from` (if any).
+    pub fn new(dir: &'a RunDir, resumed_from: Option<u64>) -> Self {
+        Checkpoints {
+            dir,
+            pending: None,
+            last: resumed_from,
+        }
+    }
+
+    /// Call after every step whose loss was finite: the held checkpoint is now known good.
+    pub fn step_ok(&mut self) -> Result<()> {
+        if let Some(ck) = self.pending.take() {
+            self.dir.save_checkpoint(&ck)?;
+            self.last = Some(ck.step);
+        }
+        Ok(())
+    }
+
+    /// A checkpoint of the current state, whose weights `finite` says are all finite.
+    pub fn offer(&mut self, ck: Checkpoint, finite: bool, end_of_run: bool) -> Result<()> {
+        if !finite {
+            return Err(self.diverged(
+                Diverged(format!(
+                    "the weights became NaN or infinite before step {}",
+                    ck.step
+                ))
+                .into(),
+            ));
+        }
+        if end_of_run {
+            self.dir.save_checkpoint(&ck)?;
+            self.last = Some(ck.step);
+        } else {
+            self.pending = Some(ck);
+        }
+        Ok(())
+    }
+
+    /// [`diverged`] with the last checkpoint written.
+    pub fn diverged(&self, e: anyhow::Error) -> anyhow::Error {
+        diverged(e, self.last)
+    }
+}
+
 /// Writes `bytes` to `path` atomically (see [`sampler_core::fs::write_atomic`]).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     sampler_core::fs::write_atomic(path, bytes)
         .with_context(|| format!("cannot write {}", path.display()))
 }
 
+/// Config fields a resumed run may change (they do not change the steps already taken).
+pub const RESUMABLE_FIELDS: &[&str] = &[
+    "lr",
+    "lr_schedule",
+    "lr_weights",
+    "steps",
+    "rounds",
+    "checkpoint_every",
+];
+
 /// A run directory.
 pub struct RunDir {
     /// Its path.
     pub path: PathBuf,
+    /// Held while this process trains in the directory.
+    _lock: Option<RunLock>,
+}
+
+/// `run.lock`, holding the process id of the trainer using the directory; removed on drop.
+struct RunLock(PathBuf);
+
+impl RunLock {
+    /// Takes the lock, or says which live process holds it. A lock left by a process that no
+    /// longer exists (killed) is taken over.
+    fn acquire(dir: &Path) -> Result<RunLock> {
+        let path = dir.join("run.lock");
+        for _ in 0..2 {
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)
+            {
+                Ok(mut f) => {
+                    writeln!(f, "{}", std::process::id())?;
+                    return Ok(RunLock(path));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    let holder = std::fs::read_to_string(&path).unwrap_or_default();
+                    let pid = holder.trim().parse::<u32>().ok();
+                    let alive = match pid {
+                        Some(pid) if Path::new("/proc/self").exists() => {
+                            Path::new("/proc").join(pid.to_string()).exists()
+                        }
+                        // Without /proc we cannot tell: assume the holder is alive.
+                        _ => true,
+                    };
+                    if alive {
+                        bail!(
+                            "another trainer (process {}) is using {}; wait for it, or remove {} if \
+                             no trainer runs there",
+                            pid.map_or("?".to_string(), |p| p.to_string()),
+                            dir.display(),
+                            path.display()
+                        );
+                    }
+                    std::fs::remove_file(&path).ok();
+                }
+                Err(e) => {
+                    return Err(e).with_context(|| format!("cannot create {}", path.display()));
+                }
+            }
+        }
+        bail!("cannot take the lock {}", path.display())
+    }
+}
+
+impl Drop for RunLock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// What [`RunDir::start`] found: the checkpoint to resume from and the resumable config
+/// fields that differ from the saved config.
+pub struct Started {
+    /// The checkpoint, if the run is resumed.
+    pub checkpoint: Option<Checkpoint>,
+    /// `(field, saved value, new value)`.
+    pub changes: Vec<(String, serde_json::Value, serde_json::Value)>,
 }
 
 impl RunDir {
-    /// Opens (creating if needed) a run directory.
+    /// Opens (creating if needed) a run directory to train in, taking its lock.
     pub fn create(path: &Path) -> Result<RunDir> {
         std::fs::create_dir_all(path)
             .with_context(|| format!("cannot create run directory {}", path.display()))?;
         Ok(RunDir {
             path: path.to_path_buf(),
+            _lock: Some(RunLock::acquire(path)?),
         })
+    }
+
+    /// A run directory to read (export, eval), without the lock.
+    pub fn open(path: &Path) -> RunDir {
+        RunDir {
+            path: path.to_path_buf(),
+            _lock: None,
+        }
     }
 
     /// Path of `config.json`.
@@ -65,31 +233,74 @@ impl RunDir {
         self.path.join("log.jsonl")
     }
 
-    /// Starts or resumes the run described by `config`: a fresh directory gets the config and
-    /// an empty log; one with a checkpoint must hold the same config, and its log is cut back
-    /// to the checkpoint's step. Returns the checkpoint to resume from.
-    pub fn start<C: Serialize + for<'de> Deserialize<'de> + PartialEq>(
-        &self,
-        config: &C,
-    ) -> Result<Option<Checkpoint>> {
+    /// Looks at the run described by `config`: a fresh directory, or one with a checkpoint
+    /// whose saved config differs from `config` at most in [`RESUMABLE_FIELDS`]. Writes
+    /// nothing: call [`RunDir::accept`] once the checkpoint has loaded.
+    pub fn start<C: Serialize + for<'de> Deserialize<'de>>(&self, config: &C) -> Result<Started> {
         let checkpoint = self.load_checkpoint()?;
-        match &checkpoint {
-            Some(ck) => {
-                let saved: C = self.load_config()?;
-                if saved != *config {
-                    bail!(
-                        "{} holds a run with another config; use a new --run directory or the same flags",
-                        self.path.display()
-                    );
+        let mut changes = Vec::new();
+        if checkpoint.is_some() {
+            let saved: serde_json::Value = self.load_config()?;
+            let new = serde_json::to_value(config)?;
+            let (Some(saved_map), Some(new_map)) = (saved.as_object(), new.as_object()) else {
+                bail!("{}: config.json is not a JSON object", self.path.display());
+            };
+            let mut fixed = Vec::new();
+            let keys: std::collections::BTreeSet<&String> =
+                saved_map.keys().chain(new_map.keys()).collect();
+            for key in keys {
+                let (a, b) = (saved_map.get(key), new_map.get(key));
+                if a == b {
+                    continue;
                 }
-                self.truncate_log(ck.step)?;
+                if RESUMABLE_FIELDS.contains(&key.as_str()) {
+                    changes.push((
+                        key.clone(),
+                        a.cloned().unwrap_or_default(),
+                        b.cloned().unwrap_or_default(),
+                    ));
+                } else {
+                    fixed.push(format!(
+                        "{key} ({} -> {})",
+                        a.map_or("absent".into(), |v| v.to_string()),
+                        b.map_or("absent".into(), |v| v.to_string())
+                    ));
+                }
             }
-            None => {
-                self.save_config(config)?;
-                self.truncate_log(0)?;
+            if !fixed.is_empty() {
+                bail!(
+                    "{} holds a run with another config ({}); use a new --run directory or the \
+                     same flags (only {} may change on resume)",
+                    self.path.display(),
+                    fixed.join(", "),
+                    RESUMABLE_FIELDS.join(", ")
+                );
             }
         }
-        Ok(checkpoint)
+        Ok(Started {
+            checkpoint,
+            changes,
+        })
+    }
+
+    /// Commits to the run started with [`RunDir::start`], once its checkpoint loaded: saves
+    /// `config`, cuts the log back to the checkpoint's step (later lines would be repeated)
+    /// and logs what a resume changed.
+    pub fn accept<C: Serialize>(&self, config: &C, started: &Started) -> Result<()> {
+        let step = started.checkpoint.as_ref().map_or(0, |c| c.step);
+        if started.checkpoint.is_none() || !started.changes.is_empty() {
+            self.save_config(config)?;
+        }
+        self.truncate_log(step)?;
+        if !started.changes.is_empty() {
+            let changed: serde_json::Map<String, serde_json::Value> = started
+                .changes
+                .iter()
+                .map(|(k, a, b)| (k.clone(), serde_json::json!({"from": a, "to": b})))
+                .collect();
+            self.log(&serde_json::json!({"event": "resume", "step": step, "changed": changed}))?;
+        }
+        Ok(())
     }
 
     /// Saves the run's config.
@@ -102,14 +313,22 @@ impl RunDir {
 
     /// Loads the run's config.
     pub fn load_config<C: for<'de> Deserialize<'de>>(&self) -> Result<C> {
-        let text = std::fs::read_to_string(self.config_path()).with_context(|| {
-            format!(
+        let path = self.config_path();
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
                 "{} is not a run directory (no config.json)",
                 self.path.display()
+            ),
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+        };
+        serde_json::from_str(&text).with_context(|| {
+            format!(
+                "{} is damaged (not the config of a fewstep run); restore it or use a new --run \
+                 directory",
+                path.display()
             )
-        })?;
-        serde_json::from_str(&text)
-            .with_context(|| format!("{}: malformed config.json", self.path.display()))
+        })
     }
 
     /// Saves a checkpoint atomically.
@@ -153,7 +372,7 @@ impl RunDir {
                 serde_json::from_str::<serde_json::Value>(l)
                     .ok()
                     .and_then(|v| v["step"].as_u64())
-                    .is_some_and(|s| s < step)
+                    .is_some_and(|s| s < step || (s == step && l.contains("\"event\"")))
             })
             .map(|l| format!("{l}\n"))
             .collect();

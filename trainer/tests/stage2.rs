@@ -172,7 +172,7 @@ fn nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint() {
         .expect("a NaN loss must stop the run");
     let msg = format!("{err:#}");
     assert!(
-        msg.contains("NaN") && msg.contains("last good checkpoint"),
+        msg.contains("NaN") && msg.contains("checkpoint of step 4 is kept"),
         "{msg}"
     );
     assert_eq!(run.load_checkpoint().unwrap().unwrap(), good);
