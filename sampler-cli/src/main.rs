@@ -66,7 +66,7 @@ struct Args {
     /// Refuse to sample when the bundle would need more memory than this at the chosen batch
     /// size (estimated from its config before anything is loaded): bytes, or a number with
     /// K, M or G (powers of 1024).
-    #[arg(long, value_name = "SIZE", default_value = "4G", value_parser = parse_size)]
+    #[arg(long, value_name = "SIZE", default_value = "4G", value_parser = sampler_core::fs::parse_size)]
     max_memory: u64,
 
     /// Print the bundle's metadata and its T noise levels, then exit.
@@ -247,46 +247,9 @@ fn check_memory(bundle: &Bundle, batch: usize, limit: u64) -> Result<()> {
     };
     anyhow::bail!(
         "this bundle needs about {} at batch {batch}, more than --max-memory {}; {advice}",
-        human(need),
-        human(limit)
+        sampler_core::fs::human_size(need),
+        sampler_core::fs::human_size(limit)
     )
-}
-
-/// Bytes in KiB, MiB or GiB.
-fn human(bytes: u64) -> String {
-    let b = bytes as f64;
-    if b >= (1u64 << 30) as f64 {
-        format!("{:.2} GiB", b / (1u64 << 30) as f64)
-    } else if b >= (1u64 << 20) as f64 {
-        format!("{:.1} MiB", b / (1u64 << 20) as f64)
-    } else {
-        format!("{:.0} KiB", b / 1024.0)
-    }
-}
-
-/// `--max-memory` values: `1073741824`, `512M`, `4G`, `64k`.
-fn parse_size(s: &str) -> Result<u64, String> {
-    let s = s.trim();
-    let (digits, shift) = match s.char_indices().last() {
-        Some((i, c)) if c.is_ascii_alphabetic() => {
-            let shift = match c.to_ascii_uppercase() {
-                'K' => 10,
-                'M' => 20,
-                'G' => 30,
-                'T' => 40,
-                _ => return Err(format!("'{s}' is not a size such as 512M or 4G")),
-            };
-            (&s[..i], shift)
-        }
-        _ => (s, 0),
-    };
-    let n: u64 = digits
-        .trim()
-        .parse()
-        .map_err(|_| format!("'{s}' is not a size such as 512M or 4G"))?;
-    n.checked_mul(1u64 << shift)
-        .filter(|&b| b > 0)
-        .ok_or_else(|| format!("'{s}' is not a usable size"))
 }
 
 fn progress_bar(count: usize) -> ProgressBar {

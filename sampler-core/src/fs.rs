@@ -138,3 +138,38 @@ pub fn encode_png(px: &crate::sampler::Pixels) -> std::io::Result<std::vec::Vec<
     }
     Ok(buf)
 }
+
+/// A size on the command line: `1073741824`, `512M`, `4G`, `64k` (powers of 1024).
+pub fn parse_size(s: &str) -> Result<u64, std::string::String> {
+    let s = s.trim();
+    let not_a_size = || std::format!("'{s}' is not a size such as 512M or 4G");
+    let (digits, shift) = match s.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let shift = match c.to_ascii_uppercase() {
+                'K' => 10,
+                'M' => 20,
+                'G' => 30,
+                'T' => 40,
+                _ => return Err(not_a_size()),
+            };
+            (&s[..i], shift)
+        }
+        _ => (s, 0),
+    };
+    let n: u64 = digits.trim().parse().map_err(|_| not_a_size())?;
+    n.checked_mul(1u64 << shift)
+        .filter(|&b| b > 0)
+        .ok_or_else(not_a_size)
+}
+
+/// Bytes in KiB, MiB or GiB, for messages.
+pub fn human_size(bytes: u64) -> std::string::String {
+    let b = bytes as f64;
+    if b >= (1u64 << 30) as f64 {
+        std::format!("{:.2} GiB", b / (1u64 << 30) as f64)
+    } else if b >= (1u64 << 20) as f64 {
+        std::format!("{:.1} MiB", b / (1u64 << 20) as f64)
+    } else {
+        std::format!("{:.0} KiB", b / 1024.0)
+    }
+}

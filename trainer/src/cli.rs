@@ -177,6 +177,10 @@ pub struct RunArgs {
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
+    /// Refuse to start a run estimated to need more memory than this (weights, optimizer,
+    /// activations, data): bytes, or a number with K, M or G.
+    #[arg(long, value_name = "SIZE", default_value = "8G", value_parser = sampler_core::fs::parse_size)]
+    max_memory: u64,
 }
 
 #[derive(Args, Debug)]
@@ -571,6 +575,11 @@ fn pretrain(a: PretrainArgs) -> Result<()> {
         image: data.shape,
         label_count: data.label_count,
     };
+    crate::memory::check(
+        crate::memory::pretrain_bytes(&config),
+        data.values.len() as u64 * 4,
+        a.run.max_memory,
+    )?;
     let device = crate::device(&a.run.device)?;
     let run_dir = RunDir::create(&a.run.run)?;
     let pt = crate::pretrain::run(
@@ -619,6 +628,17 @@ fn finetune(a: FinetuneArgs) -> Result<()> {
     c.checkpoint_every = a.run.checkpoint_every;
     c.validate()?;
     let data = a.data.load()?;
+    let (net, dim) = match &base.model {
+        sampler_core::bundle::ModelSpec::Network { config, .. } => {
+            (Some(config.clone()), config.dim())
+        }
+        sampler_core::bundle::ModelSpec::Mixture(m) => (None, m.dim),
+    };
+    crate::memory::check(
+        crate::memory::finetune_bytes(&c, net.as_ref(), dim),
+        data.as_ref().map_or(0, |d| d.values.len() as u64 * 4),
+        a.run.max_memory,
+    )?;
     let device = crate::device(&a.run.device)?;
     let run_dir = RunDir::create(&a.run.run)?;
     let ft = crate::finetune::run(&run_dir, c, data, &device, a.run.stop_after, a.run.quiet)?;

@@ -11,6 +11,7 @@ pub mod eval;
 pub mod finetune;
 pub mod frechet;
 pub mod losses;
+pub mod memory;
 pub mod model;
 pub mod plots;
 pub mod pretrain;

@@ -244,6 +244,18 @@ fn inputs_that_would_allocate_without_bound_are_refused() {
             ],
             "GroupNorm",
         ),
+        (
+            vec![
+                "pretrain",
+                "--data",
+                "digits",
+                "--max-memory",
+                "1M",
+                "--run",
+                run_s,
+            ],
+            "more than --max-memory 1.0 MiB",
+        ),
     ] {
         let o = trainer(&args);
         assert_eq!(o.status.code(), Some(2), "{args:?}: {}", err(&o));
