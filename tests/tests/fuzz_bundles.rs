@@ -286,3 +286,47 @@ fn mutated_bundles_are_sampled_or_refused_never_a_crash() {
         "only {sampled} of {tried} inputs were sampled"
     );
 }
+
+/// The edits issue 11 reported, by name: each must be refused before anything of its size is
+/// allocated (at sampler-cli's default --max-memory of 4 GiB where memory is the reason).
+#[test]
+fn the_reported_hostile_edits_are_refused() {
+    let load = |name: &str| {
+        Bundle::from_bytes(&std::fs::read(repo(&format!("bundles/{name}"))).unwrap()).unwrap()
+    };
+    let default_limit = 4u64 << 30;
+    let unet = |b: &mut Bundle| match &mut b.model {
+        ModelSpec::Network {
+            config: NetConfig::UNet(c),
+            ..
+        } => c.clone(),
+        _ => panic!("a U-Net bundle"),
+    };
+    let with = |mut b: Bundle, edit: &dyn Fn(&mut sampler_core::model::UNetConfig)| {
+        let mut c = unet(&mut b);
+        edit(&mut c);
+        b.image.height = c.img_resolution as u32;
+        b.image.width = c.img_resolution as u32;
+        if let ModelSpec::Network { config, .. } = &mut b.model {
+            *config = NetConfig::UNet(c);
+        }
+        Bundle::from_bytes(&seal(&postcard::to_allocvec(&b).unwrap()))
+    };
+    // One changed byte of face8: channel_mult [1, 2] -> [1, 127]; model_channels 18.
+    assert!(with(load("face8.bin"), &|c| c.channel_mult = vec![1, 127]).is_err());
+    assert!(with(load("face8.bin"), &|c| c.model_channels = 18).is_err());
+    // num_blocks near 2^64.
+    assert!(with(load("digits8.bin"), &|c| c.num_blocks = usize::MAX - 3).is_err());
+    // Resolution edits no weight depends on: refused by memory, not run for minutes.
+    let big = with(load("digits8.bin"), &|c| c.img_resolution = 4096).unwrap();
+    assert!(big.memory_bytes(1) > default_limit);
+    let mnist256 = with(load("mnist8.bin"), &|c| c.img_resolution = 256).unwrap();
+    assert!(mnist256.memory_bytes(1) > default_limit);
+    // A config larger than its weights: refused by the weights check, not allocated.
+    let wide = with(load("digits8.bin"), &|c| c.model_channels = 64).unwrap();
+    let err = Sampler::new(wide, &Device::flex()).err().expect("refused");
+    assert!(
+        err.to_string().contains("network config describes"),
+        "{err}"
+    );
+}
