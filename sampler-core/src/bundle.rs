@@ -3,12 +3,21 @@
 //! ```text
 //! offset  size  field
 //! 0       8     magic  b"FEWSTEP\0"
-//! 8       2     format version, u16 little-endian (this code reads and writes 1)
+//! 8       2     format version, u16 little-endian (1 or 2)
 //! 10      2     reserved, zero
 //! 12      4     body length N, u32 little-endian
 //! 16      N     body: postcard encoding of [`Bundle`]
-//! 16+N    4     CRC-32 (IEEE) of bytes 0 .. 16+N, u32 little-endian
+//! version 2 only:
+//! 16+N    P     zero padding to the next multiple of 16
+//! W       M     the network's weights as a pack (`crate::pack`), 16-aligned in the file so
+//!               a microcontroller reads them in place from flash
+//! end-4   4     CRC-32 (IEEE) of every byte before it, u32 little-endian
 //! ```
+//!
+//! Version 1 stores a network's weights inside the body as a burnpack (burn's format,
+//! 256-byte aligned tensors and a CBOR table); version 2 leaves the body's weights empty and
+//! appends the pack (f32, f16 or int8 weights). Both are read; [`Bundle::to_bytes`] writes
+//! version 2 when the weights are a pack, version 1 otherwise (mixtures, burnpack weights).
 //!
 //! Decoding untrusted bytes never panics: the header is checked against the input length
 //! before anything is allocated, the checksum before the body is parsed, and postcard
@@ -21,13 +30,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::gmm::Mixture;
 use crate::model::NetConfig;
+use crate::pack::{PACK_ALIGN, PACK_MAGIC};
 use crate::precond::Precond;
 use crate::schedule::Schedule;
 
 /// The 8 bytes every bundle starts with.
 pub const MAGIC: [u8; 8] = *b"FEWSTEP\0";
-/// The format version this code writes and reads.
-pub const FORMAT_VERSION: u16 = 1;
+/// The newest format version this code reads and writes (it reads 1 too).
+pub const FORMAT_VERSION: u16 = 2;
 const HEADER_LEN: usize = 16;
 const CRC_LEN: usize = 4;
 /// Largest image this format accepts, in values per image (C*H*W): guards the sampler's
@@ -48,7 +58,7 @@ pub enum BundleError {
     WrongMagic,
     /// A newer (or unknown) format.
     #[error(
-        "bundle format version {found} is not supported (this build reads version {FORMAT_VERSION}); update fewstep or re-export the bundle"
+        "bundle format version {found} is not supported (this build reads versions 1 to {FORMAT_VERSION}); update fewstep or re-export the bundle"
     )]
     UnsupportedVersion {
         /// Version in the file.
@@ -115,11 +125,12 @@ pub enum SolverKind {
 /// The denoiser of a bundle.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum ModelSpec {
-    /// A network: its config and its weights as burnpack bytes.
+    /// A network: its config and its weights.
     Network {
         /// Architecture.
         config: NetConfig,
-        /// Weights, burnpack-encoded.
+        /// Weights: a weights pack (`crate::pack`, starts with `FWPK`; stored after the
+        /// body in version 2) or a burnpack (version 1).
         weights: Vec<u8>,
     },
     /// An analytic Gaussian mixture (its exact denoiser).
@@ -318,19 +329,47 @@ impl Bundle {
         fixed.saturating_add((batch as u64).saturating_mul(per_image))
     }
 
-    /// Encodes to the file format. Fails only if the bundle is inconsistent.
+    /// Encodes to the file format (version 2 when the weights are a pack, else 1). Fails
+    /// only if the bundle is inconsistent.
     pub fn to_bytes(&self) -> Result<Vec<u8>, BundleError> {
         self.validate()?;
-        let body =
-            postcard::to_allocvec(self).map_err(|e| BundleError::Malformed(e.to_string()))?;
+        let encode = |b: &Bundle| {
+            postcard::to_allocvec(b).map_err(|e| BundleError::Malformed(e.to_string()))
+        };
+        let (version, body, pack) = match &self.model {
+            ModelSpec::Network { config, weights } if weights.starts_with(&PACK_MAGIC) => {
+                // The body without the weights, which follow it aligned.
+                let meta = Bundle {
+                    name: self.name.clone(),
+                    description: self.description.clone(),
+                    image: self.image,
+                    label_count: self.label_count,
+                    precond: self.precond,
+                    schedule: self.schedule.clone(),
+                    solver: self.solver,
+                    model: ModelSpec::Network {
+                        config: config.clone(),
+                        weights: Vec::new(),
+                    },
+                    provenance: self.provenance.clone(),
+                };
+                (2u16, encode(&meta)?, weights.as_slice())
+            }
+            _ => (1u16, encode(self)?, &[][..]),
+        };
         let len = u32::try_from(body.len())
             .map_err(|_| BundleError::Inconsistent("bundle body exceeds 4 GiB".to_string()))?;
-        let mut out = Vec::with_capacity(HEADER_LEN + body.len() + CRC_LEN);
+        let mut out =
+            Vec::with_capacity(HEADER_LEN + body.len() + PACK_ALIGN + pack.len() + CRC_LEN);
         out.extend_from_slice(&MAGIC);
-        out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+        out.extend_from_slice(&version.to_le_bytes());
         out.extend_from_slice(&0u16.to_le_bytes());
         out.extend_from_slice(&len.to_le_bytes());
         out.extend_from_slice(&body);
+        if version == 2 {
+            out.resize(out.len().next_multiple_of(PACK_ALIGN), 0);
+            out.extend_from_slice(pack);
+        }
         let crc = crc32(&out);
         out.extend_from_slice(&crc.to_le_bytes());
         Ok(out)
@@ -338,46 +377,21 @@ impl Bundle {
 
     /// Decodes and validates untrusted bytes.
     pub fn from_bytes(bytes: &[u8]) -> Result<Bundle, BundleError> {
-        // 1. Header, checked against what is actually there.
-        let magic_len = bytes.len().min(MAGIC.len());
-        if bytes[..magic_len] != MAGIC[..magic_len] {
-            return Err(BundleError::WrongMagic);
+        let (mut bundle, pack) = Bundle::from_bytes_in_place(bytes)?;
+        if let (ModelSpec::Network { weights, .. }, Some(pack)) = (&mut bundle.model, pack) {
+            *weights = pack.to_vec();
         }
-        if bytes.len() < HEADER_LEN {
-            return Err(BundleError::Truncated {
-                expected: (HEADER_LEN + CRC_LEN) as u64,
-                found: bytes.len() as u64,
-            });
-        }
-        let version = u16::from_le_bytes([bytes[8], bytes[9]]);
-        if version != FORMAT_VERSION {
-            return Err(BundleError::UnsupportedVersion { found: version });
-        }
-        if bytes[10] != 0 || bytes[11] != 0 {
-            return Err(BundleError::Malformed(
-                "reserved header bytes are not zero".to_string(),
-            ));
-        }
-        let body_len = u32::from_le_bytes([bytes[12], bytes[13], bytes[14], bytes[15]]) as u64;
-        let expected = HEADER_LEN as u64 + body_len + CRC_LEN as u64;
-        let found = bytes.len() as u64;
-        if found < expected {
-            return Err(BundleError::Truncated { expected, found });
-        }
-        if found > expected {
-            return Err(BundleError::TrailingBytes(found - expected));
-        }
-        // 2. Checksum before parsing anything of the body.
-        let end = HEADER_LEN + body_len as usize;
-        let stored =
-            u32::from_le_bytes([bytes[end], bytes[end + 1], bytes[end + 2], bytes[end + 3]]);
-        let computed = crc32(&bytes[..end]);
-        if stored != computed {
-            return Err(BundleError::ChecksumMismatch { stored, computed });
-        }
-        // 3. Body, then consistency.
-        let (wire, rest): (BundleWire, &[u8]) = postcard::take_from_bytes(&bytes[HEADER_LEN..end])
-            .map_err(|e| BundleError::Malformed(e.to_string()))?;
+        Ok(bundle)
+    }
+
+    /// Decodes and validates untrusted bytes, leaving a version-2 bundle's weights pack in
+    /// place: returns the bundle (its network weights empty) and the pack. What a
+    /// microcontroller calls, so the weights are never copied to RAM. A version-1 bundle
+    /// returns its burnpack weights in the bundle and `None`.
+    pub fn from_bytes_in_place(bytes: &[u8]) -> Result<(Bundle, Option<&[u8]>), BundleError> {
+        let (version, body, pack) = split(bytes)?;
+        let (wire, rest): (BundleWire, &[u8]) =
+            postcard::take_from_bytes(body).map_err(|e| BundleError::Malformed(e.to_string()))?;
         if !rest.is_empty() {
             return Err(BundleError::Malformed(alloc::format!(
                 "{} unread bytes in the body",
@@ -386,6 +400,84 @@ impl Bundle {
         }
         let bundle = Bundle::try_from(wire)?;
         bundle.validate()?;
-        Ok(bundle)
+        let pack = match (&bundle.model, version) {
+            (ModelSpec::Network { weights, .. }, 2) if weights.is_empty() => Some(pack),
+            (ModelSpec::Network { .. }, 1) => None,
+            _ => {
+                return Err(BundleError::Malformed(
+                    "a version-2 bundle keeps a network's weights after the body".to_string(),
+                ));
+            }
+        };
+        Ok((bundle, pack))
     }
+
+    /// The format version of `bytes`' header (1 or 2), checked like [`Bundle::from_bytes`]
+    /// checks it, without decoding the body.
+    pub fn version_of(bytes: &[u8]) -> Result<u16, BundleError> {
+        split(bytes).map(|(v, _, _)| v)
+    }
+}
+
+/// Checks the header, lengths and checksum; returns the version, the body and (version 2)
+/// the weights section.
+fn split(bytes: &[u8]) -> Result<(u16, &[u8], &[u8]), BundleError> {
+    // 1. Header, checked against what is actually there.
+    let magic_len = bytes.len().min(MAGIC.len());
+    if bytes[..magic_len] != MAGIC[..magic_len] {
+        return Err(BundleError::WrongMagic);
+    }
+    if bytes.len() < HEADER_LEN {
+        return Err(BundleError::Truncated {
+            expected: (HEADER_LEN + CRC_LEN) as u64,
+            found: bytes.len() as u64,
+        });
+    }
+    let version = u16::from_le_bytes([bytes[8], bytes[9]]);
+    if version != 1 && version != 2 {
+        return Err(BundleError::UnsupportedVersion { found: version });
+    }
+    if bytes[10] != 0 || bytes[11] != 0 {
+        return Err(BundleError::Malformed(
+            "reserved header bytes are not zero".to_string(),
+        ));
+    }
+    let body_len = u32::from_le_bytes([bytes[12], bytes[13], bytes[14], bytes[15]]) as u64;
+    let body_end = HEADER_LEN as u64 + body_len;
+    let found = bytes.len() as u64;
+    // Version 2: the weights start at the next multiple of 16 after the body and run to
+    // the checksum.
+    let weights_at = if version == 2 {
+        body_end.next_multiple_of(PACK_ALIGN as u64)
+    } else {
+        body_end
+    };
+    let min_len = weights_at + CRC_LEN as u64;
+    if found < min_len {
+        return Err(BundleError::Truncated {
+            expected: min_len,
+            found,
+        });
+    }
+    if version == 1 && found > min_len {
+        return Err(BundleError::TrailingBytes(found - min_len));
+    }
+    // 2. Checksum before parsing anything of the body.
+    let end = bytes.len() - CRC_LEN;
+    let stored = u32::from_le_bytes([bytes[end], bytes[end + 1], bytes[end + 2], bytes[end + 3]]);
+    let computed = crc32(&bytes[..end]);
+    if stored != computed {
+        return Err(BundleError::ChecksumMismatch { stored, computed });
+    }
+    let (body_end, weights_at) = (body_end as usize, weights_at as usize);
+    if bytes[body_end..weights_at].iter().any(|&b| b != 0) {
+        return Err(BundleError::Malformed(
+            "the padding before the weights is not zero".to_string(),
+        ));
+    }
+    Ok((
+        version,
+        &bytes[HEADER_LEN..body_end],
+        &bytes[weights_at..end],
+    ))
 }

@@ -11,10 +11,13 @@
 //! (docs/method.md §6). Written on burn tensors, hence differentiable in `x` and `s`.
 
 use alloc::vec::Vec;
+#[cfg(feature = "burn")]
 use burn::tensor::activation::softmax;
+#[cfg(feature = "burn")]
 use burn::tensor::{Device, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
+#[cfg(feature = "burn")]
 use crate::solver::Denoiser;
 
 /// Why mixture parameters are unusable.
@@ -96,6 +99,7 @@ impl Mixture {
         self.weights.len()
     }
 
+    #[cfg(feature = "burn")]
     /// Puts the parameters on `device` as tensors for evaluation.
     pub fn to_device(&self, device: &Device) -> Result<MixtureDenoiser, MixtureError> {
         self.validate()?;
@@ -116,6 +120,7 @@ impl Mixture {
     }
 }
 
+#[cfg(feature = "burn")]
 /// A [`Mixture`] on a device, ready to denoise.
 #[derive(Clone, Debug)]
 pub struct MixtureDenoiser {
@@ -126,6 +131,7 @@ pub struct MixtureDenoiser {
     dim: usize,
 }
 
+#[cfg(feature = "burn")]
 impl MixtureDenoiser {
     /// The responsibilities `r_k(x, s)`.
     ///
@@ -165,6 +171,7 @@ impl MixtureDenoiser {
     }
 }
 
+#[cfg(feature = "burn")]
 impl Denoiser for MixtureDenoiser {
     fn dim(&self) -> usize {
         self.dim

@@ -14,14 +14,20 @@ pub mod bundle;
 #[cfg(feature = "std")]
 pub mod fs;
 pub mod gmm;
+pub mod micro;
 pub mod model;
+pub mod pack;
 pub mod precond;
 pub mod rng;
 pub mod sampler;
 pub mod schedule;
+#[cfg(feature = "burn")]
 pub mod solver;
 
 pub use bundle::{Bundle, BundleError};
+#[cfg(feature = "burn")]
 pub use burn;
-pub use sampler::{Images, Sampler, SamplerError};
+#[cfg(feature = "burn")]
+pub use sampler::Sampler;
+pub use sampler::{Images, SamplerError};
 pub use schedule::{Schedule, Warp};

@@ -3,6 +3,7 @@
 //! NVlabs/edm's `EDMPrecond`, `VPPrecond` and `VEPrecond` formulas (training/networks.py).
 //! The trainer and the sampler both call [`Precond::coeffs`]; nothing else writes them.
 
+#[cfg(feature = "burn")]
 use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
@@ -38,6 +39,7 @@ impl Default for Precond {
     }
 }
 
+#[cfg(feature = "burn")]
 /// The four coefficients at a batch of noise levels, each `[B]`.
 #[derive(Clone, Debug)]
 pub struct PrecondCoeffs {
@@ -52,6 +54,7 @@ pub struct PrecondCoeffs {
 }
 
 impl Precond {
+    #[cfg(feature = "burn")]
     /// The coefficients at noise levels `sigma`.
     ///
     /// # Shapes
@@ -101,6 +104,7 @@ impl Precond {
         }
     }
 
+    #[cfg(feature = "burn")]
     /// EDM's training weight `w(s) = (s^2 + sd^2) / (s sd)^2` (method.md §1), which makes
     /// the effective target of F unit-variance at every noise level.
     ///

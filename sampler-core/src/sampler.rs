@@ -5,14 +5,23 @@
 //! the same on every target and whatever the batch size. Euler then runs over the bundle's
 //! levels (docs/method.md §2).
 
-use alloc::string::{String, ToString};
+use alloc::string::String;
+#[cfg(feature = "burn")]
+use alloc::string::ToString;
 use alloc::vec::Vec;
+#[cfg(feature = "burn")]
 use burn::tensor::{Device, Tensor, TensorData};
 
-use crate::bundle::{Bundle, BundleError, ImageShape, ModelSpec};
+#[cfg(feature = "burn")]
+use crate::bundle::{Bundle, ModelSpec};
+use crate::bundle::{BundleError, ImageShape};
+#[cfg(feature = "burn")]
 use crate::gmm::MixtureDenoiser;
+#[cfg(feature = "burn")]
 use crate::model::{Network, Preconditioned, network_from_vec};
+#[cfg(feature = "burn")]
 use crate::rng;
+#[cfg(feature = "burn")]
 use crate::solver::{Denoiser, Step, euler};
 
 /// Why sampling failed.
@@ -35,6 +44,17 @@ pub enum SamplerError {
     /// The tensor backend returned data of an unexpected type.
     #[error("could not read the generated images back: {0}")]
     Readback(String),
+    /// The micro runtime's arena is too small for this bundle.
+    #[error(
+        "the activation arena holds {have} bytes but this bundle needs {need}; give it a \
+         larger arena (see MicroSampler::arena_words)"
+    )]
+    Arena {
+        /// Bytes needed.
+        need: usize,
+        /// Bytes given.
+        have: usize,
+    },
     /// The model produced NaN or infinite values.
     #[error(
         "the model produced {0} NaN or infinite values; the bundle's weights or parameters are \
@@ -43,11 +63,13 @@ pub enum SamplerError {
     NonFinite(usize),
 }
 
+#[cfg(feature = "burn")]
 enum LoadedModel {
     Network(Network),
     Mixture(MixtureDenoiser),
 }
 
+#[cfg(feature = "burn")]
 /// A decoded bundle on a device, ready to generate.
 pub struct Sampler {
     bundle: Bundle,
@@ -171,6 +193,7 @@ impl Images {
     }
 }
 
+#[cfg(feature = "burn")]
 impl Sampler {
     /// Decodes `bytes` and loads the model onto `device`.
     pub fn from_bundle(bytes: &[u8], device: &Device) -> Result<Self, SamplerError> {

@@ -8,9 +8,12 @@
 //! the CPU.
 
 use alloc::string::String;
+#[cfg(feature = "burn")]
 use alloc::vec;
 use alloc::vec::Vec;
+#[cfg(feature = "burn")]
 use burn::tensor::activation::softmax;
+#[cfg(feature = "burn")]
 use burn::tensor::{DType, Device, Tensor, TensorCreationOptions, TensorData};
 use serde::{Deserialize, Serialize};
 
@@ -43,6 +46,7 @@ impl Warp {
         }
     }
 
+    #[cfg(feature = "burn")]
     /// `g^-1(u)` on a tensor.
     fn inverse_tensor(self, u: Tensor<1>) -> Tensor<1> {
         match self {
@@ -120,6 +124,7 @@ pub enum ScheduleError {
     },
 }
 
+#[cfg(feature = "burn")]
 /// The softmax-increment parameterization (method.md §3, paper Eq. 13):
 ///
 /// ```text
@@ -151,6 +156,7 @@ pub fn sigmas_from_logits(v: Tensor<1>, s_min: f64, s_max: f64, warp: Warp) -> T
     Tensor::cat(vec![first, interior, last], 0)
 }
 
+#[cfg(feature = "burn")]
 /// The weights of the unrolled Euler sampler (method.md §2, paper Eq. 8):
 /// `lambda_i = s_min/s_{i+1} - s_min/s_i` for `i = 0 .. T-2`; they sum to
 /// `1 - s_min/s_max`. Differentiable in the levels.
@@ -180,10 +186,12 @@ impl<'de> Deserialize<'de> for Schedule {
     }
 }
 
+#[cfg(feature = "burn")]
 fn f64_device() -> (Device, DType) {
     (Device::flex(), DType::F64)
 }
 
+#[cfg(feature = "burn")]
 fn tensor_f64(values: &[f64]) -> Tensor<1> {
     let (device, dtype) = f64_device();
     Tensor::from_data(
@@ -192,6 +200,7 @@ fn tensor_f64(values: &[f64]) -> Tensor<1> {
     )
 }
 
+#[cfg(feature = "burn")]
 fn to_f64_vec(t: Tensor<1>) -> Vec<f64> {
     t.try_into_vec_as::<f64>().unwrap_or_default()
 }
@@ -217,6 +226,7 @@ impl Schedule {
         Ok(Schedule { sigmas })
     }
 
+    #[cfg(feature = "burn")]
     /// The schedule of logits `v` (length `T - 2`) in `warp` space, evaluated in f64.
     pub fn from_logits(
         v: &[f64],
@@ -235,6 +245,7 @@ impl Schedule {
         Schedule::new(sigmas.iter().map(|&s| s as f32).collect())
     }
 
+    #[cfg(feature = "burn")]
     /// EDM's rho = 7 schedule with `t` levels: the parameterization at `v = 0`.
     pub fn edm(t: usize, s_min: f64, s_max: f64) -> Result<Self, ScheduleError> {
         if t < 2 {
@@ -285,12 +296,14 @@ impl Schedule {
         self.sigmas[self.sigmas.len() - 1]
     }
 
+    #[cfg(feature = "burn")]
     /// The lambda weights of [`lambda_weights`], in f64.
     pub fn lambda_weights(&self) -> Vec<f64> {
         let s: Vec<f64> = self.sigmas.iter().map(|&s| s as f64).collect();
         to_f64_vec(lambda_weights(tensor_f64(&s)))
     }
 
+    #[cfg(feature = "burn")]
     /// The levels as an f32 tensor on `device`.
     pub fn to_tensor(&self, device: &Device) -> Tensor<1> {
         Tensor::from_data(

@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use sampler_core::bundle::{Bundle, ImageShape, ModelSpec, Provenance, SolverKind};
 use sampler_core::gmm::Mixture;
 use sampler_core::model::{MlpConfig, NetConfig, UNetConfig};
+use sampler_core::pack::WeightDtype;
 use sampler_core::precond::Precond;
 use sampler_core::rng;
 use sampler_core::schedule::{Schedule, Warp};
@@ -300,9 +301,18 @@ struct FinetuneArgs {
 
 #[derive(Args, Debug)]
 struct ExportArgs {
-    /// The run directory.
-    #[arg(long, value_name = "DIR")]
-    run: PathBuf,
+    /// The run directory to export.
+    #[arg(
+        long,
+        value_name = "DIR",
+        required_unless_present = "bundle",
+        conflicts_with = "bundle"
+    )]
+    run: Option<PathBuf>,
+    /// Convert an existing bundle instead of a run: a version-1 bundle to version 2, or
+    /// f32 weights to f16/int8 for a microcontroller.
+    #[arg(long, value_name = "FILE")]
+    bundle: Option<PathBuf>,
     /// The bundle to write.
     #[arg(long, value_name = "FILE")]
     out: PathBuf,
@@ -315,6 +325,11 @@ struct ExportArgs {
     /// For pre-training runs: T of the EDM rho = 7 schedule written with the weights.
     #[arg(long, default_value_t = 8)]
     t: usize,
+    /// How the network's matrices and convolution kernels are stored: f32 (exact), f16
+    /// (half the size) or int8 (a quarter: symmetric per output channel, f32 scales).
+    /// Biases and GroupNorm parameters stay f32. The firmware reads every one in place.
+    #[arg(long, default_value = "f32", value_name = "TYPE")]
+    weights: WeightDtype,
 }
 
 #[derive(Args, Debug)]
@@ -654,40 +669,68 @@ fn finetune(a: FinetuneArgs) -> Result<()> {
 }
 
 fn export(a: ExportArgs) -> Result<()> {
-    let run_dir = RunDir::open(&a.run);
+    let mut bundle = match (&a.run, &a.bundle) {
+        (_, Some(path)) => {
+            let bytes =
+                std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+            let mut b =
+                Bundle::from_bytes(&bytes).with_context(|| format!("{}", path.display()))?;
+            if let Some(name) = &a.name {
+                b.name = name.clone();
+            }
+            if !a.description.is_empty() {
+                b.description = a.description.clone();
+            }
+            b
+        }
+        (Some(run), None) => export_run(run, &a)?,
+        (None, None) => bail!("give --run DIR or --bundle FILE"),
+    };
+    if let ModelSpec::Network { config, weights } = &mut bundle.model {
+        *weights = sampler_core::model::weights_to_pack(config, weights, a.weights)
+            .map_err(|e| anyhow::anyhow!("cannot convert the weights: {e}"))?;
+    }
+    let bytes = bundle.to_bytes()?;
+    write_atomic(&a.out, &bytes)?;
+    println!(
+        "wrote {} ({} bytes, {} weights, T = {}, {})",
+        a.out.display(),
+        bytes.len(),
+        a.weights.name(),
+        bundle.schedule.len(),
+        bundle.provenance.schedule_method
+    );
+    Ok(())
+}
+
+/// The bundle of a run directory: a fine-tuning run with its base, or a pre-training run
+/// with EDM's levels.
+fn export_run(run: &std::path::Path, a: &ExportArgs) -> Result<Bundle> {
+    let run_dir = RunDir::open(run);
     let ck = run_dir
         .load_checkpoint()?
-        .with_context(|| format!("{} has no checkpoint yet", a.run.display()))?;
-    let name = a.name.unwrap_or_else(|| {
-        a.run
-            .file_name()
+        .with_context(|| format!("{} has no checkpoint yet", run.display()))?;
+    let name = a.name.clone().unwrap_or_else(|| {
+        run.file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| "fewstep".into())
     });
-    let bundle = if let Ok(c) = run_dir.load_config::<FinetuneConfig>() {
+    if let Ok(c) = run_dir.load_config::<FinetuneConfig>() {
         let base_bytes = std::fs::read(&c.base)
             .with_context(|| format!("cannot read the run's base bundle {}", c.base.display()))?;
         let base =
             Bundle::from_bytes(&base_bytes).with_context(|| format!("{}", c.base.display()))?;
-        crate::finetune::export_bundle(&c, &base, &ck, &name, &a.description)?
+        crate::finetune::export_bundle(&c, &base, &ck, &name, &a.description)
     } else {
         let c: PretrainConfig = run_dir.load_config().context(
             "the run directory's config.json is neither a fine-tuning nor a pre-training config",
         )?;
         let mut b = crate::pretrain::export_bundle(&c, &ck, a.t, &name)?;
         if !a.description.is_empty() {
-            b.description = a.description;
+            b.description = a.description.clone();
         }
-        b
-    };
-    write_atomic(&a.out, &bundle.to_bytes()?)?;
-    println!(
-        "wrote {} (T = {}, {})",
-        a.out.display(),
-        bundle.schedule.len(),
-        bundle.provenance.schedule_method
-    );
-    Ok(())
+        Ok(b)
+    }
 }
 
 fn make_mixture(a: MixtureArgs) -> Result<()> {

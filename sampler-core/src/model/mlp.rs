@@ -2,69 +2,15 @@
 //! the same noise/label embedding as the U-Net, added to the projected input, then
 //! `h <- h + W_l silu(h)` blocks and a linear read-out.
 
-use alloc::string::String;
 use alloc::vec::Vec;
-use burn::config::Config;
 use burn::module::Module;
 use burn::nn::{Linear, LinearConfig};
 use burn::tensor::activation::silu;
 use burn::tensor::{Device, Tensor};
 
-use super::embed;
-
-/// Hyper-parameters of [`Mlp`].
-#[derive(Config, Debug, PartialEq)]
-pub struct MlpConfig {
-    /// Dimension of one sample.
-    pub dim: usize,
-    /// Width of the hidden layers.
-    #[config(default = 256)]
-    pub hidden: usize,
-    /// Number of residual blocks.
-    #[config(default = 3)]
-    pub depth: usize,
-    /// Channels of the positional noise embedding.
-    #[config(default = 64)]
-    pub noise_channels: usize,
-    /// Number of class labels, 0 = unconditional.
-    #[config(default = 0)]
-    pub label_dim: usize,
-}
+use super::{MlpConfig, embed};
 
 impl MlpConfig {
-    /// Checks the sizes.
-    pub fn validate(&self) -> Result<(), String> {
-        if self.dim == 0 || self.hidden == 0 {
-            return Err("MLP dim and hidden width must be positive".into());
-        }
-        // Bounds before anything is built from these numbers (a hostile bundle could ask for
-        // 2^26 layers); far above anything fewstep trains.
-        for (name, value, max) in [
-            ("dim", self.dim, 1 << 24),
-            ("hidden", self.hidden, 1 << 16),
-            ("depth", self.depth, 1 << 10),
-            ("noise_channels", self.noise_channels, 1 << 14),
-            ("label_dim", self.label_dim, 1 << 16),
-        ] {
-            if value > max {
-                return Err(alloc::format!(
-                    "MLP {name} {value} is above the limit {max}"
-                ));
-            }
-        }
-        if self.noise_channels < 4 || !self.noise_channels.is_multiple_of(2) {
-            return Err("the noise embedding needs an even number of channels, at least 4".into());
-        }
-        Ok(())
-    }
-
-    /// An upper estimate of the bytes of activations one sample needs in a forward pass:
-    /// input, output and a few hidden vectors per block, f32, doubled for temporaries.
-    pub fn activation_bytes(&self) -> u64 {
-        let (dim, hidden) = (self.dim as u64, self.hidden as u64);
-        2 * 4 * (4 * dim + (4 + 2 * self.depth as u64) * hidden + 2 * self.noise_channels as u64)
-    }
-
     /// Builds the network.
     pub fn init(&self, device: &Device) -> Mlp {
         Mlp {

@@ -6,225 +6,18 @@
 //! `conv0`, `affine`, `skip`, `qkv`, `proj`, `aux_norm`, `aux_conv`); the encoder and decoder
 //! dictionaries become `enc`/`dec` vectors in SongUNet's insertion order.
 
-use alloc::string::String;
 use alloc::vec;
 use alloc::vec::Vec;
-use burn::config::Config;
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{GroupNorm, GroupNormConfig, Linear, LinearConfig, PaddingConfig2d};
 use burn::tensor::activation::softmax;
 use burn::tensor::{Device, Tensor};
 
-use super::{conv2d, embed, group_norm};
-
-/// Hyper-parameters of [`SongUNet`]; defaults are EDM's DDPM++ CIFAR-10 settings scaled
-/// down for CPUs where noted.
-#[derive(Config, Debug, PartialEq)]
-pub struct UNetConfig {
-    /// Image resolution (square images).
-    pub img_resolution: usize,
-    /// Number of color channels of the input.
-    pub in_channels: usize,
-    /// Number of color channels of the output (= `in_channels` for a denoiser).
-    pub out_channels: usize,
-    /// Number of class labels, 0 = unconditional.
-    #[config(default = 0)]
-    pub label_dim: usize,
-    /// Base multiplier for the number of channels (EDM: 128).
-    #[config(default = 32)]
-    pub model_channels: usize,
-    /// Per-resolution multipliers for the number of channels (EDM: [2, 2, 2]).
-    #[config(default = "vec![1, 2, 2]")]
-    pub channel_mult: Vec<usize>,
-    /// Multiplier for the dimensionality of the embedding vector (EDM: 4).
-    #[config(default = 4)]
-    pub channel_mult_emb: usize,
-    /// Number of residual blocks per resolution (EDM: 4).
-    #[config(default = 2)]
-    pub num_blocks: usize,
-    /// Resolutions at which self-attention is applied (EDM: [16]).
-    #[config(default = "vec![]")]
-    pub attn_resolutions: Vec<usize>,
-    /// Multiplier for the noise embedding channels (EDM: 1).
-    #[config(default = 1)]
-    pub channel_mult_noise: usize,
-}
+use super::config::{BlockSpec, Resample, edm_groups};
+use super::{UNetConfig, conv2d, embed, group_norm};
 
 impl UNetConfig {
-    /// Checks that the resolution halves cleanly at every level and channels are sane.
-    pub fn validate(&self) -> Result<(), String> {
-        let levels = self.channel_mult.len();
-        if levels == 0 || self.model_channels == 0 || self.num_blocks == 0 {
-            return Err(
-                "channel_mult, model_channels and num_blocks must be non-empty/positive".into(),
-            );
-        }
-        if self.in_channels == 0 || self.out_channels == 0 || self.img_resolution == 0 {
-            return Err("image resolution and channel counts must be positive".into());
-        }
-        // Bounds before anything is built from these numbers (a hostile bundle could ask for
-        // 2^64 blocks); far above anything fewstep trains. Memory is checked separately.
-        let bounds = [
-            ("img_resolution", self.img_resolution, 4096),
-            ("in_channels", self.in_channels, 64),
-            ("out_channels", self.out_channels, 64),
-            ("label_dim", self.label_dim, 1 << 16),
-            ("model_channels", self.model_channels, 4096),
-            ("number of levels (channel_mult)", levels, 10),
-            ("channel_mult_emb", self.channel_mult_emb, 64),
-            ("num_blocks", self.num_blocks, 64),
-            (
-                "number of attn_resolutions",
-                self.attn_resolutions.len(),
-                16,
-            ),
-            ("channel_mult_noise", self.channel_mult_noise, 64),
-        ];
-        for (name, value, max) in bounds.into_iter().chain(
-            self.channel_mult
-                .iter()
-                .map(|&m| ("a channel_mult entry", m, 64)),
-        ) {
-            if value > max {
-                return Err(alloc::format!(
-                    "U-Net {name} {value} is above the limit {max}"
-                ));
-            }
-        }
-        if !self.img_resolution.is_multiple_of(1 << (levels - 1)) {
-            return Err(alloc::format!(
-                "resolution {} is not divisible by 2^{} ({} levels); resize the images",
-                self.img_resolution,
-                levels - 1,
-                levels
-            ));
-        }
-        if self.channel_mult.contains(&0)
-            || self.channel_mult_emb == 0
-            || self.channel_mult_noise == 0
-        {
-            return Err("channel multipliers must be positive".into());
-        }
-        let noise = self.model_channels.saturating_mul(self.channel_mult_noise);
-        if noise < 4 || !noise.is_multiple_of(2) {
-            return Err(alloc::format!(
-                "the noise embedding has model_channels * channel_mult_noise = {noise} \
-                 channels; it needs an even number, at least 4 (half sines, half cosines)"
-            ));
-        }
-        // Every GroupNorm splits its channels into min(32, C/4) equal groups.
-        let (enc, dec, head) = self.topology();
-        let norms = enc
-            .iter()
-            .chain(&dec)
-            .flat_map(|b| [b.cin, b.cout])
-            .chain([head]);
-        for c in norms {
-            if !c.is_multiple_of(edm_groups(c)) {
-                return Err(alloc::format!(
-                    "model_channels {} with channel_mult {:?} gives a GroupNorm over {c} \
-                     channels, which EDM's rule splits into {} groups unevenly; choose them so \
-                     that every channel count, the decoder's sums with skip connections \
-                     included, is a multiple of 4 (of 32 above 128)",
-                    self.model_channels,
-                    self.channel_mult,
-                    edm_groups(c)
-                ));
-            }
-        }
-        Ok(())
-    }
-
-    /// The blocks of SongUNet in order, encoder then decoder: the one walk of the
-    /// architecture that [`UNetConfig::init`] builds and [`UNetConfig::validate`] checks.
-    /// Returns them with the channels of the output head.
-    fn topology(&self) -> (Vec<BlockSpec>, Vec<BlockSpec>, usize) {
-        let spec = |cin, cout, attention, resample, takes_skip| BlockSpec {
-            cin,
-            cout,
-            attention,
-            resample,
-            takes_skip,
-        };
-        // Encoder, in SongUNet's order.
-        let mut enc = Vec::new();
-        let mut cout = self.model_channels;
-        let mut skips = vec![cout];
-        for (level, &mult) in self.channel_mult.iter().enumerate() {
-            let res = self.img_resolution >> level;
-            if level > 0 {
-                enc.push(spec(cout, cout, false, Resample::Down, false));
-                skips.push(cout);
-            }
-            for _ in 0..self.num_blocks {
-                let cin = cout;
-                cout = self.model_channels.saturating_mul(mult);
-                let attn = self.attn_resolutions.contains(&res);
-                enc.push(spec(cin, cout, attn, Resample::None, false));
-                skips.push(cout);
-            }
-        }
-        // Decoder.
-        let mut dec = Vec::new();
-        let levels = self.channel_mult.len();
-        for (level, &mult) in self.channel_mult.iter().enumerate().rev() {
-            let res = self.img_resolution >> level;
-            if level + 1 == levels {
-                dec.push(spec(cout, cout, true, Resample::None, false)); // in0
-                dec.push(spec(cout, cout, false, Resample::None, false)); // in1
-            } else {
-                dec.push(spec(cout, cout, false, Resample::Up, false));
-            }
-            for idx in 0..=self.num_blocks {
-                let cin = cout.saturating_add(skips.pop().unwrap_or(0));
-                cout = self.model_channels.saturating_mul(mult);
-                let attn = idx == self.num_blocks && self.attn_resolutions.contains(&res);
-                dec.push(spec(cin, cout, attn, Resample::None, true));
-            }
-        }
-        (enc, dec, cout)
-    }
-
-    /// An upper estimate of the bytes of activations one image needs in a forward pass
-    /// without gradients (what the sampler allocates per image of a batch): every skip
-    /// connection kept for the decoder, plus the largest block's working set (its input, the
-    /// GroupNorm, convolution and residual outputs, the 3x3 unfolding) and attention's
-    /// `n x n` weights twice over (logits and softmax), all f32, doubled for burn's
-    /// temporaries. Call [`UNetConfig::validate`] first. A test holds it above the measured
-    /// peak.
-    pub fn activation_bytes(&self) -> u64 {
-        let (enc, dec, _) = self.topology();
-        let r = self.img_resolution as u64;
-        let mut res = r;
-        let mut skips = self.model_channels as u64 * r * r;
-        let mut peak: u64 = 0;
-        let block_cost = |b: &BlockSpec, res: u64| -> u64 {
-            let n = res * res;
-            let (cin, cout) = (b.cin as u64, b.cout as u64);
-            let mut v = (3 * cin + 5 * cout + 9 * cin) * n;
-            if b.attention {
-                v += 5 * cout * n + 2 * n * n;
-            }
-            v
-        };
-        for b in &enc {
-            if b.resample == Resample::Down {
-                res /= 2;
-            }
-            let c = block_cost(b, res);
-            peak = peak.max(c);
-            skips += b.cout as u64 * res * res;
-        }
-        for b in &dec {
-            if b.resample == Resample::Up {
-                res *= 2;
-            }
-            peak = peak.max(block_cost(b, res));
-        }
-        2 * 4 * (skips + peak + 2 * self.in_channels as u64 * r * r)
-    }
-
     /// Builds the network. Call [`UNetConfig::validate`] first.
     pub fn init(&self, device: &Device) -> SongUNet {
         let emb_channels = self.model_channels * self.channel_mult_emb;
@@ -255,31 +48,6 @@ impl UNetConfig {
             in_channels: self.in_channels,
         }
     }
-}
-
-/// One block of [`UNetConfig::topology`].
-struct BlockSpec {
-    cin: usize,
-    cout: usize,
-    attention: bool,
-    resample: Resample,
-    takes_skip: bool,
-}
-
-/// EDM's GroupNorm group count for `channels`: at most 32 groups of at least 4 channels.
-fn edm_groups(channels: usize) -> usize {
-    32.min(channels / 4).max(1)
-}
-
-/// Resampling applied before `conv0` and `skip` of a block.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Resample {
-    /// None.
-    None,
-    /// 2x2 average pooling (EDM's `down` with filter [1, 1]).
-    Down,
-    /// 2x nearest-neighbour upsampling (EDM's `up` with filter [1, 1]).
-    Up,
 }
 
 fn conv(cin: usize, cout: usize, kernel: usize, device: &Device) -> Conv2d {

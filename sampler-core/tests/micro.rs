@@ -1,0 +1,231 @@
+//! The micro runtime held to burn: the same bundle, seed and image index give the same image
+//! through `micro::MicroSampler` (weights in place, arena) as through `Sampler` (burn
+//! modules), for every shipped bundle and for random networks that cover what the shipped
+//! ones do not (attention at several resolutions, down/up sampling, identity residuals,
+//! unconditional and conditional, the MLP, VP/VE preconditioning).
+
+use std::path::Path;
+
+use sampler_core::Sampler;
+use sampler_core::bundle::{Bundle, ImageShape, ModelSpec, Provenance, SolverKind};
+use sampler_core::burn::tensor::Device;
+use sampler_core::micro::{Activations, MicroSampler};
+use sampler_core::model::{MlpConfig, NetConfig, UNetConfig, weights_to_bytes, weights_to_pack};
+use sampler_core::pack::WeightDtype;
+use sampler_core::precond::Precond;
+use sampler_core::schedule::Schedule;
+
+fn shipped(name: &str) -> Vec<u8> {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../bundles")
+        .join(name);
+    std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+/// `bytes` with the network's weights re-encoded as a pack of `dtype` (a version-2 bundle).
+fn as_version2(bytes: &[u8], dtype: WeightDtype) -> Vec<u8> {
+    let mut b = Bundle::from_bytes(bytes).unwrap();
+    if let ModelSpec::Network { config, weights } = &mut b.model {
+        *weights = weights_to_pack(config, weights, dtype).unwrap();
+    }
+    let out = b.to_bytes().unwrap();
+    assert_eq!(Bundle::version_of(&out).unwrap(), 2);
+    out
+}
+
+/// Image `index` of `seed` through the micro runtime.
+fn micro_image(bytes: &[u8], seed: u64, index: u64, act: Activations) -> Vec<f32> {
+    let m = MicroSampler::new(bytes).unwrap();
+    let mut arena = vec![0u32; m.arena_words(act)];
+    let mut out = vec![0.0f32; m.bundle().image.values()];
+    m.generate(seed, index, None, act, &mut arena, &mut out)
+        .unwrap();
+    out
+}
+
+/// Image `index` of `seed` through burn.
+fn burn_image(bytes: &[u8], seed: u64, index: u64) -> Vec<f32> {
+    let s = Sampler::from_bundle(bytes, &Device::flex()).unwrap();
+    s.generate_range(seed, index, 1, None, |_| {}).unwrap().data
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+fn random_bundle(config: NetConfig, image: ImageShape, labels: u32, precond: Precond) -> Vec<u8> {
+    let device = Device::flex();
+    device.seed(3);
+    let net = config.init(&device);
+    Bundle {
+        name: "random".into(),
+        description: String::new(),
+        image,
+        label_count: labels,
+        precond,
+        schedule: Schedule::edm(5, 0.002, 80.0).unwrap(),
+        solver: SolverKind::Euler,
+        model: ModelSpec::Network {
+            weights: weights_to_bytes(&net).unwrap(),
+            config,
+        },
+        provenance: Provenance::default(),
+    }
+    .to_bytes()
+    .unwrap()
+}
+
+fn square(c: u32, r: u32) -> ImageShape {
+    ImageShape {
+        channels: c,
+        height: r,
+        width: r,
+    }
+}
+
+#[test]
+fn micro_matches_burn_on_every_shipped_bundle() {
+    for name in ["digits8.bin", "mnist8.bin", "face8.bin"] {
+        let v1 = shipped(name);
+        let v2 = as_version2(&v1, WeightDtype::F32);
+        for index in 0..2 {
+            let host = burn_image(&v1, 7, index);
+            let micro = micro_image(&v2, 7, index, Activations::F32);
+            let d = max_diff(&host, &micro);
+            eprintln!("{name} image {index}: max |micro - burn| = {d:.3e}");
+            assert!(d <= 1e-5, "{name} image {index}: {d}");
+            // The version-2 bundle through burn is the version-1 bundle, bit for bit.
+            assert_eq!(burn_image(&v2, 7, index), host, "{name}");
+        }
+    }
+}
+
+#[test]
+fn micro_matches_burn_on_networks_the_bundles_do_not_cover() {
+    let unet = |label_dim, attn: Vec<usize>, mult: Vec<usize>, blocks| {
+        NetConfig::UNet(
+            UNetConfig::new(8, 3, 3)
+                .with_model_channels(8)
+                .with_channel_mult(mult)
+                .with_num_blocks(blocks)
+                .with_attn_resolutions(attn)
+                .with_label_dim(label_dim),
+        )
+    };
+    let vp = Precond::Vp {
+        beta_d: 19.9,
+        beta_min: 0.1,
+        m: 1000.0,
+    };
+    let cases = [
+        (
+            "unet, attention at 8 and 4, labels",
+            unet(3, vec![8, 4], vec![1, 2, 2], 1),
+            3,
+            Precond::default(),
+        ),
+        (
+            "unet, 2 blocks, identity residuals",
+            unet(0, vec![], vec![1, 1], 2),
+            0,
+            Precond::default(),
+        ),
+        ("unet, VP", unet(0, vec![4], vec![1, 2], 1), 0, vp),
+        ("unet, VE", unet(2, vec![], vec![2, 1], 1), 2, Precond::Ve),
+    ];
+    for (what, config, labels, precond) in cases {
+        let v1 = random_bundle(config, square(3, 8), labels, precond);
+        let v2 = as_version2(&v1, WeightDtype::F32);
+        let d = max_diff(
+            &burn_image(&v1, 1, 0),
+            &micro_image(&v2, 1, 0, Activations::F32),
+        );
+        eprintln!("{what}: {d:.3e}");
+        assert!(d <= 1e-5, "{what}: {d}");
+    }
+    let mlp = NetConfig::Mlp(
+        MlpConfig::new(12)
+            .with_hidden(32)
+            .with_depth(2)
+            .with_label_dim(4),
+    );
+    let v1 = random_bundle(
+        mlp,
+        ImageShape {
+            channels: 1,
+            height: 3,
+            width: 4,
+        },
+        4,
+        Precond::default(),
+    );
+    let v2 = as_version2(&v1, WeightDtype::F32);
+    let d = max_diff(
+        &burn_image(&v1, 2, 3),
+        &micro_image(&v2, 2, 3, Activations::F32),
+    );
+    eprintln!("mlp: {d:.3e}");
+    assert!(d <= 1e-5, "mlp: {d}");
+}
+
+#[test]
+fn quantized_bundles_stay_close_and_are_deterministic() {
+    let v1 = shipped("digits8.bin");
+    let host = burn_image(&v1, 7, 0);
+    // Stated bounds (measured 1.0e-3 and 1.25e-2 on digits8): f16 weights within 5e-3, int8
+    // within 0.03 (4/255 of a pixel) of the f32 image.
+    for (dtype, bound) in [(WeightDtype::F16, 5e-3), (WeightDtype::I8, 0.03)] {
+        let q = as_version2(&v1, dtype);
+        let m = MicroSampler::new(&q).unwrap();
+        assert_eq!(m.weight_dtype(), dtype);
+        assert_eq!(m.default_activations(), Activations::F16);
+        let a = micro_image(&q, 7, 0, Activations::F16);
+        assert_eq!(a, micro_image(&q, 7, 0, Activations::F16), "{dtype:?}");
+        // Against burn on the same (dequantized) weights: only f16 activations differ.
+        let same_weights = max_diff(&burn_image(&q, 7, 0), &a);
+        let vs_f32 = max_diff(&host, &a);
+        eprintln!(
+            "digits8 {dtype:?}: vs burn on the same weights {same_weights:.3e}, vs f32 {vs_f32:.3e}"
+        );
+        assert!(same_weights <= 2e-3, "{dtype:?}: {same_weights}");
+        assert!(vs_f32 <= bound, "{dtype:?}: {vs_f32}");
+    }
+}
+
+#[test]
+fn the_arena_is_planned_and_checked() {
+    let v2 = as_version2(&shipped("digits8.bin"), WeightDtype::F32);
+    let m = MicroSampler::new(&v2).unwrap();
+    let f32_words = m.arena_words(Activations::F32);
+    let f16_words = m.arena_words(Activations::F16);
+    assert!(f16_words < f32_words, "{f16_words} vs {f32_words}");
+    let mut out = vec![0.0; 64];
+    let mut small = vec![0u32; f32_words - 1];
+    let err = m
+        .generate(0, 0, None, Activations::F32, &mut small, &mut out)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("arena"), "{err}");
+    // Exactly the planned size is enough, and a label out of range is refused.
+    let mut exact = vec![0u32; f32_words];
+    m.generate(0, 0, Some(3), Activations::F32, &mut exact, &mut out)
+        .unwrap();
+    let err = m
+        .generate(0, 0, Some(10), Activations::F32, &mut exact, &mut out)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("label 10"), "{err}");
+}
+
+#[test]
+fn version_1_bundles_are_refused_with_the_conversion_command() {
+    let err = MicroSampler::new(&shipped("digits8.bin"))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("trainer export --weights"), "{err}");
+}
