@@ -1,8 +1,12 @@
 //! Puts memory.x on the linker path, links with cortex-m-rt's link.x (binaries only, so
-//! the dependencies build exactly as for any thumbv7em library), and copies the bundle to
-//! embed: `FEWSTEP_BUNDLE=path/to/bundle.bin` or the shipped bundles/digits8.bin.
+//! the dependencies build exactly as for any thumbv7em library), copies the bundle to
+//! embed (`FEWSTEP_BUNDLE=path/to/bundle.bin` or the shipped bundles/digits8.bin) and sizes
+//! the activation arena for it: `sampler_core::micro` plans the arena on the host with the
+//! code the firmware runs, so the static arena is exactly what the bundle needs.
 
 use std::path::PathBuf;
+
+use sampler_core::micro::MicroSampler;
 
 fn main() {
     let out = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
@@ -19,10 +23,25 @@ fn main() {
         None => here.join("../bundles/digits8.bin"),
     };
     println!("cargo:rerun-if-changed={}", bundle.display());
-    if let Err(e) = std::fs::copy(&bundle, out.join("bundle.bin")) {
+    let bytes = std::fs::read(&bundle).unwrap_or_else(|e| {
         panic!(
             "cannot read the bundle to embed, {}: {e} (set FEWSTEP_BUNDLE to a bundle file)",
             bundle.display()
-        );
-    }
+        )
+    });
+    let sampler = MicroSampler::new(&bytes)
+        .unwrap_or_else(|e| panic!("{} cannot run on the firmware: {e}", bundle.display()));
+    let act = sampler.default_activations();
+    let words = sampler.arena_words(act);
+    std::fs::write(out.join("bundle.bin"), &bytes).expect("write bundle.bin");
+    std::fs::write(
+        out.join("plan.rs"),
+        format!(
+            "/// Activation storage of the embedded bundle.\n\
+             const ACTIVATIONS: Activations = Activations::{act:?};\n\
+             /// Arena words the embedded bundle needs (planned by build.rs).\n\
+             const ARENA_WORDS: usize = {words};\n"
+        ),
+    )
+    .expect("write plan.rs");
 }

@@ -21,7 +21,7 @@ use alloc::vec::Vec;
 
 use crate::bundle::{Bundle, ModelSpec};
 use crate::model::{MlpConfig, NetConfig, Resample, UNetConfig};
-use crate::pack::{PackView, TensorView, WeightDtype, f16_to_f32, f32_to_f16};
+use crate::pack::{PackView, Weight, WeightDtype, f16_to_f32, f32_to_f16};
 use crate::precond::Precond;
 use crate::rng;
 use crate::sampler::SamplerError;
@@ -73,8 +73,8 @@ const NORM_EPS: f32 = 1e-6;
 /// A Linear layer: weight `[in, out]`, bias `[out]`.
 #[derive(Clone, Copy)]
 struct Lin<'a> {
-    w: TensorView<'a>,
-    b: TensorView<'a>,
+    w: Weight<'a>,
+    b: Weight<'a>,
     inputs: usize,
     outputs: usize,
 }
@@ -82,8 +82,8 @@ struct Lin<'a> {
 /// A convolution: weight `[out, in, k, k]`, bias `[out]`.
 #[derive(Clone, Copy)]
 struct Conv<'a> {
-    w: TensorView<'a>,
-    b: TensorView<'a>,
+    w: Weight<'a>,
+    b: Weight<'a>,
     cin: usize,
     cout: usize,
     k: usize,
@@ -92,8 +92,8 @@ struct Conv<'a> {
 /// A GroupNorm: gamma, beta `[C]`.
 #[derive(Clone, Copy)]
 struct Norm<'a> {
-    gamma: TensorView<'a>,
-    beta: TensorView<'a>,
+    gamma: Weight<'a>,
+    beta: Weight<'a>,
     channels: usize,
 }
 
@@ -133,6 +133,8 @@ struct Mlp<'a> {
     output: Lin<'a>,
 }
 
+// One per sampler: boxing the U-Net would buy nothing.
+#[allow(clippy::large_enum_variant)]
 enum Net<'a> {
     UNet(UNet<'a>),
     Mlp(Mlp<'a>),
@@ -145,10 +147,10 @@ struct Weights<'p, 'a> {
 }
 
 impl<'a> Weights<'_, 'a> {
-    fn get(&self, name: &str) -> Result<TensorView<'a>, SamplerError> {
+    fn get(&self, name: &str) -> Result<Weight<'a>, SamplerError> {
         self.pack
             .get(name)
-            .copied()
+            .map(|t| t.weight())
             .ok_or_else(|| SamplerError::Weights(alloc::format!("'{name}' is missing")))
     }
     fn lin(&self, name: &str, inputs: usize, outputs: usize) -> Result<Lin<'a>, SamplerError> {
@@ -264,11 +266,11 @@ fn norm_affine(
             }
         }
         let rstd = 1.0 / libm::sqrtf(sq / count + NORM_EPS);
-        for ch in g * per..(g + 1) * per {
+        for (ch, o) in out.iter_mut().enumerate().skip(g * per).take(per) {
             norm.gamma.read(ch, &mut gamma);
             norm.beta.read(ch, &mut beta);
             let scale = gamma[0] * rstd;
-            out[ch] = (scale, beta[0] - mean * scale);
+            *o = (scale, beta[0] - mean * scale);
         }
     }
 }
@@ -390,14 +392,17 @@ fn conv_band<S: Store>(
                     if w == 0.0 {
                         continue;
                     }
-                    // Output x reads input x + dx - pad, inside 0..r.
+                    // Output x reads input x + dx - pad, inside 0..r: zipped slices, so
+                    // the inner loop has no bounds checks.
                     let lo = pad.saturating_sub(dx);
                     let hi = (r + pad).saturating_sub(dx).min(r);
                     for y in 0..rows {
-                        let src_row = &in_rows[(y + dy) * r..(y + dy + 1) * r];
-                        let dst = &mut out[y * r..(y + 1) * r];
-                        for x in lo..hi {
-                            dst[x] += w * src_row[x + dx - pad];
+                        // lo + dx >= pad, so the start never underflows.
+                        let base = (y + dy) * r + dx;
+                        let src_row = &in_rows[base + lo - pad..base + hi - pad];
+                        let dst = &mut out[y * r + lo..y * r + hi];
+                        for (d, &v) in dst.iter_mut().zip(src_row) {
+                            *d += w * v;
                         }
                     }
                 }
@@ -433,7 +438,7 @@ impl<'a> MicroSampler<'a> {
             ModelSpec::Network { config, .. } => config.clone(),
             ModelSpec::Mixture(_) => unreachable!("refused above"),
         };
-        view.check_names(&config.parameters())
+        view.check_against(&config)
             .map_err(|e| SamplerError::Weights(e.to_string()))?;
         let weight_dtype = view
             .tensors()
@@ -459,38 +464,37 @@ impl<'a> MicroSampler<'a> {
         let emb = c.model_channels * c.channel_mult_emb;
         let (enc, dec, head) = c.topology();
         let blocks = |part: &str, specs: &[crate::model::config::BlockSpec]| {
-            specs
-                .iter()
-                .enumerate()
-                .map(|(i, b)| {
-                    let p = |f: &str| alloc::format!("UNet.{part}.{i}.{f}");
-                    Ok(Block {
-                        cin: b.cin,
-                        cout: b.cout,
-                        resample: b.resample,
-                        takes_skip: b.takes_skip,
-                        norm0: w.norm(&p("norm0"), b.cin)?,
-                        conv0: w.conv(&p("conv0"), b.cin, b.cout, 3)?,
-                        affine: w.lin(&p("affine"), emb, b.cout)?,
-                        norm1: w.norm(&p("norm1"), b.cout)?,
-                        conv1: w.conv(&p("conv1"), b.cout, b.cout, 3)?,
-                        skip: if b.has_skip() {
-                            Some(w.conv(&p("skip"), b.cin, b.cout, 1)?)
-                        } else {
-                            None
-                        },
-                        attention: if b.attention {
-                            Some((
-                                w.norm(&p("norm2"), b.cout)?,
-                                w.conv(&p("qkv"), b.cout, 3 * b.cout, 1)?,
-                                w.conv(&p("proj"), b.cout, b.cout, 1)?,
-                            ))
-                        } else {
-                            None
-                        },
-                    })
-                })
-                .collect::<Result<Vec<_>, SamplerError>>()
+            // Sized once: a doubling Vec of blocks would peak at twice the net on the heap.
+            let mut out = Vec::with_capacity(specs.len());
+            for (i, b) in specs.iter().enumerate() {
+                let p = |f: &str| alloc::format!("UNet.{part}.{i}.{f}");
+                out.push(Block {
+                    cin: b.cin,
+                    cout: b.cout,
+                    resample: b.resample,
+                    takes_skip: b.takes_skip,
+                    norm0: w.norm(&p("norm0"), b.cin)?,
+                    conv0: w.conv(&p("conv0"), b.cin, b.cout, 3)?,
+                    affine: w.lin(&p("affine"), emb, b.cout)?,
+                    norm1: w.norm(&p("norm1"), b.cout)?,
+                    conv1: w.conv(&p("conv1"), b.cout, b.cout, 3)?,
+                    skip: if b.has_skip() {
+                        Some(w.conv(&p("skip"), b.cin, b.cout, 1)?)
+                    } else {
+                        None
+                    },
+                    attention: if b.attention {
+                        Some((
+                            w.norm(&p("norm2"), b.cout)?,
+                            w.conv(&p("qkv"), b.cout, 3 * b.cout, 1)?,
+                            w.conv(&p("proj"), b.cout, b.cout, 1)?,
+                        ))
+                    } else {
+                        None
+                    },
+                });
+            }
+            Ok::<_, SamplerError>(out)
         };
         Ok(UNet {
             config: c.clone(),

@@ -140,11 +140,63 @@ impl<'a> TensorView<'a> {
         self.values.len() + self.scales.len()
     }
 
+    /// The values without name and shape.
+    pub fn weight(&self) -> Weight<'a> {
+        // Parse checked the scale axis (int8 only) and that its channels fit a u16.
+        let (inner, channels) = match self.dtype {
+            WeightDtype::I8 => (
+                self.dims[self.scale_axis + 1..self.rank]
+                    .iter()
+                    .product::<usize>() as u32,
+                self.dims[self.scale_axis] as u16,
+            ),
+            _ => (1, 1),
+        };
+        Weight {
+            values: self.values,
+            scales: self.scales,
+            inner,
+            channels,
+            dtype: self.dtype,
+        }
+    }
+
+    /// Decodes values `start .. start + out.len()` (row-major) into `out` as f32.
+    ///
+    /// # Panics
+    /// If the range is outside the tensor.
+    pub fn read(&self, start: usize, out: &mut [f32]) {
+        self.weight().read(start, out)
+    }
+
+    /// All values as f32.
+    pub fn to_vec(&self) -> Vec<f32> {
+        let mut v = alloc::vec![0.0; self.len()];
+        self.read(0, &mut v);
+        v
+    }
+}
+
+/// A tensor's values without its name and shape (24 bytes on a 32-bit target): what the
+/// micro runtime keeps per parameter once the shapes have been checked.
+#[derive(Clone, Copy, Debug)]
+pub struct Weight<'a> {
+    values: &'a [u8],
+    scales: &'a [u8],
+    /// int8: values per channel step (the product of the dims after the scale axis).
+    inner: u32,
+    /// int8: channels of the scale axis.
+    channels: u16,
+    dtype: WeightDtype,
+}
+
+impl Weight<'_> {
     /// Decodes values `start .. start + out.len()` (row-major) into `out` as f32.
     ///
     /// # Panics
     /// If the range is outside the tensor (a caller bug, never bundle data: shapes are
     /// checked against the config before any read).
+    #[inline]
     pub fn read(&self, start: usize, out: &mut [f32]) {
         let n = out.len();
         match self.dtype {
@@ -161,27 +213,15 @@ impl<'a> TensorView<'a> {
                 }
             }
             WeightDtype::I8 => {
-                let inner: usize = self.dims[self.scale_axis + 1..self.rank].iter().product();
-                let channels = self.dims[self.scale_axis];
+                let (inner, channels) = (self.inner as usize, self.channels as usize);
                 let src = &self.values[start..start + n];
                 for (k, (o, &q)) in out.iter_mut().zip(src).enumerate() {
                     let c = ((start + k) / inner) % channels;
-                    *o = q as i8 as f32 * self.scale(c);
+                    let b = &self.scales[4 * c..4 * c + 4];
+                    *o = q as i8 as f32 * f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
                 }
             }
         }
-    }
-
-    fn scale(&self, c: usize) -> f32 {
-        let b = &self.scales[4 * c..4 * c + 4];
-        f32::from_le_bytes([b[0], b[1], b[2], b[3]])
-    }
-
-    /// All values as f32.
-    pub fn to_vec(&self) -> Vec<f32> {
-        let mut v = alloc::vec![0.0; self.len()];
-        self.read(0, &mut v);
-        v
     }
 }
 
@@ -244,7 +284,10 @@ impl<'a> PackView<'a> {
             return bad("its data section offset is outside the pack or unaligned");
         }
         let data = &bytes[data_at..];
-        let mut tensors: Vec<TensorView<'a>> = Vec::new();
+        // Sized once (a table entry takes at least 16 bytes, so a hostile count cannot
+        // reserve more than the pack's size): on a microcontroller a doubling Vec would
+        // hold up to twice the table.
+        let mut tensors: Vec<TensorView<'a>> = Vec::with_capacity(count.min(bytes.len() / 16));
         for _ in 0..count {
             let code = cur.u8()?;
             let dtype = WeightDtype::from_code(code)
@@ -275,9 +318,10 @@ impl<'a> PackView<'a> {
                 })?;
             let values_len = len.saturating_mul(dtype.width());
             let (scales_at, scales_len) = if dtype == WeightDtype::I8 {
-                if scale_axis >= rank {
+                if scale_axis >= rank || dims[scale_axis] > u16::MAX as usize {
                     return bad(alloc::format!(
-                        "tensor '{name}' scales along axis {scale_axis} of {rank}"
+                        "tensor '{name}' scales along axis {scale_axis} of {rank} (at most \
+                         65535 channels)"
                     ));
                 }
                 let end = (offset as u64 + values_len as u64).next_multiple_of(4);
@@ -347,33 +391,43 @@ impl<'a> PackView<'a> {
         self.tensors.iter().map(|t| t.stored_bytes()).sum()
     }
 
-    /// Checks the pack holds exactly `expected` (name, shape), in any order: what
-    /// `crate::micro` and the host loader require before reading anything. The error lists
-    /// every missing, extra or misshapen tensor.
-    pub fn check_names(&self, expected: &[(String, Vec<usize>)]) -> Result<(), PackError> {
+    /// Checks the pack holds exactly the parameters of `config` (name and shape), in any
+    /// order: what `crate::micro` and the host loader require before reading anything.
+    /// The error lists the first missing, extra or misshapen tensors.
+    pub fn check_against(&self, config: &crate::model::NetConfig) -> Result<(), PackError> {
         let mut problems: Vec<String> = Vec::new();
-        for (name, shape) in expected {
-            match self.get(name) {
-                None => problems.push(alloc::format!("'{name}' is missing")),
-                Some(t) if t.shape() != shape.as_slice() => problems.push(alloc::format!(
+        let mut expected = 0usize;
+        config.visit_parameters(&mut |name, shape| {
+            expected += 1;
+            let problem = match self.get(name) {
+                None => alloc::format!("'{name}' is missing"),
+                Some(t) if t.shape() != shape => alloc::format!(
                     "'{name}' has shape {:?}, the config needs {shape:?}",
                     t.shape()
-                )),
-                Some(_) => {}
+                ),
+                Some(_) => return,
+            };
+            if problems.len() < 8 {
+                problems.push(problem);
             }
-        }
-        for t in &self.tensors {
-            if !expected.iter().any(|(n, _)| n == t.name) {
-                problems.push(alloc::format!(
-                    "'{}' is not a parameter of this network",
-                    t.name
-                ));
+        });
+        // Names are unique (checked by parse): with every expected one present, any
+        // surplus is a tensor the network does not have.
+        if problems.is_empty() && self.tensors.len() > expected {
+            let mut seen = Vec::new();
+            config.visit_parameters(&mut |name, _| seen.push(String::from(name)));
+            for t in &self.tensors {
+                if !seen.iter().any(|n| n == t.name) && problems.len() < 8 {
+                    problems.push(alloc::format!(
+                        "'{}' is not a parameter of this network",
+                        t.name
+                    ));
+                }
             }
         }
         if problems.is_empty() {
             Ok(())
         } else {
-            problems.truncate(8);
             bad(alloc::format!(
                 "the weights do not match the network config: {}",
                 problems.join("; ")
@@ -633,22 +687,73 @@ mod tests {
     }
 
     #[test]
-    fn int8_is_smaller_and_check_names_lists_every_problem() {
+    fn int8_is_smaller_and_check_against_lists_the_problems() {
         let tensors = sample();
         let f32_len = encode(&tensors, WeightDtype::F32).unwrap().len();
         let i8_len = encode(&tensors, WeightDtype::I8).unwrap().len();
         assert!(i8_len < f32_len, "{i8_len} vs {f32_len}");
-        let bytes = encode(&tensors, WeightDtype::F32).unwrap();
-        let pack = PackView::parse(&bytes).unwrap();
-        let expected = alloc::vec![
-            ("a.weight".into(), alloc::vec![3, 2, 3, 3]),
-            ("a.bias".into(), alloc::vec![4]),
-            ("b.weight".into(), alloc::vec![1]),
-        ];
-        let err = pack.check_names(&expected).unwrap_err().0;
-        assert!(err.contains("'a.bias' has shape [3]"), "{err}");
-        assert!(err.contains("'b.weight' is missing"), "{err}");
-        assert!(err.contains("'lin.weight' is not a parameter"), "{err}");
+        // A real network's parameters, one misshapen, one missing, one extra.
+        let config = crate::model::NetConfig::Mlp(
+            crate::model::MlpConfig::new(3)
+                .with_hidden(4)
+                .with_depth(1)
+                .with_noise_channels(4),
+        );
+        let mut params: Vec<PackTensor> = config
+            .parameters()
+            .into_iter()
+            .map(|(name, shape)| PackTensor {
+                values: alloc::vec![0.5; shape.iter().product()],
+                name,
+                shape,
+            })
+            .collect();
+        let good = encode(&params, WeightDtype::I8).unwrap();
+        PackView::parse(&good)
+            .unwrap()
+            .check_against(&config)
+            .unwrap();
+        params[0].shape = alloc::vec![2, 8];
+        params.pop();
+        params.push(PackTensor {
+            name: "Mlp.extra.weight".into(),
+            shape: alloc::vec![1],
+            values: alloc::vec![0.0],
+        });
+        let bytes = encode(&params, WeightDtype::F32).unwrap();
+        let err = PackView::parse(&bytes)
+            .unwrap()
+            .check_against(&config)
+            .unwrap_err()
+            .0;
+        assert!(
+            err.contains("'Mlp.map_layer0.weight' has shape [2, 8]"),
+            "{err}"
+        );
+        assert!(err.contains("'Mlp.output.bias' is missing"), "{err}");
+        // With every parameter present, a surplus tensor is named.
+        params[0].shape = alloc::vec![4, 4];
+        params.pop();
+        params.push(PackTensor {
+            name: "Mlp.output.bias".into(),
+            shape: alloc::vec![3],
+            values: alloc::vec![0.0; 3],
+        });
+        params.push(PackTensor {
+            name: "Mlp.extra.weight".into(),
+            shape: alloc::vec![1],
+            values: alloc::vec![0.0],
+        });
+        let bytes = encode(&params, WeightDtype::F32).unwrap();
+        let err = PackView::parse(&bytes)
+            .unwrap()
+            .check_against(&config)
+            .unwrap_err()
+            .0;
+        assert!(
+            err.contains("'Mlp.extra.weight' is not a parameter"),
+            "{err}"
+        );
     }
 
     #[test]

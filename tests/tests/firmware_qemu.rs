@@ -1,10 +1,14 @@
-//! The firmware check of issues 4 and 5: build `firmware-example` for thumbv7em-none-eabihf
-//! with the shipped `bundles/digits8.bin`, linked for 256 KiB of RAM, boot it in
-//! qemu-system-arm (mps2-an386), and compare its image with the host's for the same bundle
-//! and seed: the initial noise must be bit-identical, the pixels within 2/255 (the targets
-//! may sum floats in a different order). The firmware itself fails if the heap runs out or
-//! the stack reaches the statics.
+//! The firmware check: build `firmware-example` for thumbv7em-none-eabihf (the micro
+//! runtime, no burn) with an embedded bundle, boot it in qemu-system-arm (mps2-an386,
+//! `-icount shift=0`), and compare it with the host for the same bundle and seed:
 //!
+//! - `bundles/digits8.bin` (f32 weights): the initial noise bit-identical, the image equal
+//!   (0/255) to the host's micro runtime and within 2/255 of burn's, in at most 256 KiB of
+//!   flash and 64 KiB of RAM (statics, arena included, plus the stack high-water);
+//! - `mnist8.bin` converted to int8 weights: the image equal to the host's micro runtime on
+//!   the same bundle, in at most 1 MiB of flash and 256 KiB of RAM.
+//!
+//! The firmware itself fails if its heap runs out or the stack reaches the statics.
 //! Needs `qemu-system-arm` and the `thumbv7em-none-eabihf` target (`.ci/run` installs
 //! both). `FEWSTEP_SKIP_FIRMWARE=1` skips it explicitly, with a note on stderr.
 
@@ -12,40 +16,53 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-use sampler_core::Sampler;
 use sampler_core::burn::tensor::Device;
+use sampler_core::micro::MicroSampler;
+use sampler_core::model::weights_to_pack;
+use sampler_core::pack::WeightDtype;
+use sampler_core::sampler::to_u8;
+use sampler_core::{Bundle, Sampler};
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
+#[derive(Debug)]
 struct FirmwareRun {
     noise_crc: u32,
     image_crc: u32,
     pixels: Vec<u8>,
+    flash: usize,
+    statics: usize,
+    arena: usize,
     heap_high_water: usize,
     stack_high_water: usize,
+    instructions: u64,
+    wall: f64,
 }
 
-fn parse(stdout: &str) -> FirmwareRun {
+fn parse(stdout: &str, wall: f64) -> FirmwareRun {
     let hex = |line: &str| {
         u32::from_str_radix(line.trim().trim_start_matches("0x"), 16).expect("hex checksum")
+    };
+    let number = |key: &str| -> u64 {
+        stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .unwrap_or_else(|| panic!("no `{key}` line in:\n{stdout}"))
+            .trim()
+            .parse()
+            .unwrap_or_else(|e| panic!("`{key}`: {e}"))
     };
     let mut lines = stdout.lines();
     let mut noise_crc = None;
     let mut image_crc = None;
-    let mut heap = None;
-    let mut stack = None;
     let mut pixels = Vec::new();
     while let Some(line) = lines.next() {
         if let Some(v) = line.strip_prefix("noise_crc32 ") {
             noise_crc = Some(hex(v));
         } else if let Some(v) = line.strip_prefix("image_crc32 ") {
             image_crc = Some(hex(v));
-        } else if let Some(v) = line.strip_prefix("heap_high_water ") {
-            heap = v.trim().parse().ok();
-        } else if let Some(v) = line.strip_prefix("stack_high_water ") {
-            stack = v.trim().parse().ok();
         } else if line == "P2" || line == "P3" {
             let dims: Vec<usize> = lines
                 .next()
@@ -69,9 +86,108 @@ fn parse(stdout: &str) -> FirmwareRun {
         noise_crc: noise_crc.expect("noise_crc32 line"),
         image_crc: image_crc.expect("image_crc32 line"),
         pixels,
-        heap_high_water: heap.expect("heap_high_water line"),
-        stack_high_water: stack.expect("stack_high_water line"),
+        flash: number("flash_bytes ") as usize,
+        statics: number("statics_bytes ") as usize,
+        arena: number("arena_bytes ") as usize,
+        heap_high_water: number("heap_high_water ") as usize,
+        stack_high_water: number("stack_high_water ") as usize,
+        instructions: number("instructions_per_image "),
+        wall,
     }
+}
+
+/// Builds the firmware with `bundle` embedded and runs it in qemu.
+fn build_and_run(bundle: &Path) -> FirmwareRun {
+    let fw = repo().join("firmware-example");
+    let build = Command::new(env!("CARGO"))
+        .args(["build", "--release", "--quiet"])
+        .current_dir(&fw)
+        .env("FEWSTEP_BUNDLE", bundle)
+        .env_remove("CARGO_TARGET_DIR")
+        .status()
+        .expect("run cargo");
+    assert!(
+        build.success(),
+        "firmware build failed for {}",
+        bundle.display()
+    );
+    let elf = fw.join("target/thumbv7em-none-eabihf/release/firmware-example");
+    let start = Instant::now();
+    let out = Command::new("timeout")
+        .args([
+            "600",
+            "qemu-system-arm",
+            "-machine",
+            "mps2-an386",
+            "-cpu",
+            "cortex-m4",
+            "-nographic",
+            "-icount",
+            "shift=0",
+        ])
+        .args(["-semihosting-config", "enable=on,target=native", "-kernel"])
+        .arg(&elf)
+        .output()
+        .expect("run qemu");
+    let wall = start.elapsed().as_secs_f64();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "firmware with {} exited with {:?}:\n{stdout}\n{}",
+        bundle.display(),
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let run = parse(&stdout, wall);
+    let mut reported = crc32fast::Hasher::new();
+    reported.update(&run.pixels);
+    assert_eq!(
+        reported.finalize(),
+        run.image_crc,
+        "the firmware's printed image does not match its own checksum"
+    );
+    run
+}
+
+/// The host's micro-runtime image 0 of seed 0, in the firmware's activation storage.
+fn host_micro(bytes: &[u8]) -> (u32, Vec<u8>) {
+    let m = MicroSampler::new(bytes).unwrap();
+    let act = m.default_activations();
+    let d = m.bundle().image.values();
+    let mut noise = vec![0.0f32; d];
+    m.initial_noise(0, 0, &mut noise);
+    let mut crc = crc32fast::Hasher::new();
+    for v in &noise {
+        crc.update(&v.to_bits().to_le_bytes());
+    }
+    let mut arena = vec![0u32; m.arena_words(act)];
+    let mut image = vec![0.0f32; d];
+    m.generate(0, 0, None, act, &mut arena, &mut image).unwrap();
+    (crc.finalize(), image.iter().map(|&v| to_u8(v)).collect())
+}
+
+fn max_diff(a: &[u8], b: &[u8]) -> u8 {
+    assert_eq!(a.len(), b.len(), "image size");
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| x.abs_diff(*y))
+        .max()
+        .unwrap_or(0)
+}
+
+fn report(name: &str, r: &FirmwareRun) {
+    eprintln!(
+        "firmware {name}: flash {} B, RAM {} B (statics {} incl. arena {}, heap high-water {}, \
+         stack high-water {}), {} instructions per image, qemu wall {:.1} s",
+        r.flash,
+        r.statics + r.stack_high_water,
+        r.statics,
+        r.arena,
+        r.heap_high_water,
+        r.stack_high_water,
+        r.instructions,
+        r.wall
+    );
 }
 
 #[test]
@@ -89,84 +205,74 @@ fn firmware_in_qemu_matches_the_host() {
         "qemu-system-arm not found: `apt-get install -y qemu-system-arm` and `rustup target add thumbv7em-none-eabihf` \
          (or set FEWSTEP_SKIP_FIRMWARE=1 to skip this check)"
     );
-    let bundle = repo()
+
+    // 1. digits8, f32 weights.
+    let digits = repo()
         .join("bundles/digits8.bin")
         .canonicalize()
         .expect("bundles/digits8.bin");
-    let fw = repo().join("firmware-example");
-
-    // 1. Build.
-    let build = Command::new(env!("CARGO"))
-        .args(["build", "--release", "--quiet"])
-        .current_dir(&fw)
-        .env("FEWSTEP_BUNDLE", &bundle)
-        .env_remove("CARGO_TARGET_DIR")
-        .status()
-        .expect("run cargo");
-    assert!(build.success(), "firmware build failed");
-    let elf = fw.join("target/thumbv7em-none-eabihf/release/firmware-example");
-
-    // 2. Run in qemu, bounded by timeout(1).
-    let start = Instant::now();
-    let out = Command::new("timeout")
-        .args([
-            "600",
-            "qemu-system-arm",
-            "-machine",
-            "mps2-an386",
-            "-cpu",
-            "cortex-m4",
-            "-nographic",
-        ])
-        .args(["-semihosting-config", "enable=on,target=native", "-kernel"])
-        .arg(&elf)
-        .output()
-        .expect("run qemu");
-    let wall = start.elapsed().as_secs_f64();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "firmware exited with {:?}:\n{stdout}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let fw_run = parse(&stdout);
-
-    // 3. The host, through the same library sampler-cli uses (its PNG bytes equal
-    //    `Images::to_u8`, pinned in sampler-cli's tests).
-    let host = Sampler::from_bundle(&std::fs::read(&bundle).unwrap(), &Device::flex()).unwrap();
-    let mut crc = crc32fast::Hasher::new();
-    for v in host.initial_noise(0, 0, 1) {
-        crc.update(&v.to_bits().to_le_bytes());
-    }
+    let bytes = std::fs::read(&digits).unwrap();
+    let fw = build_and_run(&digits);
+    report("digits8 f32", &fw);
+    let (noise_crc, micro) = host_micro(&bytes);
     assert_eq!(
-        fw_run.noise_crc,
-        crc.finalize(),
+        fw.noise_crc, noise_crc,
         "initial noise differs between Cortex-M4 and the host"
     );
-    let want = host.generate(0, 1, None).unwrap().to_u8();
-    assert_eq!(fw_run.pixels.len(), want.len(), "image size");
-    let mut reported = crc32fast::Hasher::new();
-    reported.update(&fw_run.pixels);
+    // The same code on both: the same pixels.
     assert_eq!(
-        reported.finalize(),
-        fw_run.image_crc,
-        "the firmware's printed image does not match its own checksum"
+        max_diff(&fw.pixels, &micro),
+        0,
+        "firmware vs host micro runtime"
     );
-    let max_diff = fw_run
-        .pixels
-        .iter()
-        .zip(&want)
-        .map(|(a, b)| a.abs_diff(*b))
-        .max()
-        .unwrap_or(0);
-    eprintln!(
-        "firmware: qemu wall {wall:.1} s, max pixel difference {max_diff}/255, heap high-water {} bytes, stack high-water {} bytes",
-        fw_run.heap_high_water, fw_run.stack_high_water
+    // And burn, the host's own engine (sampler-cli's PNG bytes are `Images::to_u8`).
+    let burn = Sampler::from_bundle(&bytes, &Device::flex())
+        .unwrap()
+        .generate(0, 1, None)
+        .unwrap()
+        .to_u8();
+    let d = max_diff(&fw.pixels, &burn);
+    assert!(d <= 2, "firmware vs burn: {d}/255 > 2/255");
+    assert!(
+        fw.flash <= 256 * 1024,
+        "digits8 flash {} > 256 KiB",
+        fw.flash
     );
     assert!(
-        fw_run.heap_high_water + fw_run.stack_high_water < 256 * 1024,
-        "heap + stack exceed the 256 KiB budget"
+        fw.statics + fw.stack_high_water <= 64 * 1024,
+        "digits8 RAM {} > 64 KiB",
+        fw.statics + fw.stack_high_water
     );
-    assert!(max_diff <= 2, "max pixel difference {max_diff}/255 > 2/255");
+
+    // 2. mnist8 with int8 weights (f16 activations).
+    let mut b =
+        Bundle::from_bytes(&std::fs::read(repo().join("bundles/mnist8.bin")).unwrap()).unwrap();
+    if let sampler_core::bundle::ModelSpec::Network { config, weights } = &mut b.model {
+        *weights = weights_to_pack(config, weights, WeightDtype::I8).unwrap();
+    }
+    let int8 = b.to_bytes().unwrap();
+    let dir = std::env::temp_dir().join(format!("fewstep-firmware-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("mnist8-int8.bin");
+    std::fs::write(&path, &int8).unwrap();
+    let fw = build_and_run(&path);
+    let _ = std::fs::remove_dir_all(&dir);
+    report("mnist8 int8", &fw);
+    let (noise_crc, micro) = host_micro(&int8);
+    assert_eq!(fw.noise_crc, noise_crc, "mnist8 noise");
+    assert_eq!(
+        max_diff(&fw.pixels, &micro),
+        0,
+        "mnist8 int8: firmware vs host"
+    );
+    assert!(
+        fw.flash <= 1024 * 1024,
+        "mnist8 int8 flash {} > 1 MiB",
+        fw.flash
+    );
+    assert!(
+        fw.statics + fw.stack_high_water <= 256 * 1024,
+        "mnist8 int8 RAM {} > 256 KiB",
+        fw.statics + fw.stack_high_water
+    );
 }

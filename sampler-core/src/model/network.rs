@@ -281,8 +281,7 @@ fn owned_parameters(net: Network) -> Network {
 /// pack's names and shapes are checked against `config` first.
 pub fn pack_to_burnpack(config: &NetConfig, pack: &[u8]) -> Result<Vec<u8>, String> {
     let view = crate::pack::PackView::parse(pack).map_err(|e| e.to_string())?;
-    view.check_names(&config.parameters())
-        .map_err(|e| e.to_string())?;
+    view.check_against(config).map_err(|e| e.to_string())?;
     let tensors = view
         .tensors()
         .iter()
@@ -317,7 +316,7 @@ pub fn weights_to_pack(
     let mut values: Vec<(String, Vec<usize>, Vec<f32>)> = Vec::new();
     if weights.starts_with(&crate::pack::PACK_MAGIC) {
         let view = crate::pack::PackView::parse(weights).map_err(|e| e.to_string())?;
-        view.check_names(&params).map_err(|e| e.to_string())?;
+        view.check_against(config).map_err(|e| e.to_string())?;
         for t in view.tensors() {
             values.push((t.name.into(), t.shape().to_vec(), t.to_vec()));
         }
