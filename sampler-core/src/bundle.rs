@@ -313,11 +313,26 @@ impl Bundle {
     }
 
     /// An upper estimate of the bytes sampling `batch` images at once needs, computed from
-    /// the config before anything is allocated: the weights twice (the bundle's bytes while
-    /// they are loaded) plus `batch` times one image's activations. Call after
+    /// the config before anything is allocated: the weights as they are loaded (a burnpack
+    /// twice; a pack, its f32 values and their burnpack) plus `batch` times one image's
+    /// activations. Call after
     /// [`Bundle::validate`] (which [`Bundle::from_bytes`] runs).
     pub fn memory_bytes(&self, batch: usize) -> u64 {
         let (fixed, per_image) = match &self.model {
+            // A pack is turned into a burnpack for burn (f32 values, each tensor 256-byte
+            // aligned) and then loaded: the pack, the values, the burnpack and the network.
+            ModelSpec::Network { config, weights } if weights.starts_with(&PACK_MAGIC) => {
+                let (mut values, mut tensors) = (0u64, 0u64);
+                config.visit_parameters(&mut |_, shape| {
+                    values += shape.iter().product::<usize>() as u64;
+                    tensors += 1;
+                });
+                let burnpack = 4 * values + 256 * tensors + (64 << 10);
+                (
+                    (weights.len() as u64).saturating_add(3 * burnpack),
+                    config.activation_bytes(),
+                )
+            }
             ModelSpec::Network { config, weights } => {
                 (2 * weights.len() as u64, config.activation_bytes())
             }
@@ -401,11 +416,17 @@ impl Bundle {
         let bundle = Bundle::try_from(wire)?;
         bundle.validate()?;
         let pack = match (&bundle.model, version) {
-            (ModelSpec::Network { weights, .. }, 2) if weights.is_empty() => Some(pack),
-            (ModelSpec::Network { .. }, 1) => None,
-            _ => {
+            (_, 1) => None,
+            (ModelSpec::Network { weights, .. }, _) if weights.is_empty() => Some(pack),
+            (ModelSpec::Network { .. }, _) => {
                 return Err(BundleError::Malformed(
                     "a version-2 bundle keeps a network's weights after the body".to_string(),
+                ));
+            }
+            (ModelSpec::Mixture(_), _) => {
+                return Err(BundleError::Malformed(
+                    "a version-2 bundle holds a network; mixtures are written as version 1"
+                        .to_string(),
                 ));
             }
         };

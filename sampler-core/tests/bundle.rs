@@ -178,11 +178,11 @@ fn header_errors_say_what_is_wrong() {
         Bundle::from_bytes(b"\x89PNG\r\n\x1a\n rest of a png"),
         Err(BundleError::WrongMagic)
     );
-    let mut v2 = bytes.clone();
-    v2[8] = 2;
-    let err = Bundle::from_bytes(&v2).unwrap_err();
-    assert_eq!(err, BundleError::UnsupportedVersion { found: 2 });
-    assert!(err.to_string().contains("version 2"));
+    let mut v3 = bytes.clone();
+    v3[8] = 3;
+    let err = Bundle::from_bytes(&v3).unwrap_err();
+    assert_eq!(err, BundleError::UnsupportedVersion { found: 3 });
+    assert!(err.to_string().contains("version 3"), "{err}");
     let mut flipped = bytes.clone();
     let mid = bytes.len() / 2;
     flipped[mid] ^= 0x10;

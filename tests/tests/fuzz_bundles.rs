@@ -326,7 +326,8 @@ fn the_reported_hostile_edits_are_refused() {
     let wide = with(load("digits8.bin"), &|c| c.model_channels = 64).unwrap();
     let err = Sampler::new(wide, &Device::flex()).err().expect("refused");
     assert!(
-        err.to_string().contains("network config describes"),
+        err.to_string()
+            .contains("the weights do not match the network config"),
         "{err}"
     );
 }

@@ -176,7 +176,9 @@ pub fn network_from_vec(
     config.validate().map_err(invalid)?;
     // Version-2 bundles carry a weights pack: dequantize it into a burnpack.
     let bytes = if bytes.starts_with(&crate::pack::PACK_MAGIC) {
-        pack_to_burnpack(config, &bytes).map_err(invalid)?
+        let burnpack = pack_to_burnpack(config, &bytes).map_err(invalid)?;
+        drop(bytes);
+        burnpack
     } else {
         bytes
     };

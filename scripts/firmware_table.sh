@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The README's firmware table: for each shipped network bundle and weight type, converts the
+# bundle (`trainer export --bundle --weights`), builds firmware-example with it embedded,
+# runs it in qemu (mps2-an386, -icount shift=0) and prints flash, RAM (statics including
+# the arena, plus the stack high-water), the arena, heap high-water and instructions per
+# image. A bundle whose statics do not fit memory.x's 256 KiB fails to link: "does not fit".
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo build --release -q -p trainer
+T=target/release/trainer
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+echo "| bundle | weights | activations | flash | RAM | arena | heap high-water | stack high-water | instructions per image |"
+echo "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"
+for b in digits8 mnist8 face8; do
+    for w in f32 f16 int8; do
+        "$T" export --bundle "bundles/$b.bin" --weights "$w" --out "$tmp/$b-$w.bin" >/dev/null
+        if ! out=$(cd firmware-example && FEWSTEP_BUNDLE="$tmp/$b-$w.bin" cargo run --release -q 2>&1); then
+            if grep -q "will not fit\|overflowed\|region .RAM." <<<"$out"; then
+                echo "| $b | $w | | does not fit 256 KiB of RAM | | | | | |"
+                continue
+            fi
+            echo "$out" >&2
+            exit 1
+        fi
+        get() { sed -n "s/^$1 //p" <<<"$out"; }
+        act=$(sed -n 's/.* activations \([A-Z0-9]*\)$/\1/p' <<<"$out")
+        statics=$(get statics_bytes)
+        stack=$(get stack_high_water)
+        echo "| $b | $w | $act | $(get flash_bytes) | $((statics + stack)) | $(get arena_bytes) | $(get heap_high_water) | $stack | $(get instructions_per_image) |"
+    done
+done
