@@ -374,36 +374,52 @@ fn conv_band<S: Store>(
 ) {
     let r = src.res_out();
     let k = conv.k;
-    let pad = k / 2;
     let band = rows * r;
+    // Input rows carry a zero column on each side (width r + 2), so the 3x3 taps of every
+    // output column are in range without edge cases.
+    let w2 = r + 2;
     for ci in 0..conv.cin {
         // The input rows y0 - pad .. y0 + rows + pad of channel ci.
+        let pad = k / 2;
         for j in 0..rows + 2 * pad {
             let y = y0 as isize + j as isize - pad as isize;
-            src.row(s, ci, y, &mut in_rows[j * r..(j + 1) * r]);
+            let row = &mut in_rows[j * w2..(j + 1) * w2];
+            row[0] = 0.0;
+            row[r + 1] = 0.0;
+            src.row(s, ci, y, &mut row[1..r + 1]);
         }
         for co in 0..conv.cout {
             let f = &mut filter[..k * k];
             conv.w.read((co * conv.cin + ci) * k * k, f);
             let out = &mut acc[co * band..(co + 1) * band];
-            for dy in 0..k {
-                for dx in 0..k {
-                    let w = f[dy * k + dx];
-                    if w == 0.0 {
-                        continue;
+            if k == 3 {
+                // All nine taps per output value: one load and store of the sum.
+                let w = [f[0], f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[8]];
+                for y in 0..rows {
+                    let r0 = &in_rows[y * w2..(y + 1) * w2];
+                    let r1 = &in_rows[(y + 1) * w2..(y + 2) * w2];
+                    let r2 = &in_rows[(y + 2) * w2..(y + 3) * w2];
+                    let dst = &mut out[y * r..(y + 1) * r];
+                    for (x, d) in dst.iter_mut().enumerate() {
+                        *d += w[0] * r0[x]
+                            + w[1] * r0[x + 1]
+                            + w[2] * r0[x + 2]
+                            + w[3] * r1[x]
+                            + w[4] * r1[x + 1]
+                            + w[5] * r1[x + 2]
+                            + w[6] * r2[x]
+                            + w[7] * r2[x + 1]
+                            + w[8] * r2[x + 2];
                     }
-                    // Output x reads input x + dx - pad, inside 0..r: zipped slices, so
-                    // the inner loop has no bounds checks.
-                    let lo = pad.saturating_sub(dx);
-                    let hi = (r + pad).saturating_sub(dx).min(r);
-                    for y in 0..rows {
-                        // lo + dx >= pad, so the start never underflows.
-                        let base = (y + dy) * r + dx;
-                        let src_row = &in_rows[base + lo - pad..base + hi - pad];
-                        let dst = &mut out[y * r + lo..y * r + hi];
-                        for (d, &v) in dst.iter_mut().zip(src_row) {
-                            *d += w * v;
-                        }
+                }
+            } else {
+                // 1x1: the rows as they are (skipping the zero columns).
+                let w = f[0];
+                for y in 0..rows {
+                    let src_row = &in_rows[y * w2 + 1..y * w2 + 1 + r];
+                    let dst = &mut out[y * r..(y + 1) * r];
+                    for (d, &v) in dst.iter_mut().zip(src_row) {
+                        *d += w * v;
                     }
                 }
             }
@@ -943,7 +959,7 @@ fn run_conv<S: Store>(
     let rows = BAND_ROWS.min(r);
     let mark = ctx.f.mark();
     let acc = ctx.f.alloc(cout * rows * r);
-    let in_rows = ctx.f.alloc((rows + 2) * r);
+    let in_rows = ctx.f.alloc((rows + 2) * (r + 2));
     let filter = ctx.f.alloc(9);
     let bias = ctx.f.alloc(cout);
     if !ctx.dry {

@@ -1,7 +1,8 @@
 //! Structure-aware fuzzing of the sampler (issue 11): mutations of the shipped bundles (their
 //! config fields, image shape, labels, preconditioning, levels, weights bytes, raw body bytes)
-//! re-encoded with a valid length and CRC so they reach everything after the envelope, then
-//! decode -> memory estimate against a limit -> `Sampler::new` -> one image. Every input must
+//! re-encoded with a valid length and CRC so they reach everything after the envelope (as
+//! version-1 or version-2 bundles), then decode -> memory estimate against a limit ->
+//! `Sampler::new` -> one image, and the micro runtime's decode -> arena plan -> one image. Every input must
 //! either be refused with an error or give finite pixels; a panic is a failure (an abort or a
 //! hang would stop the test binary, which is a failure too).
 //!
@@ -16,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use sampler_core::bundle::{Bundle, ModelSpec};
 use sampler_core::burn::tensor::Device;
+use sampler_core::micro::MicroSampler;
 use sampler_core::model::NetConfig;
 use sampler_core::precond::Precond;
 use sampler_core::{Sampler, rng};
@@ -23,6 +25,10 @@ use sampler_core::{Sampler, rng};
 /// Memory the fuzzed sampler may use (the CLI's --max-memory check, made small so no single
 /// input runs for long).
 const LIMIT: u64 = 96 << 20;
+/// The micro runtime is single-threaded and simple: it samples mutants up to this arena.
+const MICRO_ARENA_WORDS: usize = 1 << 20;
+/// Mutants the micro runtime sampled.
+static MICRO_SAMPLED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 fn repo(path: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -30,17 +36,26 @@ fn repo(path: &str) -> PathBuf {
         .join(path)
 }
 
-/// The envelope of `Bundle::to_bytes` around an arbitrary body, sealed with its CRC.
-fn seal(body: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(body.len() + 20);
+/// The envelope of `Bundle::to_bytes` around an arbitrary body, sealed with its CRC:
+/// version 1, or version 2 with `pack` appended 16-aligned after the body.
+fn seal_with(body: &[u8], pack: Option<&[u8]>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len() + 36 + pack.map_or(0, |p| p.len()));
     out.extend_from_slice(b"FEWSTEP\0");
-    out.extend_from_slice(&1u16.to_le_bytes());
+    out.extend_from_slice(&(if pack.is_some() { 2u16 } else { 1 }).to_le_bytes());
     out.extend_from_slice(&0u16.to_le_bytes());
     out.extend_from_slice(&(body.len() as u32).to_le_bytes());
     out.extend_from_slice(body);
+    if let Some(pack) = pack {
+        out.resize(out.len().next_multiple_of(16), 0);
+        out.extend_from_slice(pack);
+    }
     let crc = sampler_core::bundle::crc32(&out);
     out.extend_from_slice(&crc.to_le_bytes());
     out
+}
+
+fn seal(body: &[u8]) -> Vec<u8> {
+    seal_with(body, None)
 }
 
 /// A deterministic stream of draws.
@@ -178,6 +193,16 @@ fn mutate(b: &Bundle, d: &mut Draws) -> Vec<u8> {
         }
         _ => {}
     }
+    // Half the pack-weighted mutants as version 2 (the pack after the body), which the micro
+    // runtime reads; the rest as version 1 (the pack inside the body), which only the host
+    // reads.
+    let mut pack = None;
+    if let ModelSpec::Network { weights, .. } = &mut m.model
+        && weights.starts_with(b"FWPK")
+        && d.below(2) == 0
+    {
+        pack = Some(std::mem::take(weights));
+    }
     let mut body = postcard::to_allocvec(&m).expect("bundles serialize");
     // Raw byte edits of the body too (levels, lengths, enum tags), on a third of the inputs
     // and always on the no-op draws.
@@ -189,12 +214,28 @@ fn mutate(b: &Bundle, d: &mut Draws) -> Vec<u8> {
             }
         }
     }
-    seal(&body)
+    seal_with(&body, pack.as_deref())
 }
 
-/// Decode -> memory check -> load -> one image. `Err` is a refusal (fine); a panic unwinds
-/// out of here.
+/// Decode -> memory check -> load -> one image, through the micro runtime (where the
+/// planned arena is small enough to run quickly) and through burn. `Err` is a refusal
+/// (fine); a panic unwinds out of here.
 fn run(bytes: &[u8]) -> Result<(), String> {
+    if let Ok(m) = MicroSampler::new(bytes) {
+        let act = m.default_activations();
+        let words = m.arena_words(act);
+        if words <= MICRO_ARENA_WORDS {
+            let mut arena = vec![0u32; words];
+            let mut out = vec![0.0f32; m.bundle().image.values()];
+            if m.generate(3, 0, None, act, &mut arena, &mut out).is_ok() {
+                MICRO_SAMPLED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                assert!(
+                    out.iter().all(|v| v.is_finite() && v.abs() <= 1.0),
+                    "the micro image has values outside [-1, 1]"
+                );
+            }
+        }
+    }
     let b = Bundle::from_bytes(bytes).map_err(|e| e.to_string())?;
     if b.memory_bytes(1) > LIMIT {
         return Err("over the memory limit".into());
@@ -274,8 +315,10 @@ fn mutated_bundles_are_sampled_or_refused_never_a_crash() {
         tried += 1;
     }
     let _ = std::panic::take_hook();
+    let micro = MICRO_SAMPLED.load(std::sync::atomic::Ordering::Relaxed);
     eprintln!(
-        "fuzz: {tried} inputs in {:.1} s, {sampled} sampled, {} failures",
+        "fuzz: {tried} inputs in {:.1} s, {sampled} sampled by burn, {micro} by the micro \
+         runtime, {} failures",
         start.elapsed().as_secs_f64(),
         failures.len()
     );
@@ -284,6 +327,10 @@ fn mutated_bundles_are_sampled_or_refused_never_a_crash() {
     assert!(
         sampled * 20 >= tried,
         "only {sampled} of {tried} inputs were sampled"
+    );
+    assert!(
+        micro * 40 >= tried,
+        "only {micro} of {tried} inputs reached the micro runtime's sampler"
     );
 }
 

@@ -267,6 +267,66 @@ fn conditional_unet_on_shipped_digits_through_the_cli() {
     );
     let images = sampler.generate(1, 2, Some(3)).unwrap();
     assert_eq!(images.data.len(), 2 * 64);
+
+    // The export is a version-2 bundle the micro runtime reads; --bundle re-encodes it with
+    // int8 weights: a quarter of the weights' size, the same image within int8's error.
+    assert_eq!(sampler_core::Bundle::version_of(&bytes).unwrap(), 2);
+    let out = ok(&trainer(&[
+        "export",
+        "--bundle",
+        &p("digits.bin"),
+        "--weights",
+        "int8",
+        "--name",
+        "digits-int8",
+        "--out",
+        &p("digits-int8.bin"),
+    ]));
+    assert!(out.contains("int8 weights"), "{out}");
+    let int8 = std::fs::read(p("digits-int8.bin")).unwrap();
+    assert!(
+        int8.len() < bytes.len() / 2,
+        "{} vs {}",
+        int8.len(),
+        bytes.len()
+    );
+    let m = sampler_core::micro::MicroSampler::new(&int8).unwrap();
+    assert_eq!(m.weight_dtype(), sampler_core::pack::WeightDtype::I8);
+    assert_eq!(m.bundle().name, "digits-int8");
+    let quantized = sampler_core::Sampler::from_bundle(&int8, &burn::tensor::Device::flex())
+        .unwrap()
+        .generate(1, 2, Some(3))
+        .unwrap();
+    let diff = images
+        .data
+        .iter()
+        .zip(&quantized.data)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(diff > 0.0 && diff < 0.1, "int8 vs f32: {diff}");
+    // --run and --bundle exclude each other; an unknown weight type is one line.
+    let both = trainer(&[
+        "export",
+        "--run",
+        &p("base"),
+        "--bundle",
+        &p("digits.bin"),
+        "--out",
+        &p("x.bin"),
+    ]);
+    assert_eq!(both.status.code(), Some(2));
+    let bad = trainer(&[
+        "export",
+        "--bundle",
+        &p("digits.bin"),
+        "--weights",
+        "int4",
+        "--out",
+        &p("x.bin"),
+    ]);
+    assert_eq!(bad.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("choose f32, f16 or int8"), "{err}");
 }
 
 /// `trainer eval` end to end on a tiny model (the CI smoke test of issue 5): every row and T
