@@ -69,9 +69,22 @@ struct Args {
     #[arg(long, value_name = "SIZE", default_value = "4G", value_parser = sampler_core::fs::parse_size)]
     max_memory: u64,
 
+    /// Upscale every image this many times (nearest neighbour) in the grid and in
+    /// --out-dir PNGs: a 24x24 face at --scale 4 is 96x96.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    scale: u32,
+
+    /// Black pixels between and around the grid's tiles (after scaling).
+    #[arg(long, value_name = "PIXELS", default_value_t = 2, value_parser = clap::value_parser!(u32).range(0..=256))]
+    gap: u32,
+
     /// Print the bundle's metadata and its T noise levels, then exit.
     #[arg(long)]
     info: bool,
+
+    /// With --info: print it as one JSON object (for scripts) instead of text.
+    #[arg(long, requires = "info")]
+    json: bool,
 
     /// Time the sampler instead of writing images: `--count` images (after one warm-up
     /// batch) at each of these batch sizes, printed as a table of images/s.
@@ -114,7 +127,14 @@ fn run(args: &Args) -> Result<()> {
     let bundle =
         Bundle::from_bytes(&bytes).with_context(|| format!("{}", args.bundle.display()))?;
     if args.info {
-        return emit(&info_text(&bundle));
+        let version = Bundle::version_of(&bytes)?;
+        return emit(&if args.json {
+            let mut j = serde_json::to_string_pretty(&info_json(&bundle, version))?;
+            j.push('\n');
+            j
+        } else {
+            info_text(&bundle, version)
+        });
     }
     let largest_batch = match &args.bench {
         Some(batches) => batches.iter().copied().max().unwrap_or(1) as usize,
@@ -157,18 +177,19 @@ fn run(args: &Args) -> Result<()> {
             std::fs::create_dir_all(dir)
                 .with_context(|| format!("cannot create output directory {}", dir.display()))?;
             for k in 0..images.count {
-                write_png(&dir.join(format!("{k:06}.png")), &images.pixels(k))?;
+                let px = images.pixels(k).scaled(args.scale);
+                write_png(&dir.join(format!("{k:06}.png")), &px)?;
             }
             dir.display().to_string()
         }
         None if args.out.as_os_str() == "-" => {
-            let png = sampler_core::fs::encode_png(&images.grid(None))
+            let png = sampler_core::fs::encode_png(&grid(&images, args))
                 .context("cannot encode the PNG")?;
             emit_bytes(&png)?;
             "standard output".to_string()
         }
         None => {
-            write_png(&args.out, &images.grid(None))?;
+            write_png(&args.out, &grid(&images, args))?;
             args.out.display().to_string()
         }
     };
@@ -188,6 +209,11 @@ fn run(args: &Args) -> Result<()> {
         eprint!("{summary}");
         Ok(())
     }
+}
+
+/// The grid PNG of `--out`, with `--scale` and `--gap`.
+fn grid(images: &Images, args: &Args) -> Pixels {
+    images.grid_spaced(None, args.scale as usize, args.gap as usize)
 }
 
 /// `--bench`: images/s at each batch size, from the same seeds as a normal run.
@@ -265,11 +291,66 @@ fn progress_bar(count: usize) -> ProgressBar {
     bar
 }
 
+/// How a network's weights are stored: `burnpack f32` (version 1) or `pack f32|f16|int8`.
+fn weights_format(weights: &[u8]) -> String {
+    if weights.starts_with(&sampler_core::pack::PACK_MAGIC) {
+        match sampler_core::pack::PackView::parse(weights) {
+            Ok(p) => {
+                let dtype = p
+                    .tensors()
+                    .iter()
+                    .find(|t| t.shape().len() > 1)
+                    .map_or("f32", |t| t.dtype.name());
+                format!("pack {dtype}")
+            }
+            Err(_) => "pack (malformed)".into(),
+        }
+    } else {
+        "burnpack f32".into()
+    }
+}
+
+/// What `--info --json` prints: the same facts as [`info_text`], with the network config.
+fn info_json(b: &Bundle, version: u16) -> serde_json::Value {
+    use serde_json::json;
+    let model = match &b.model {
+        ModelSpec::Network { config, weights } => json!({
+            "kind": match config { NetConfig::UNet(_) => "unet", NetConfig::Mlp(_) => "mlp" },
+            "config": config,
+            "weights_bytes": weights.len(),
+            "weights_format": weights_format(weights),
+        }),
+        ModelSpec::Mixture(m) => json!({
+            "kind": "mixture",
+            "components": m.components(),
+            "dim": m.dim,
+        }),
+    };
+    json!({
+        "name": b.name,
+        "description": b.description,
+        "format_version": version,
+        "image": { "channels": b.image.channels, "height": b.image.height, "width": b.image.width },
+        "labels": b.label_count,
+        "precond": b.precond,
+        "solver": b.solver,
+        "model": model,
+        "dataset": b.provenance.dataset,
+        "training_steps": b.provenance.training_steps,
+        "schedule_method": b.provenance.schedule_method,
+        "created_unix": b.provenance.created_unix,
+        "T": b.schedule.len(),
+        "sigmas": b.schedule.sigmas(),
+        "lambdas": b.schedule.lambda_weights(),
+    })
+}
+
 /// What `--info` prints.
-fn info_text(b: &Bundle) -> String {
+fn info_text(b: &Bundle, version: u16) -> String {
     use std::fmt::Write;
     let mut s = String::new();
     let _ = writeln!(s, "name:        {}", b.name);
+    let _ = writeln!(s, "format:      version {version}");
     if !b.description.is_empty() {
         let _ = writeln!(s, "description: {}", b.description);
     }
@@ -295,7 +376,12 @@ fn info_text(b: &Bundle) -> String {
                 NetConfig::UNet(_) => "U-Net (DDPM++)",
                 NetConfig::Mlp(_) => "MLP",
             };
-            let _ = writeln!(s, "model:       {kind}, {} bytes of weights", weights.len());
+            let _ = writeln!(
+                s,
+                "model:       {kind}, {} bytes of weights ({})",
+                weights.len(),
+                weights_format(weights)
+            );
         }
         ModelSpec::Mixture(m) => {
             let _ = writeln!(

@@ -136,6 +136,106 @@ fn grid_has_the_expected_size_and_is_deterministic() {
 }
 
 #[test]
+fn scale_and_gap_enlarge_every_tile_by_nearest_neighbour() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = mixture_bundle(dir.path());
+    let run = |out: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "--bundle",
+            bundle.to_str().unwrap(),
+            "--count",
+            "6",
+            "--seed",
+            "7",
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let o = cli(&args);
+        assert!(o.status.success(), "{}", stderr(&o));
+    };
+    let (plain, big) = (dir.path().join("plain.png"), dir.path().join("big.png"));
+    run(&plain, &["--gap", "0"]);
+    run(&big, &["--scale", "3", "--gap", "5"]);
+    // 3 x 2 tiles of 12x12 with 5-pixel gaps between and around them.
+    assert_eq!(
+        png_dims(&big),
+        (3 * 17 + 5, 2 * 17 + 5, image::ColorType::Rgb8)
+    );
+    // Every output pixel is the source pixel it covers.
+    let (p, b) = (
+        image::open(&plain).unwrap().to_rgb8(),
+        image::open(&big).unwrap().to_rgb8(),
+    );
+    assert_eq!((p.width(), p.height()), (12, 8));
+    for k in 0..6u32 {
+        let (tx, ty) = (k % 3, k / 3);
+        for y in 0..12 {
+            for x in 0..12 {
+                let want = p.get_pixel(tx * 4 + x / 3, ty * 4 + y / 3);
+                let got = b.get_pixel(5 + tx * 17 + x, 5 + ty * 17 + y);
+                assert_eq!(got, want, "tile {k} ({x}, {y})");
+            }
+        }
+    }
+    // The gap is black; per-image PNGs are scaled too.
+    assert_eq!(b.get_pixel(18, 18).0, [0, 0, 0]);
+    assert_eq!(b.get_pixel(2, 10).0, [0, 0, 0]);
+    let out = dir.path().join("each");
+    let o = cli(&[
+        "--bundle",
+        bundle.to_str().unwrap(),
+        "--count",
+        "2",
+        "--scale",
+        "4",
+        "--out-dir",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        png_dims(&out.join("000001.png")),
+        (16, 16, image::ColorType::Rgb8)
+    );
+    let o = cli(&["--bundle", bundle.to_str().unwrap(), "--scale", "0"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+}
+
+#[test]
+fn info_json_is_one_object_scripts_can_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let (bundle, decoded) = unet_bundle(dir.path());
+    let o = cli(&["--bundle", bundle.to_str().unwrap(), "--info", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["name"], decoded.name.as_str());
+    assert_eq!(v["format_version"], 1);
+    assert_eq!(v["labels"], decoded.label_count);
+    assert_eq!(v["image"]["height"], 8);
+    assert_eq!(v["model"]["kind"], "unet");
+    assert_eq!(v["model"]["weights_format"], "burnpack f32");
+    assert_eq!(v["model"]["config"]["UNet"]["img_resolution"], 8);
+    let sigmas: Vec<f32> = serde_json::from_value(v["sigmas"].clone()).unwrap();
+    assert_eq!(sigmas, decoded.schedule.sigmas());
+    assert_eq!(v["T"], decoded.schedule.len());
+    // A shipped version-2 bundle says so, in text too.
+    let face = Path::new(env!("CARGO_MANIFEST_DIR")).join("../bundles/face8.bin");
+    let o = cli(&["--bundle", face.to_str().unwrap(), "--info", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["format_version"], 2);
+    assert_eq!(v["model"]["weights_format"], "pack f32");
+    let o = cli(&["--bundle", face.to_str().unwrap(), "--info"]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        text.contains("format:      version 2") && text.contains("(pack f32)"),
+        "{text}"
+    );
+    // --json alone is a usage error.
+    let o = cli(&["--bundle", face.to_str().unwrap(), "--json"]);
+    assert_eq!(o.status.code(), Some(2));
+}
+
+#[test]
 fn out_dir_pngs_match_the_library_to_the_byte() {
     let dir = tempfile::tempdir().unwrap();
     let (bundle, decoded) = unet_bundle(dir.path());

@@ -156,18 +156,28 @@ impl Images {
     /// All images in a grid of `cols` columns (a near-square one for `None`), image `k` at
     /// row `k / cols`, with a 2-pixel black border.
     pub fn grid(&self, cols: Option<usize>) -> Pixels {
+        self.grid_spaced(cols, 1, 2)
+    }
+
+    /// [`Images::grid`] with each image upscaled `scale` times (nearest neighbour) and `gap`
+    /// black pixels between and around the tiles (in output pixels).
+    pub fn grid_spaced(&self, cols: Option<usize>, scale: usize, gap: usize) -> Pixels {
         let s = self.shape;
-        let (c, h, w) = (s.channels as usize, s.height as usize, s.width as usize);
+        let f = scale.max(1);
+        let (c, h, w) = (
+            s.channels as usize,
+            s.height as usize * f,
+            s.width as usize * f,
+        );
         let cols = cols
             .unwrap_or_else(|| libm::ceil(libm::sqrt(self.count as f64)) as usize)
             .max(1);
         let rows = self.count.div_ceil(cols);
-        let pad = 2;
-        let (gw, gh) = (cols * (w + pad) + pad, rows * (h + pad) + pad);
+        let (gw, gh) = (cols * (w + gap) + gap, rows * (h + gap) + gap);
         let mut data = alloc::vec![0u8; gw * gh * c];
         for k in 0..self.count {
-            let img = self.pixels(k);
-            let (x0, y0) = (pad + (k % cols) * (w + pad), pad + (k / cols) * (h + pad));
+            let img = self.pixels(k).scaled(f as u32);
+            let (x0, y0) = (gap + (k % cols) * (w + gap), gap + (k / cols) * (h + gap));
             for y in 0..h {
                 let dst = ((y0 + y) * gw + x0) * c;
                 data[dst..dst + w * c].copy_from_slice(&img.data[y * w * c..(y + 1) * w * c]);
