@@ -35,8 +35,11 @@ enum Command {
     Pretrain(PretrainArgs),
     /// The two-stage optimization (paper Algorithm 1) of a base bundle for T steps.
     Finetune(FinetuneArgs),
-    /// Write the bundle of a run directory (EMA weights + T levels + provenance).
+    /// Write the bundle of a run directory (EMA weights + T levels + provenance), convert a
+    /// bundle, or write its network as an EDM state dict (--format safetensors).
     Export(ExportArgs),
+    /// Turn an NVlabs/edm SongUNet state dict (+ its config JSON) into a base bundle.
+    Import(ImportArgs),
     /// Write an analytic Gaussian-mixture bundle (an exact model for experiments and tests).
     MakeMixture(MixtureArgs),
     /// Time pre-training, stage 1 (exact and paper gradients) and stage 2 steps.
@@ -330,6 +333,41 @@ struct ExportArgs {
     /// Biases and GroupNorm parameters stay f32. The firmware reads every one in place.
     #[arg(long, default_value = "f32", value_name = "TYPE")]
     weights: WeightDtype,
+    /// What to write.
+    #[arg(long, value_enum, default_value_t = ExportFormat::Bundle)]
+    format: ExportFormat,
+}
+
+#[derive(Args, Debug)]
+struct ImportArgs {
+    /// The state dict: .safetensors or a PyTorch .pt of EDMPrecond/VPPrecond (keys
+    /// `model.*`) or of a bare SongUNet. scripts/edm_to_safetensors.py makes one (and the
+    /// config) from EDM's network-snapshot-*.pkl.
+    #[arg(long = "from", value_name = "FILE")]
+    from: PathBuf,
+    /// The network's config JSON: SongUNet's arguments and the preconditioning.
+    #[arg(long, value_name = "CONFIG.json")]
+    config: PathBuf,
+    /// The base bundle to write.
+    #[arg(long, value_name = "FILE")]
+    out: PathBuf,
+    /// T of the EDM rho = 7 levels written with the weights (ignored when the config
+    /// carries levels, as `export --format safetensors` writes them).
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(2..=1000))]
+    t: u32,
+    /// How the weights are stored in the bundle (f32, f16 or int8).
+    #[arg(long, default_value = "f32", value_name = "TYPE")]
+    weights: WeightDtype,
+}
+
+/// What `export` writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum ExportFormat {
+    /// A fewstep bundle.
+    Bundle,
+    /// The network as an NVlabs/edm state dict (EDMPrecond keys and layouts) plus its
+    /// config JSON beside it (`model.safetensors` -> `model.json`), for PyTorch.
+    Safetensors,
 }
 
 #[derive(Args, Debug)]
@@ -378,6 +416,7 @@ fn dispatch(command: Command) -> Result<()> {
         Command::Pretrain(a) => pretrain(a),
         Command::Finetune(a) => finetune(a),
         Command::Export(a) => export(a),
+        Command::Import(a) => import(a),
         Command::MakeMixture(a) => make_mixture(a),
         Command::Bench(a) => crate::bench::run(a),
         Command::Eval(a) => eval(a),
@@ -686,6 +725,18 @@ fn export(a: ExportArgs) -> Result<()> {
         (Some(run), None) => export_run(run, &a)?,
         (None, None) => bail!("give --run DIR or --bundle FILE"),
     };
+    if a.format == ExportFormat::Safetensors {
+        let config = crate::interop::config_path_for(&a.out);
+        crate::interop::export_safetensors(&bundle, &a.out, &config)?;
+        println!(
+            "wrote {} and {} (EDMPrecond state dict and config; the T = {} levels are in the \
+             config's \"fewstep\" section)",
+            a.out.display(),
+            config.display(),
+            bundle.schedule.len()
+        );
+        return Ok(());
+    }
     if let ModelSpec::Network { config, weights } = &mut bundle.model {
         *weights = sampler_core::model::weights_to_pack(config, weights, a.weights)
             .map_err(|e| anyhow::anyhow!("cannot convert the weights: {e}"))?;
@@ -700,6 +751,49 @@ fn export(a: ExportArgs) -> Result<()> {
         bundle.schedule.len(),
         bundle.provenance.schedule_method
     );
+    Ok(())
+}
+
+fn import(a: ImportArgs) -> Result<()> {
+    let imported = crate::interop::import(&a.from, &a.config, a.t as usize, a.weights)?;
+    let bytes = imported.bundle.to_bytes()?;
+    write_atomic(&a.out, &bytes)?;
+    let b = &imported.bundle;
+    let params = match &b.model {
+        ModelSpec::Network { config, .. } => config
+            .parameters()
+            .iter()
+            .map(|(_, s)| s.iter().product::<usize>())
+            .sum::<usize>(),
+        ModelSpec::Mixture(_) => 0,
+    };
+    println!(
+        "wrote {} ({} bytes: {params} parameters as {}, {}x{}x{}, {} labels, precond {}, T = {})",
+        a.out.display(),
+        bytes.len(),
+        a.weights.name(),
+        b.image.channels,
+        b.image.height,
+        b.image.width,
+        b.label_count,
+        b.precond.name(),
+        b.schedule.len()
+    );
+    let filters = imported
+        .skipped
+        .iter()
+        .filter(|s| s.ends_with(".resample_filter"))
+        .count();
+    if filters > 0 {
+        println!("  checked: {filters} resample filter buffers, all EDM's [1, 1] filter");
+    }
+    for s in imported
+        .skipped
+        .iter()
+        .filter(|s| !s.ends_with(".resample_filter"))
+    {
+        println!("  left out: {s}");
+    }
     Ok(())
 }
 

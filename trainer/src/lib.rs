@@ -10,6 +10,7 @@ pub mod data;
 pub mod eval;
 pub mod finetune;
 pub mod frechet;
+pub mod interop;
 pub mod losses;
 pub mod memory;
 pub mod model;

@@ -293,12 +293,13 @@ impl UNetConfig {
     /// architecture that [`UNetConfig::init`] builds and [`UNetConfig::validate`] checks.
     /// Returns them with the channels of the output head.
     pub(crate) fn topology(&self) -> (Vec<BlockSpec>, Vec<BlockSpec>, usize) {
-        let spec = |cin, cout, attention, resample, takes_skip| BlockSpec {
+        let spec = |cin, cout, attention, resample, takes_skip, edm_name| BlockSpec {
             cin,
             cout,
             attention,
             resample,
             takes_skip,
+            edm_name,
         };
         // Encoder, in SongUNet's order.
         let mut enc = Vec::new();
@@ -307,14 +308,16 @@ impl UNetConfig {
         for (level, &mult) in self.channel_mult.iter().enumerate() {
             let res = self.img_resolution >> level;
             if level > 0 {
-                enc.push(spec(cout, cout, false, Resample::Down, false));
+                let name = alloc::format!("{res}x{res}_down");
+                enc.push(spec(cout, cout, false, Resample::Down, false, name));
                 skips.push(cout);
             }
-            for _ in 0..self.num_blocks {
+            for idx in 0..self.num_blocks {
                 let cin = cout;
                 cout = self.model_channels.saturating_mul(mult);
                 let attn = self.attn_resolutions.contains(&res);
-                enc.push(spec(cin, cout, attn, Resample::None, false));
+                let name = alloc::format!("{res}x{res}_block{idx}");
+                enc.push(spec(cin, cout, attn, Resample::None, false, name));
                 skips.push(cout);
             }
         }
@@ -324,19 +327,57 @@ impl UNetConfig {
         for (level, &mult) in self.channel_mult.iter().enumerate().rev() {
             let res = self.img_resolution >> level;
             if level + 1 == levels {
-                dec.push(spec(cout, cout, true, Resample::None, false)); // in0
-                dec.push(spec(cout, cout, false, Resample::None, false)); // in1
+                let (in0, in1) = (
+                    alloc::format!("{res}x{res}_in0"),
+                    alloc::format!("{res}x{res}_in1"),
+                );
+                dec.push(spec(cout, cout, true, Resample::None, false, in0));
+                dec.push(spec(cout, cout, false, Resample::None, false, in1));
             } else {
-                dec.push(spec(cout, cout, false, Resample::Up, false));
+                let name = alloc::format!("{res}x{res}_up");
+                dec.push(spec(cout, cout, false, Resample::Up, false, name));
             }
             for idx in 0..=self.num_blocks {
                 let cin = cout.saturating_add(skips.pop().unwrap_or(0));
                 cout = self.model_channels.saturating_mul(mult);
                 let attn = idx == self.num_blocks && self.attn_resolutions.contains(&res);
-                dec.push(spec(cin, cout, attn, Resample::None, true));
+                let name = alloc::format!("{res}x{res}_block{idx}");
+                dec.push(spec(cin, cout, attn, Resample::None, true, name));
             }
         }
         (enc, dec, cout)
+    }
+
+    /// Every layer of the network as (our path prefix, NVlabs/edm's `SongUNet` path prefix):
+    /// `UNet.enc.3` is `enc.16x16_block0`, `UNet.conv_in` is `enc.32x32_conv`. What
+    /// `trainer import` and `export --format safetensors` translate names with; the field
+    /// names inside a layer are the same but GroupNorm's (`gamma`/`beta` against
+    /// `weight`/`bias`). Call [`UNetConfig::validate`] first.
+    pub fn edm_layer_names(&self) -> Vec<(String, String)> {
+        let r = self.img_resolution;
+        let (enc, dec, _) = self.topology();
+        let mut out: Vec<(String, String)> = ["map_label", "map_layer0", "map_layer1"]
+            .iter()
+            .map(|n| (alloc::format!("UNet.{n}"), String::from(*n)))
+            .collect();
+        out.push(("UNet.conv_in".into(), alloc::format!("enc.{r}x{r}_conv")));
+        for (part, blocks) in [("enc", &enc), ("dec", &dec)] {
+            for (i, b) in blocks.iter().enumerate() {
+                out.push((
+                    alloc::format!("UNet.{part}.{i}"),
+                    alloc::format!("{part}.{}", b.edm_name),
+                ));
+            }
+        }
+        out.push((
+            "UNet.aux_norm".into(),
+            alloc::format!("dec.{r}x{r}_aux_norm"),
+        ));
+        out.push((
+            "UNet.aux_conv".into(),
+            alloc::format!("dec.{r}x{r}_aux_conv"),
+        ));
+        out
     }
 
     /// An upper estimate of the bytes of activations one image needs in a forward pass
@@ -386,6 +427,8 @@ pub(crate) struct BlockSpec {
     pub(crate) attention: bool,
     pub(crate) resample: Resample,
     pub(crate) takes_skip: bool,
+    /// The block's key in SongUNet's `enc`/`dec` dictionaries (`16x16_block0`).
+    pub(crate) edm_name: String,
 }
 
 impl BlockSpec {
