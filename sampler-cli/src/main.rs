@@ -78,6 +78,17 @@ struct Args {
     #[arg(long, value_name = "PIXELS", default_value_t = 2, value_parser = clap::value_parser!(u32).range(0..=256))]
     gap: u32,
 
+    /// Sample with this solver instead of the bundle's: euler, heun (2T - 1 evaluations),
+    /// dpmpp2m or ipndm.
+    #[arg(long, value_name = "SOLVER")]
+    solver: Option<sampler_core::bundle::SolverKind>,
+
+    /// Sample over these levels instead of the bundle's: `bundle`, `edm` (EDM's rho = 7
+    /// schedule with the bundle's T, s_min and s_max) or a FILE (another bundle, or a text
+    /// file of decreasing levels).
+    #[arg(long, value_name = "bundle|edm|FILE")]
+    levels: Option<String>,
+
     /// Print the bundle's metadata and its T noise levels, then exit.
     #[arg(long)]
     info: bool,
@@ -124,16 +135,42 @@ fn main() -> ExitCode {
 fn run(args: &Args) -> Result<()> {
     let bytes = std::fs::read(&args.bundle)
         .with_context(|| format!("cannot read bundle {}", args.bundle.display()))?;
-    let bundle =
+    let mut bundle =
         Bundle::from_bytes(&bytes).with_context(|| format!("{}", args.bundle.display()))?;
+    let recorded = (bundle.solver, bundle.schedule.clone());
+    if let Some(kind) = args.solver {
+        bundle.solver = kind;
+    }
+    if let Some(levels) = &args.levels {
+        bundle.schedule = override_levels(&bundle, levels)?;
+    }
     if args.info {
         let version = Bundle::version_of(&bytes)?;
         return emit(&if args.json {
-            let mut j = serde_json::to_string_pretty(&info_json(&bundle, version))?;
+            let mut j = info_json(&bundle, version);
+            j["recorded_solver"] = recorded.0.name().into();
+            j["recorded_sigmas"] = serde_json::to_value(recorded.1.sigmas())?;
+            let mut j = serde_json::to_string_pretty(&j)?;
             j.push('\n');
             j
         } else {
-            info_text(&bundle, version)
+            let mut text = info_text(&bundle, version);
+            if recorded.0 != bundle.solver || recorded.1 != bundle.schedule {
+                use std::fmt::Write;
+                let levels: Vec<String> = recorded
+                    .1
+                    .sigmas()
+                    .iter()
+                    .map(|s| format!("{s:.6}"))
+                    .collect();
+                let _ = writeln!(
+                    text,
+                    "overridden:  the bundle records solver {} and sigmas {}",
+                    recorded.0.name(),
+                    levels.join(" ")
+                );
+            }
+            text
         });
     }
     let largest_batch = match &args.bench {
@@ -208,6 +245,35 @@ fn run(args: &Args) -> Result<()> {
     } else {
         eprint!("{summary}");
         Ok(())
+    }
+}
+
+/// The levels `--levels` asks for.
+fn override_levels(bundle: &Bundle, spec: &str) -> Result<sampler_core::Schedule> {
+    use sampler_core::Schedule;
+    let s = &bundle.schedule;
+    match spec {
+        "bundle" => Ok(s.clone()),
+        "edm" => Ok(Schedule::edm(s.len(), s.s_min() as f64, s.s_max() as f64)?),
+        path => {
+            let bytes =
+                std::fs::read(path).with_context(|| format!("cannot read --levels {path}"))?;
+            if bytes.starts_with(&sampler_core::bundle::MAGIC) {
+                let other = Bundle::from_bytes(&bytes).with_context(|| path.to_string())?;
+                return Ok(other.schedule);
+            }
+            let text = String::from_utf8(bytes)
+                .map_err(|_| anyhow::anyhow!("--levels {path}: neither a bundle nor text"))?;
+            let levels = text
+                .split(|c: char| c.is_whitespace() || c == ',')
+                .filter(|t| !t.is_empty())
+                .map(|t| {
+                    t.parse::<f32>()
+                        .map_err(|_| anyhow::anyhow!("--levels {path}: '{t}' is not a number"))
+                })
+                .collect::<Result<Vec<f32>>>()?;
+            Schedule::new(levels).with_context(|| format!("--levels {path}"))
+        }
     }
 }
 
@@ -333,7 +399,7 @@ fn info_json(b: &Bundle, version: u16) -> serde_json::Value {
         "image": { "channels": b.image.channels, "height": b.image.height, "width": b.image.width },
         "labels": b.label_count,
         "precond": b.precond,
-        "solver": b.solver,
+        "solver": b.solver.name(),
         "model": model,
         "dataset": b.provenance.dataset,
         "training_steps": b.provenance.training_steps,
@@ -369,7 +435,12 @@ fn info_text(b: &Bundle, version: u16) -> String {
         }
     );
     let _ = writeln!(s, "precond:     {:?}", b.precond);
-    let _ = writeln!(s, "solver:      {:?}", b.solver);
+    let _ = writeln!(
+        s,
+        "solver:      {} ({} evaluations)",
+        b.solver.name(),
+        b.solver.nfe(b.schedule.len())
+    );
     match &b.model {
         ModelSpec::Network { config, weights } => {
             let kind = match config {

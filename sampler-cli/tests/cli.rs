@@ -202,6 +202,77 @@ fn scale_and_gap_enlarge_every_tile_by_nearest_neighbour() {
 }
 
 #[test]
+fn solver_and_levels_override_the_bundle() {
+    let dir = tempfile::tempdir().unwrap();
+    let (bundle, decoded) = unet_bundle(dir.path());
+    let b = bundle.to_str().unwrap();
+    let run = |extra: &[&str]| {
+        let out = dir
+            .path()
+            .join(format!("{}.png", extra.join("_").replace('/', "")));
+        let mut args = vec![
+            "--bundle",
+            b,
+            "--count",
+            "3",
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let o = cli(&args);
+        assert!(o.status.success(), "{}", stderr(&o));
+        std::fs::read(&out).unwrap()
+    };
+    // Each override is what the library gives for the same bundle edited the same way.
+    let library = |solver: SolverKind, schedule: Schedule| {
+        let mut b = decoded.clone();
+        b.solver = solver;
+        b.schedule = schedule;
+        let images = Sampler::new(b, &Device::flex())
+            .unwrap()
+            .generate(0, 3, None)
+            .unwrap();
+        sampler_core::fs::encode_png(&images.grid(None)).unwrap()
+    };
+    let levels = decoded.schedule.clone();
+    assert_eq!(
+        run(&["--solver", "ipndm"]),
+        library(SolverKind::Ipndm, levels.clone())
+    );
+    assert_ne!(run(&["--solver", "ipndm"]), run(&[]));
+    let edm = Schedule::edm(levels.len(), levels.s_min() as f64, levels.s_max() as f64).unwrap();
+    assert_eq!(
+        run(&["--levels", "edm", "--solver", "dpmpp2m"]),
+        library(SolverKind::DpmPp2m, edm)
+    );
+    // Levels from a text file.
+    let file = dir.path().join("levels.txt");
+    std::fs::write(&file, "80, 10\n1.5 0.1\n0.002\n").unwrap();
+    let custom = Schedule::new(vec![80.0, 10.0, 1.5, 0.1, 0.002]).unwrap();
+    assert_eq!(
+        run(&["--levels", file.to_str().unwrap()]),
+        library(SolverKind::Euler, custom)
+    );
+    // --info shows the override and what the bundle records.
+    let o = cli(&["--bundle", b, "--solver", "heun", "--info"]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.contains("solver:      heun"), "{text}");
+    assert!(text.contains("the bundle records solver euler"), "{text}");
+    // Bad values are one line.
+    let o = cli(&["--bundle", b, "--solver", "rk4"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("euler, heun, dpmpp2m or ipndm"),
+        "{}",
+        stderr(&o)
+    );
+    std::fs::write(&file, "1 2 3").unwrap();
+    let o = cli(&["--bundle", b, "--levels", file.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("levels"), "{}", stderr(&o));
+}
+
+#[test]
 fn info_json_is_one_object_scripts_can_read() {
     let dir = tempfile::tempdir().unwrap();
     let (bundle, decoded) = unet_bundle(dir.path());

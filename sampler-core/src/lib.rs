@@ -21,7 +21,6 @@ pub mod precond;
 pub mod rng;
 pub mod sampler;
 pub mod schedule;
-#[cfg(feature = "burn")]
 pub mod solver;
 
 pub use bundle::{Bundle, BundleError};

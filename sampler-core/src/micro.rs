@@ -19,7 +19,7 @@
 use alloc::string::ToString;
 use alloc::vec::Vec;
 
-use crate::bundle::{Bundle, ModelSpec};
+use crate::bundle::{Bundle, ModelSpec, SolverKind};
 use crate::model::{MlpConfig, NetConfig, Resample, UNetConfig};
 use crate::pack::{PackView, Weight, WeightDtype, f16_to_f32, f32_to_f16};
 use crate::precond::Precond;
@@ -705,7 +705,8 @@ impl<'a> MicroSampler<'a> {
         Ok(())
     }
 
-    /// The Euler loop of `solver::euler` on one image; returns the f32 buffer of the result.
+    /// The bundle's solver (`crate::solver`) on one image; returns the f32 buffer of the
+    /// result. The same formulas as the tensor solvers, on slices.
     fn sample_in<S: Store>(
         &self,
         ctx: &mut Ctx<'_, S>,
@@ -721,21 +722,124 @@ impl<'a> MicroSampler<'a> {
         }
         let sigmas = self.bundle.schedule.sigmas();
         let t = sigmas.len();
-        for i in 0..t {
-            self.denoise(ctx, x, den, sigmas[i], label);
-            if ctx.dry {
-                continue;
-            }
-            let [xs, ds] = disjoint(&mut *ctx.f.data, [x, den]);
-            if i + 1 < t {
-                // x_{i+1} = r x_i + (1 - r) D(x_i, s_i), r = s_{i+1}/s_i (method.md §2).
-                let ratio = sigmas[i + 1] / sigmas[i];
-                let rest = 1.0 - ratio;
-                for (xv, &mut dv) in xs.iter_mut().zip(ds) {
-                    *xv = *xv * ratio + dv * rest;
+        match self.bundle.solver {
+            SolverKind::Euler => {
+                for i in 0..t {
+                    self.denoise(ctx, x, den, sigmas[i], label);
+                    if ctx.dry {
+                        continue;
+                    }
+                    let [xs, ds] = disjoint(&mut *ctx.f.data, [x, den]);
+                    if i + 1 < t {
+                        // x_{i+1} = r x_i + (1 - r) D(x_i, s_i), r = s_{i+1}/s_i.
+                        let ratio = sigmas[i + 1] / sigmas[i];
+                        let rest = 1.0 - ratio;
+                        for (xv, &mut dv) in xs.iter_mut().zip(ds) {
+                            *xv = *xv * ratio + dv * rest;
+                        }
+                    } else {
+                        xs.copy_from_slice(ds);
+                    }
                 }
-            } else {
-                xs.copy_from_slice(ds);
+            }
+            SolverKind::DpmPp2m => {
+                let prev = ctx.f.alloc(d);
+                for i in 0..t {
+                    self.denoise(ctx, x, den, sigmas[i], label);
+                    if ctx.dry {
+                        continue;
+                    }
+                    let [xs, ds, ps] = disjoint(&mut *ctx.f.data, [x, den, prev]);
+                    if i + 1 == t {
+                        xs.copy_from_slice(ds);
+                        continue;
+                    }
+                    let ratio = sigmas[i + 1] / sigmas[i];
+                    let rest = 1.0 - ratio;
+                    // From the second step: D_hat = (1 + 1/(2r)) D_i - 1/(2r) D_{i-1}.
+                    let half_inv_r = if i == 0 {
+                        0.0
+                    } else {
+                        let h = libm::logf(sigmas[i]) - libm::logf(sigmas[i + 1]);
+                        let h_last = libm::logf(sigmas[i - 1]) - libm::logf(sigmas[i]);
+                        h / (2.0 * h_last)
+                    };
+                    for ((xv, &mut dv), pv) in xs.iter_mut().zip(ds).zip(ps.iter_mut()) {
+                        let target = dv * (1.0 + half_inv_r) - *pv * half_inv_r;
+                        *xv = *xv * ratio + target * rest;
+                        *pv = dv;
+                    }
+                }
+            }
+            SolverKind::Heun => {
+                let x_euler = ctx.f.alloc(d);
+                let d_cur = ctx.f.alloc(d);
+                for i in 0..t {
+                    self.denoise(ctx, x, den, sigmas[i], label);
+                    if !ctx.dry && i + 1 == t {
+                        let [xs, ds] = disjoint(&mut *ctx.f.data, [x, den]);
+                        xs.copy_from_slice(ds);
+                    }
+                    if i + 1 == t {
+                        continue;
+                    }
+                    let (s_cur, s_next) = (sigmas[i], sigmas[i + 1]);
+                    let h = s_next - s_cur;
+                    if !ctx.dry {
+                        let [xs, ds, es, cs] = disjoint(&mut *ctx.f.data, [x, den, x_euler, d_cur]);
+                        for k in 0..d {
+                            cs[k] = (xs[k] - ds[k]) / s_cur;
+                            es[k] = xs[k] + cs[k] * h;
+                        }
+                    }
+                    self.denoise(ctx, x_euler, den, s_next, label);
+                    if !ctx.dry {
+                        let [xs, ds, es, cs] = disjoint(&mut *ctx.f.data, [x, den, x_euler, d_cur]);
+                        for k in 0..d {
+                            let d_next = (es[k] - ds[k]) / s_next;
+                            xs[k] += (cs[k] + d_next) * (h * 0.5);
+                        }
+                    }
+                }
+            }
+            SolverKind::Ipndm => {
+                // The last three derivatives, newest first, rotated through the buffers.
+                let mut hist = [
+                    ctx.f.alloc(d),
+                    ctx.f.alloc(d),
+                    ctx.f.alloc(d),
+                    ctx.f.alloc(d),
+                ];
+                for i in 0..t {
+                    self.denoise(ctx, x, den, sigmas[i], label);
+                    if ctx.dry {
+                        continue;
+                    }
+                    hist.rotate_right(1);
+                    let weights = crate::solver::ipndm_weights(i);
+                    let mut w = [0.0f32; 4];
+                    for (a, &b) in w.iter_mut().zip(weights) {
+                        *a = b as f32;
+                    }
+                    let h = if i + 1 < t { sigmas[i + 1] } else { 0.0 } - sigmas[i];
+                    let [xs, ds, h0, h1, h2, h3] = disjoint(
+                        &mut *ctx.f.data,
+                        [x, den, hist[0], hist[1], hist[2], hist[3]],
+                    );
+                    let s_i = sigmas[i];
+                    for k in 0..d {
+                        h0[k] = (xs[k] - ds[k]) / s_i;
+                        let mut slope = h0[k] * w[0];
+                        for (j, hj) in [&*h1, &*h2, &*h3]
+                            .iter()
+                            .enumerate()
+                            .take(weights.len() - 1)
+                        {
+                            slope += hj[k] * w[j + 1];
+                        }
+                        xs[k] += slope * h;
+                    }
+                }
             }
         }
         x

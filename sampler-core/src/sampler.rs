@@ -2,8 +2,8 @@
 //!
 //! Image `k` of a run with seed `seed` starts from `x_0 = s_max * eps`, where `eps` is
 //! stream [`rng::image_seed`]`(seed, k)` of the portable generator in C*H*W order, so it is
-//! the same on every target and whatever the batch size. Euler then runs over the bundle's
-//! levels (docs/method.md §2).
+//! the same on every target and whatever the batch size. The bundle's solver (Euler unless
+//! it names another) then runs over its levels (docs/method.md §2).
 
 use alloc::string::String;
 #[cfg(feature = "burn")]
@@ -22,7 +22,7 @@ use crate::model::{Network, Preconditioned, network_from_vec};
 #[cfg(feature = "burn")]
 use crate::rng;
 #[cfg(feature = "burn")]
-use crate::solver::{Denoiser, Step, euler};
+use crate::solver::{Denoiser, Step, solve};
 
 /// Why sampling failed.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -334,7 +334,8 @@ impl Sampler {
             &self.device,
         );
         let sigmas = self.bundle.schedule.to_tensor(&self.device);
-        let run = || self.with_denoiser(|den| euler(den, x0, sigmas, labels, on_step));
+        let kind = self.bundle.solver;
+        let run = || self.with_denoiser(|den| solve(kind, den, x0, sigmas, labels, on_step));
         #[cfg(feature = "std")]
         let out = crate::model::flex_ops::on_cpu_workers(run);
         #[cfg(not(feature = "std"))]

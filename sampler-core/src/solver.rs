@@ -5,12 +5,18 @@
 //!   `x_{i+1} = (s_{i+1}/s_i) x_i + (1 - s_{i+1}/s_i) D(x_i, s_i)`, `s_T = 0`.
 //! - [`heun`]: EDM's second-order deterministic sampler (Karras et al. 2022, Algorithm 1),
 //!   Euler on the last step to `s = 0`; used for reference solutions.
+//! - [`dpmpp_2m`]: DPM-Solver++(2M) as k-diffusion writes it.
+//! - [`ipndm`]: the improved PNDM of Zhang & Chen (Adams-Bashforth on `dx/ds` with a
+//!   lower-order warm start), the strongest training-free solver at 5-10 evaluations in
+//!   their tables.
 //!
 //! Levels come as a tensor so the trainer can differentiate the sampler's output with
 //! respect to them (method.md §5, `exact` gradient).
 
+#[cfg(feature = "burn")]
 use burn::tensor::Tensor;
 
+#[cfg(feature = "burn")]
 /// A denoiser `D(x, s)`: the network with its preconditioning, or an exact mixture.
 pub trait Denoiser {
     /// Dimension `d` of one flattened sample.
@@ -23,6 +29,7 @@ pub trait Denoiser {
     fn denoise(&self, x: Tensor<2>, sigma: Tensor<1>, labels: Option<Tensor<2>>) -> Tensor<2>;
 }
 
+#[cfg(feature = "burn")]
 /// What a solver reports after each denoiser evaluation.
 pub struct Step<'a> {
     /// Index `i` of the level just used (0-based).
@@ -35,11 +42,13 @@ pub struct Step<'a> {
     pub denoised: &'a Tensor<2>,
 }
 
+#[cfg(feature = "burn")]
 /// `s_i` of `sigmas` broadcast to a batch of `b`: `[b]`.
 fn level(sigmas: &Tensor<1>, i: usize, b: usize) -> Tensor<1> {
     sigmas.clone().slice(i..i + 1).expand([b])
 }
 
+#[cfg(feature = "burn")]
 /// First-order Euler over the levels `s_0 > ... > s_{T-1}` (then `s_T = 0`): `T` denoiser
 /// evaluations, output `x_T = D(x_{T-1}, s_{T-1})`.
 ///
@@ -56,6 +65,7 @@ pub fn euler<D: Denoiser + ?Sized>(
     last_step(denoiser, x, &sigmas, labels, on_step)
 }
 
+#[cfg(feature = "burn")]
 /// The step from `s_{T-1}` to `s_T = 0`, the same in every solver here:
 /// `x_T = D(x_{T-1}, s_min)`.
 fn last_step<D: Denoiser + ?Sized>(
@@ -77,6 +87,7 @@ fn last_step<D: Denoiser + ?Sized>(
     denoised
 }
 
+#[cfg(feature = "burn")]
 /// The first `T - 1` Euler steps: the state `x_{T-1}` at `s_min`, before the final
 /// denoising (the quantity of the paper's discretization loss, Eq. 9-10).
 ///
@@ -108,6 +119,7 @@ pub fn euler_to_min<D: Denoiser + ?Sized>(
     x
 }
 
+#[cfg(feature = "burn")]
 /// EDM's Heun sampler over the levels `s_0 > ... > s_{T-1}` (then `s_T = 0`, reached by a
 /// plain Euler step): `2T - 1` denoiser evaluations.
 ///
@@ -124,6 +136,7 @@ pub fn heun<D: Denoiser + ?Sized>(
     last_step(denoiser, x, &sigmas, labels, on_step)
 }
 
+#[cfg(feature = "burn")]
 /// The first `T - 1` Heun steps: the state at `s_min` (`2T - 2` evaluations), the
 /// reference solution of the `teacher` discretization target (docs/method.md §4).
 ///
@@ -160,6 +173,7 @@ pub fn heun_to_min<D: Denoiser + ?Sized>(
     x
 }
 
+#[cfg(feature = "burn")]
 /// DPM-Solver++(2M) (Lu et al. 2022) over the levels `s_0 > ... > s_{T-1}` then `s_T = 0`,
 /// following k-diffusion's `sample_dpmpp_2m`: `T` evaluations; in EDM's parameterization its
 /// first-order step is exactly Euler, and from the second step on it extrapolates
@@ -202,4 +216,114 @@ pub fn dpmpp_2m<D: Denoiser + ?Sized>(
         previous = Some(denoised);
     }
     last_step(denoiser, x, &sigmas, labels, on_step)
+}
+
+/// The Adams-Bashforth weights of iPNDM for the `k`-th step (0-based) from the newest
+/// derivative back: first order, then 2, 3 and 4 (the uniform-step coefficients, as in the
+/// reference code).
+pub fn ipndm_weights(k: usize) -> &'static [f64] {
+    const W: [&[f64]; 4] = [
+        &[1.0],
+        &[1.5, -0.5],
+        &[23.0 / 12.0, -16.0 / 12.0, 5.0 / 12.0],
+        &[55.0 / 24.0, -59.0 / 24.0, 37.0 / 24.0, -9.0 / 24.0],
+    ];
+    W[k.min(3)]
+}
+
+#[cfg(feature = "burn")]
+/// iPNDM over the levels `s_0 > ... > s_{T-1}` and `s_T = 0`: `T` evaluations, each step
+/// `x_{i+1} = x_i + (s_{i+1} - s_i) sum_j w_j d_{i-j}` with `d_i = (x_i - D(x_i, s_i)) / s_i`
+/// and the weights of [`ipndm_weights`]; the step to `s_T = 0` uses the multistep formula
+/// too (unlike Euler and DPM-Solver++, whose last step is `D(x_{T-1}, s_min)`).
+///
+/// # Shapes
+/// `x0`: `[B, d]`, `sigmas`: `[T]` -> `[B, d]`.
+pub fn ipndm<D: Denoiser + ?Sized>(
+    denoiser: &D,
+    x0: Tensor<2>,
+    sigmas: Tensor<1>,
+    labels: Option<Tensor<2>>,
+    on_step: impl FnMut(Step<'_>),
+) -> Tensor<2> {
+    let t = sigmas.dims()[0];
+    ipndm_steps(denoiser, x0, sigmas, labels, t, on_step)
+}
+
+#[cfg(feature = "burn")]
+/// The first `T - 1` iPNDM steps: the state at `s_min` (what stage 1 compares with the
+/// teacher).
+pub fn ipndm_to_min<D: Denoiser + ?Sized>(
+    denoiser: &D,
+    x0: Tensor<2>,
+    sigmas: Tensor<1>,
+    labels: Option<Tensor<2>>,
+    on_step: impl FnMut(Step<'_>),
+) -> Tensor<2> {
+    let t = sigmas.dims()[0];
+    ipndm_steps(denoiser, x0, sigmas, labels, t - 1, on_step)
+}
+
+#[cfg(feature = "burn")]
+fn ipndm_steps<D: Denoiser + ?Sized>(
+    denoiser: &D,
+    x0: Tensor<2>,
+    sigmas: Tensor<1>,
+    labels: Option<Tensor<2>>,
+    steps: usize,
+    mut on_step: impl FnMut(Step<'_>),
+) -> Tensor<2> {
+    let b = x0.dims()[0];
+    let t = sigmas.dims()[0];
+    let s = |i: usize| sigmas.clone().slice(i..i + 1).reshape([1, 1]);
+    let mut x = x0;
+    // Newest first.
+    let mut history: alloc::vec::Vec<Tensor<2>> = alloc::vec::Vec::new();
+    for i in 0..steps {
+        let denoised = denoiser.denoise(x.clone(), level(&sigmas, i, b), labels.clone());
+        on_step(Step {
+            index: i,
+            steps: t,
+            x: &x,
+            denoised: &denoised,
+        });
+        let d = (x.clone() - denoised) / s(i);
+        history.insert(0, d);
+        history.truncate(4);
+        let w = ipndm_weights(i);
+        let mut slope = history[0].clone().mul_scalar(w[0]);
+        for (dj, &wj) in history.iter().zip(w).skip(1) {
+            slope = slope + dj.clone().mul_scalar(wj);
+        }
+        // h_i = s_{i+1} - s_i, with s_T = 0.
+        let h = if i + 1 < t {
+            s(i + 1) - s(i)
+        } else {
+            s(i).neg()
+        };
+        x = x + slope * h;
+    }
+    x
+}
+
+#[cfg(feature = "burn")]
+/// The solver a bundle names, over its levels.
+///
+/// # Shapes
+/// `x0`: `[B, d]`, `sigmas`: `[T]` -> `[B, d]`.
+pub fn solve<D: Denoiser + ?Sized>(
+    kind: crate::bundle::SolverKind,
+    denoiser: &D,
+    x0: Tensor<2>,
+    sigmas: Tensor<1>,
+    labels: Option<Tensor<2>>,
+    on_step: impl FnMut(Step<'_>),
+) -> Tensor<2> {
+    use crate::bundle::SolverKind;
+    match kind {
+        SolverKind::Euler => euler(denoiser, x0, sigmas, labels, on_step),
+        SolverKind::Heun => heun(denoiser, x0, sigmas, labels, on_step),
+        SolverKind::DpmPp2m => dpmpp_2m(denoiser, x0, sigmas, labels, on_step),
+        SolverKind::Ipndm => ipndm(denoiser, x0, sigmas, labels, on_step),
+    }
 }

@@ -120,6 +120,31 @@ fn micro_matches_burn_on_every_shipped_bundle() {
 }
 
 #[test]
+fn micro_runs_every_solver_as_burn_does() {
+    let v2 = shipped("digits8.bin");
+    for kind in SolverKind::ALL {
+        let mut b = Bundle::from_bytes(&v2).unwrap();
+        b.solver = kind;
+        let bytes = b.to_bytes().unwrap();
+        let host = burn_image(&bytes, 5, 1);
+        let micro = micro_image(&bytes, 5, 1, Activations::F32);
+        let d = max_diff(&host, &micro);
+        eprintln!("{}: max |micro - burn| = {d:.3e}", kind.name());
+        // Heun divides by s_{i+1} down to s_min = 0.002, which multiplies rounding
+        // differences by up to 500 (measured 1.2e-5).
+        let bound = if kind == SolverKind::Heun { 5e-5 } else { 1e-5 };
+        assert!(d <= bound, "{}: {d}", kind.name());
+    }
+    // The solvers differ from each other (the override is not a no-op).
+    let image = |kind| {
+        let mut b = Bundle::from_bytes(&v2).unwrap();
+        b.solver = kind;
+        micro_image(&b.to_bytes().unwrap(), 5, 1, Activations::F32)
+    };
+    assert!(max_diff(&image(SolverKind::Euler), &image(SolverKind::Ipndm)) > 1e-3);
+}
+
+#[test]
 fn micro_matches_burn_on_networks_the_bundles_do_not_cover() {
     let unet = |label_dim, attn: Vec<usize>, mult: Vec<usize>, blocks| {
         NetConfig::UNet(

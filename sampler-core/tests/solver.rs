@@ -5,7 +5,7 @@ use sampler_core::burn;
 use sampler_core::gmm::Mixture;
 use sampler_core::rng;
 use sampler_core::schedule::Schedule;
-use sampler_core::solver::{Denoiser, dpmpp_2m, euler, heun};
+use sampler_core::solver::{Denoiser, dpmpp_2m, euler, heun, ipndm};
 
 fn tensor2(v: Vec<f32>, rows: usize, cols: usize, device: &Device) -> Tensor<2> {
     Tensor::from_data(TensorData::new(v, [rows, cols]), device)
@@ -33,6 +33,7 @@ enum Solver {
     Euler,
     Heun,
     DpmPp2m,
+    Ipndm,
 }
 
 /// For one component N(mu, c^2 I), x - D = (x - mu) s^2/(c^2+s^2), so the PF-ODE solution is
@@ -67,6 +68,7 @@ fn single_component_errors(ts: &[usize], solver: Solver) -> Vec<f64> {
                 Solver::Euler => euler(&den, x0t, sched.to_tensor(&device), None, on_step),
                 Solver::Heun => heun(&den, x0t, sched.to_tensor(&device), None, on_step),
                 Solver::DpmPp2m => dpmpp_2m(&den, x0t, sched.to_tensor(&device), None, on_step),
+                Solver::Ipndm => ipndm(&den, x0t, sched.to_tensor(&device), None, on_step),
             };
             let got = to_vec(last.unwrap());
             let scale = ((c * c + s_min * s_min) / (c * c + s_max * s_max)).sqrt();
@@ -114,6 +116,77 @@ fn dpmpp_2m_converges_at_second_order() {
     // At the same NFE (T = 128) it beats Euler by more than 10x.
     let euler = single_component_errors(&ts, Solver::Euler);
     assert!(errs[3] < 0.1 * euler[3], "{errs:?} vs Euler {euler:?}");
+}
+
+#[test]
+fn ipndm_is_second_order_here_and_beats_dpmpp_at_equal_nfe() {
+    let ts = [8, 16, 32, 64];
+    let errs = single_component_errors(&ts, Solver::Ipndm);
+    let p = slope(&ts, &errs);
+    eprintln!("ipndm errors {errs:?} slope {p:.3}");
+    let dpm = single_component_errors(&ts, Solver::DpmPp2m);
+    eprintln!("dpm-solver++(2m) errors {dpm:?}");
+    // Fixed (uniform-step) Adams-Bashforth weights on EDM's graded steps lose the nominal
+    // fourth order: second order measured (local slopes 1.6 to 2.3 over T = 8..64).
+    assert!((1.8..=2.6).contains(&p), "iPNDM order {p}, errors {errs:?}");
+    // At every T it is 2.6-3.1x more accurate than DPM-Solver++(2M) with the same NFE.
+    assert!(
+        errs.iter().zip(&dpm).all(|(e, d)| *e < 0.5 * d),
+        "{errs:?} vs DPM-Solver++(2M) {dpm:?}"
+    );
+}
+
+/// iPNDM written out independently in f64 on one Gaussian N(mu, c^2), whose denoiser is
+/// D(x, s) = (c^2 x + s^2 mu) / (c^2 + s^2): the library's five steps (the last to s = 0)
+/// give the same number.
+#[test]
+fn ipndm_matches_a_hand_computed_run() {
+    let (mu, c) = (0.4f64, 0.7f64);
+    let sched = Schedule::edm(5, 0.002, 80.0).unwrap();
+    let mut s: Vec<f64> = sched.sigmas().iter().map(|&v| v as f64).collect();
+    s.push(0.0);
+    let x0 = 1.3 * s[0];
+    let den = |x: f64, s: f64| (c * c * x + s * s * mu) / (c * c + s * s);
+    let mut x = x0;
+    let mut d: Vec<f64> = Vec::new(); // newest last
+    for i in 0..5 {
+        d.push((x - den(x, s[i])) / s[i]);
+        let n = d.len();
+        let slope = match n {
+            1 => d[0],
+            2 => (3.0 * d[1] - d[0]) / 2.0,
+            3 => (23.0 * d[2] - 16.0 * d[1] + 5.0 * d[0]) / 12.0,
+            _ => (55.0 * d[n - 1] - 59.0 * d[n - 2] + 37.0 * d[n - 3] - 9.0 * d[n - 4]) / 24.0,
+        };
+        x += (s[i + 1] - s[i]) * slope;
+    }
+    let device = Device::flex();
+    let mix = Mixture {
+        dim: 1,
+        means: vec![mu as f32],
+        stds: vec![c as f32],
+        weights: vec![1.0],
+    }
+    .to_device(&device)
+    .unwrap();
+    let got = to_vec(ipndm(
+        &mix,
+        tensor2(vec![x0 as f32], 1, 1, &device),
+        sched.to_tensor(&device),
+        None,
+        |_| {},
+    ))[0] as f64;
+    eprintln!("iPNDM by hand {x:.7}, library {got:.7}");
+    assert!((got - x).abs() <= 1e-5 * x.abs().max(1.0), "{got} vs {x}");
+    // The multistep last step is not Euler's D(x_{T-1}, s_min): the two differ here.
+    let euler_out = to_vec(euler(
+        &mix,
+        tensor2(vec![x0 as f32], 1, 1, &device),
+        sched.to_tensor(&device),
+        None,
+        |_| {},
+    ))[0] as f64;
+    assert!((euler_out - x).abs() > 1e-4, "{euler_out} vs {x}");
 }
 
 #[test]

@@ -11,6 +11,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, anyhow, bail};
 use burn::tensor::{Device, Tensor, TensorData};
+use sampler_core::bundle::SolverKind;
 use sampler_core::gmm::MixtureDenoiser;
 use sampler_core::rng;
 use sampler_core::schedule::Schedule;
@@ -70,51 +71,25 @@ pub fn evaluate_schedule(
     })
 }
 
-/// The solver of an evaluation row.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SolverRow {
-    /// Euler (the paper's sampler, what bundles run).
-    Euler,
-    /// EDM's Heun: `n` levels cost `2n - 1` evaluations.
-    Heun,
-    /// DPM-Solver++(2M): one evaluation per level.
-    DpmPp2m,
+/// Name of a solver in tables.
+pub fn solver_title(kind: SolverKind) -> &'static str {
+    match kind {
+        SolverKind::Euler => "Euler",
+        SolverKind::Heun => "Heun",
+        SolverKind::DpmPp2m => "DPM-Solver++(2M)",
+        SolverKind::Ipndm => "iPNDM",
+    }
 }
 
-impl SolverRow {
-    /// Name in tables.
-    pub fn name(self) -> &'static str {
-        match self {
-            SolverRow::Euler => "Euler",
-            SolverRow::Heun => "Heun",
-            SolverRow::DpmPp2m => "DPM-Solver++(2M)",
+/// Levels to use for a budget of `nfe` evaluations, and the evaluations they cost: Heun
+/// gets the largest `n` with `2n - 1 <= nfe`.
+pub fn levels_for(kind: SolverKind, nfe: usize) -> (usize, usize) {
+    match kind {
+        SolverKind::Heun => {
+            let n = nfe.div_ceil(2).max(2);
+            (n, kind.nfe(n))
         }
-    }
-
-    /// Levels to use for a budget of `nfe` evaluations, and the evaluations they cost:
-    /// Heun gets the largest `n` with `2n - 1 <= nfe`.
-    pub fn levels_for(self, nfe: usize) -> (usize, usize) {
-        match self {
-            SolverRow::Heun => {
-                let n = nfe.div_ceil(2).max(2);
-                (n, 2 * n - 1)
-            }
-            _ => (nfe, nfe),
-        }
-    }
-
-    fn solve(
-        self,
-        den: &dyn Denoiser,
-        x0: Tensor<2>,
-        sigmas: Tensor<1>,
-        labels: Option<Tensor<2>>,
-    ) -> Tensor<2> {
-        match self {
-            SolverRow::Euler => euler(den, x0, sigmas, labels, |_| {}),
-            SolverRow::Heun => heun(den, x0, sigmas, labels, |_| {}),
-            SolverRow::DpmPp2m => sampler_core::solver::dpmpp_2m(den, x0, sigmas, labels, |_| {}),
-        }
+        _ => (nfe, kind.nfe(nfe)),
     }
 }
 
@@ -223,7 +198,7 @@ fn one_hot(first: usize, count: usize, label_count: u32, device: &Device) -> Opt
 #[allow(clippy::too_many_arguments)]
 fn generate(
     den: &dyn Denoiser,
-    solver: SolverRow,
+    solver: SolverKind,
     schedule: &Schedule,
     eps: &[f32],
     label_count: u32,
@@ -243,7 +218,14 @@ fn generate(
         )
         .mul_scalar(schedule.s_max() as f64);
         let labels = one_hot(first, b, label_count, device);
-        let x = solver.solve(den, x0, schedule.to_tensor(device), labels);
+        let x = sampler_core::solver::solve(
+            solver,
+            den,
+            x0,
+            schedule.to_tensor(device),
+            labels,
+            |_| {},
+        );
         out.extend(
             x.try_into_vec_as::<f32>()
                 .map_err(|e| anyhow!("reading samples back: {e:?}"))?,
@@ -331,7 +313,7 @@ pub fn run_eval(
     let (reference, _) = base.with_denoiser(|den| {
         generate(
             den,
-            SolverRow::Heun,
+            SolverKind::Heun,
             &reference_levels,
             &eps[..ref_count * d],
             label_count,
@@ -342,30 +324,36 @@ pub fn run_eval(
 
     struct Plan {
         row: String,
-        solver: SolverRow,
+        solver: SolverKind,
         bundle: Option<PathBuf>,
     }
     let mut plans = vec![
         Plan {
             row: "Euler, EDM rho=7".into(),
-            solver: SolverRow::Euler,
+            solver: SolverKind::Euler,
             bundle: None,
         },
         Plan {
             row: "Heun, EDM rho=7".into(),
-            solver: SolverRow::Heun,
+            solver: SolverKind::Heun,
             bundle: None,
         },
         Plan {
             row: "DPM-Solver++(2M), EDM rho=7".into(),
-            solver: SolverRow::DpmPp2m,
+            solver: SolverKind::DpmPp2m,
+            bundle: None,
+        },
+        Plan {
+            row: "iPNDM, EDM rho=7".into(),
+            solver: SolverKind::Ipndm,
             bundle: None,
         },
     ];
     for (name, pattern) in &config.tuned {
         plans.push(Plan {
             row: name.clone(),
-            solver: SolverRow::Euler,
+            // Replaced by each tuned bundle's own solver below.
+            solver: SolverKind::Euler,
             bundle: Some(PathBuf::from(pattern)),
         });
     }
@@ -403,7 +391,8 @@ pub fn run_eval(
                 }
             };
             let sampler = tuned.as_ref().unwrap_or(&base);
-            let (levels, nfe) = plan.solver.levels_for(t);
+            let solver = tuned.as_ref().map_or(plan.solver, |s| s.bundle().solver);
+            let (levels, nfe) = levels_for(solver, t);
             let schedule = match &tuned {
                 Some(s) => s.bundle().schedule.clone(),
                 None => Schedule::edm(levels, s_min, s_max)?,
@@ -411,7 +400,7 @@ pub fn run_eval(
             let (samples, seconds) = sampler.with_denoiser(|den| {
                 generate(
                     den,
-                    plan.solver,
+                    solver,
                     &schedule,
                     &eps,
                     label_count,
@@ -725,11 +714,12 @@ mod tests {
 
     #[test]
     fn heun_gets_the_levels_that_fit_the_budget() {
-        assert_eq!(SolverRow::Heun.levels_for(5), (3, 5));
-        assert_eq!(SolverRow::Heun.levels_for(8), (4, 7));
-        assert_eq!(SolverRow::Heun.levels_for(3), (2, 3));
-        assert_eq!(SolverRow::Euler.levels_for(8), (8, 8));
-        assert_eq!(SolverRow::DpmPp2m.levels_for(12), (12, 12));
+        assert_eq!(levels_for(SolverKind::Heun, 5), (3, 5));
+        assert_eq!(levels_for(SolverKind::Heun, 8), (4, 7));
+        assert_eq!(levels_for(SolverKind::Heun, 3), (2, 3));
+        assert_eq!(levels_for(SolverKind::Euler, 8), (8, 8));
+        assert_eq!(levels_for(SolverKind::DpmPp2m, 12), (12, 12));
+        assert_eq!(levels_for(SolverKind::Ipndm, 5), (5, 5));
     }
 
     #[test]

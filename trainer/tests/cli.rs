@@ -418,8 +418,9 @@ fn eval_smoke_on_a_tiny_model() {
             v
         })
         .collect();
-    // T = 3: the three training-free rows; T = 4: those and the `same` row.
-    assert_eq!(rows.len(), 7, "{csv}");
+    // T = 3: the four training-free rows; T = 4: those and the `same` row.
+    assert_eq!(rows.len(), 9, "{csv}");
+    assert!(rows.iter().any(|r| r[1] == "iPNDM, EDM rho=7"), "{csv}");
     let find = |name: &str, t: &str| {
         rows.iter()
             .find(|r| r[1] == name && r[3] == t)
