@@ -189,6 +189,22 @@ pub fn dpmpp_2m<D: Denoiser + ?Sized>(
     labels: Option<Tensor<2>>,
     mut on_step: impl FnMut(Step<'_>),
 ) -> Tensor<2> {
+    let x = dpmpp_2m_to_min(denoiser, x0, sigmas.clone(), labels.clone(), &mut on_step);
+    last_step(denoiser, x, &sigmas, labels, on_step)
+}
+
+#[cfg(feature = "burn")]
+/// The first `T - 1` DPM-Solver++(2M) steps: the state at `s_min`.
+///
+/// # Shapes
+/// `x0`: `[B, d]`, `sigmas`: `[T]` -> `[B, d]`.
+pub fn dpmpp_2m_to_min<D: Denoiser + ?Sized>(
+    denoiser: &D,
+    x0: Tensor<2>,
+    sigmas: Tensor<1>,
+    labels: Option<Tensor<2>>,
+    mut on_step: impl FnMut(Step<'_>),
+) -> Tensor<2> {
     let b = x0.dims()[0];
     let t = sigmas.dims()[0];
     let s = |i: usize| sigmas.clone().slice(i..i + 1).reshape([1, 1]);
@@ -215,7 +231,7 @@ pub fn dpmpp_2m<D: Denoiser + ?Sized>(
         x = x * ratio.clone() + target * ratio.neg().add_scalar(1.0);
         previous = Some(denoised);
     }
-    last_step(denoiser, x, &sigmas, labels, on_step)
+    x
 }
 
 /// The Adams-Bashforth weights of iPNDM for the `k`-th step (0-based) from the newest
@@ -325,5 +341,28 @@ pub fn solve<D: Denoiser + ?Sized>(
         SolverKind::Heun => heun(denoiser, x0, sigmas, labels, on_step),
         SolverKind::DpmPp2m => dpmpp_2m(denoiser, x0, sigmas, labels, on_step),
         SolverKind::Ipndm => ipndm(denoiser, x0, sigmas, labels, on_step),
+    }
+}
+
+/// The state at `s_min` (before the step to `s = 0`) of the solver a bundle names: what
+/// stage 1 compares with the teacher's (docs/method.md §4), differentiable in the levels.
+///
+/// # Shapes
+/// `x0`: `[B, d]`, `sigmas`: `[T]` -> `[B, d]`.
+#[cfg(feature = "burn")]
+pub fn solve_to_min<D: Denoiser + ?Sized>(
+    kind: crate::bundle::SolverKind,
+    denoiser: &D,
+    x0: Tensor<2>,
+    sigmas: Tensor<1>,
+    labels: Option<Tensor<2>>,
+    on_step: impl FnMut(Step<'_>),
+) -> Tensor<2> {
+    use crate::bundle::SolverKind;
+    match kind {
+        SolverKind::Euler => euler_to_min(denoiser, x0, sigmas, labels, on_step),
+        SolverKind::Heun => heun_to_min(denoiser, x0, sigmas, labels, on_step),
+        SolverKind::DpmPp2m => dpmpp_2m_to_min(denoiser, x0, sigmas, labels, on_step),
+        SolverKind::Ipndm => ipndm_to_min(denoiser, x0, sigmas, labels, on_step),
     }
 }

@@ -291,6 +291,10 @@ struct FinetuneArgs {
     /// re-running the sampler for every batch. 0 turns the cache off.
     #[arg(long, default_value_t = 0, value_name = "N")]
     traj_refresh: u64,
+    /// The solver to learn levels for: stage 1 unrolls it (exact gradient, --mode
+    /// stage1-only) and the bundle records it. euler (the paper's), heun, dpmpp2m, ipndm.
+    #[arg(long, default_value = "euler", value_name = "SOLVER")]
+    solver: SolverKind,
     /// EMA decay of the exported weights.
     #[arg(long, default_value_t = 0.999)]
     ema_decay: f64,
@@ -675,6 +679,7 @@ fn finetune(a: FinetuneArgs) -> Result<()> {
     c.teacher_steps = a.teacher_steps;
     c.teacher_pool = a.teacher_pool;
     c.traj_refresh = a.traj_refresh;
+    c.solver = a.solver;
     c.ema_decay = a.ema_decay;
     c.s_max = a.s_max.unwrap_or(base.schedule.s_max() as f64);
     c.s_min = a.s_min.unwrap_or(base.schedule.s_min() as f64);

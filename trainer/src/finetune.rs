@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use sampler_core::bundle::Bundle;
+use sampler_core::bundle::SolverKind;
 use sampler_core::model::{Preconditioned, network_from_bytes, weights_to_bytes};
 use sampler_core::schedule::{Schedule, Warp, lambda_weights};
 use sampler_core::solver::{Denoiser, heun_to_min};
@@ -104,6 +105,9 @@ pub struct FinetuneConfig {
     /// (Absent from configs written before the cache existed: those ran without it.)
     #[serde(default)]
     pub traj_refresh: u64,
+    /// The solver stage 1 unrolls and the bundle records (Euler: the paper's two-stage).
+    #[serde(default = "euler_solver")]
+    pub solver: SolverKind,
     /// Largest level (default: the base bundle's).
     pub s_max: f64,
     /// Smallest level (default: the base bundle's).
@@ -139,6 +143,7 @@ impl FinetuneConfig {
             teacher_steps: 64,
             teacher_pool: 256,
             traj_refresh: 0,
+            solver: SolverKind::Euler,
             s_max: 80.0,
             s_min: 0.002,
             ema_decay: 0.999,
@@ -165,6 +170,16 @@ impl FinetuneConfig {
 
     /// Checks the numbers a user can get wrong.
     pub fn validate(&self) -> Result<()> {
+        if self.solver != SolverKind::Euler
+            && (self.mode != Mode::Stage1Only || self.disc_grad != DiscGrad::Exact)
+        {
+            bail!(
+                "--solver {} learns levels with --mode stage1-only --disc-grad exact: L_bound \
+                 and the paper gradient are Euler's (method.md §4), and stage 2 for other \
+                 solvers is not implemented yet",
+                self.solver.name()
+            );
+        }
         if self.t < 3 {
             bail!("--t must be at least 3 (T = 2 has no free level to learn)");
         }
@@ -212,11 +227,16 @@ impl FinetuneConfig {
     fn schedule_method(&self) -> String {
         match self.mode {
             Mode::TwoStage | Mode::Stage1Only => format!(
-                "{} {:?}/{:?} warp={} gamma={} rounds={}",
+                "{}{} {:?}/{:?} warp={} gamma={} rounds={}",
                 if self.mode == Mode::TwoStage {
                     "two-stage"
                 } else {
                     "stage1-only"
+                },
+                if self.solver == SolverKind::Euler {
+                    String::new()
+                } else {
+                    format!(" solver={}", self.solver.name())
                 },
                 self.disc_target,
                 self.disc_grad,
@@ -638,8 +658,14 @@ impl Finetune {
                             let rows = bound.rows.clone();
                             let l_bound =
                                 bound.finish(den.denoise(rows.x, rows.sigma, rows.labels));
-                            let l =
-                                disc_loss_exact(den, disc_x0, disc_labels, sigmas.clone(), target);
+                            let l = disc_loss_exact(
+                                c.solver,
+                                den,
+                                disc_x0,
+                                disc_labels,
+                                sigmas.clone(),
+                                target,
+                            );
                             (l_bound, l.clone(), l)
                         }
                         DiscGrad::Paper => {
@@ -669,7 +695,13 @@ impl Finetune {
                             (l_bound, l, sur)
                         }
                     };
-                    let objective = l_bound.clone() + disc_term.mul_scalar(c.gamma);
+                    // L_bound is Euler's bound (method.md §4): other solvers learn their
+                    // levels on L_disc alone (still reported beside it).
+                    let objective = if c.solver == SolverKind::Euler {
+                        l_bound.clone() + disc_term.mul_scalar(c.gamma)
+                    } else {
+                        disc_term.mul_scalar(c.gamma)
+                    };
                     (l_bound, disc_value, objective)
                 })
             };
@@ -803,7 +835,7 @@ impl Finetune {
                     (x0, target)
                 }
             };
-            let l_disc = disc_loss_exact(den, x0, labels.clone(), sigmas.clone(), target);
+            let l_disc = disc_loss_exact(c.solver, den, x0, labels.clone(), sigmas.clone(), target);
             Ok((scalar(&l_bound), scalar(&l_disc)))
         })
     }
@@ -843,6 +875,7 @@ pub fn export_bundle(
     {
         weights.clone_from(ema);
     }
+    b.solver = config.solver;
     b.provenance.training_steps += ck.step;
     b.provenance.schedule_method = config.schedule_method();
     b.provenance.created_unix = std::time::SystemTime::now()
@@ -943,4 +976,8 @@ pub fn run(
     }
     bar.finish_and_clear();
     Ok(ft)
+}
+
+fn euler_solver() -> SolverKind {
+    SolverKind::Euler
 }

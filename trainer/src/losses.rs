@@ -12,8 +12,9 @@
 //! Every squared norm is a mean over the `d` dimensions, then over the batch.
 
 use burn::tensor::{Int, Tensor, TensorData};
+use sampler_core::bundle::SolverKind;
 use sampler_core::precond::Precond;
-use sampler_core::solver::{Denoiser, euler_to_min};
+use sampler_core::solver::{Denoiser, euler_to_min, solve_to_min};
 
 /// How the per-level diffusion losses are weighted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -173,19 +174,20 @@ pub fn edm_loss(
     (per * precond.loss_weight(s)).mean()
 }
 
-/// `L_disc` through the unrolled Euler sampler: gradients reach the levels along every
-/// path (the `exact` estimator of method.md §5).
+/// `L_disc` through the unrolled sampler (Euler, or the solver a run learns levels for):
+/// gradients reach the levels along every path (the `exact` estimator of method.md §5).
 ///
 /// # Shapes
 /// `x0`, `target`: `[B, d]`; `sigmas`: `[T]` -> `[1]`.
 pub fn disc_loss_exact(
+    solver: SolverKind,
     den: &dyn Denoiser,
     x0: Tensor<2>,
     labels: Option<Tensor<2>>,
     sigmas: Tensor<1>,
     target: Tensor<2>,
 ) -> Tensor<1> {
-    let x_last = euler_to_min(den, x0, sigmas, labels, |_| {});
+    let x_last = solve_to_min(solver, den, x0, sigmas, labels, |_| {});
     row_mse(x_last, target).mean()
 }
 

@@ -70,7 +70,14 @@ fn losses(den: &dyn Denoiser, c: &Case, logits: &ScheduleLogits) -> (Tensor<1>, 
         Weighting::Lambda,
         Precond::default(),
     );
-    let ld = disc_loss_exact(den, c.x0.clone(), None, sigmas, c.target.clone());
+    let ld = disc_loss_exact(
+        sampler_core::bundle::SolverKind::Euler,
+        den,
+        c.x0.clone(),
+        None,
+        sigmas,
+        c.target.clone(),
+    );
     (lb, ld)
 }
 

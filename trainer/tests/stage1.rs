@@ -1,6 +1,6 @@
 //! Stage 1 on an analytic mixture (no network error): the learned schedule against EDM's.
 
-use sampler_core::bundle::Bundle;
+use sampler_core::bundle::{Bundle, SolverKind};
 use sampler_core::schedule::Schedule;
 use trainer::eval::{ScheduleEval, evaluate_schedule};
 use trainer::finetune::{DiscGrad, DiscTarget, Finetune, FinetuneConfig, Mode};
@@ -117,6 +117,49 @@ fn data_target_and_bound_alone_lower_their_objectives() {
     );
     let (_, _, _, before, after) = train(config(base, DiscTarget::Data, 0.0));
     assert!(after.0 < before.0, "L_bound alone: {before:?} -> {after:?}");
+}
+
+/// Stage 1 for iPNDM and DPM-Solver++(2M): the exact gradient through the unrolled solver
+/// lowers that solver's own truncation error against the teacher, and the levels it learns
+/// differ from Euler's.
+#[test]
+fn stage1_learns_levels_for_the_higher_order_solvers() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = mixture_bundle(dir.path());
+    let device = burn::tensor::Device::flex().autodiff();
+    let mut learned = Vec::new();
+    for solver in [SolverKind::Euler, SolverKind::Ipndm, SolverKind::DpmPp2m] {
+        let mut c = config(base.clone(), DiscTarget::Teacher, 1.0);
+        c.solver = solver;
+        c.stage1_steps = 60;
+        let mut ft = Finetune::new(c, None, None, &device).unwrap();
+        let (_, before) = ft.objective(999, 256).unwrap();
+        while ft.step < ft.config.total_steps() {
+            ft.step_once().unwrap();
+        }
+        let (_, after) = ft.objective(999, 256).unwrap();
+        let levels = ft.schedule().unwrap();
+        eprintln!(
+            "{}: held-out L_disc {before:.5} -> {after:.5}, levels {:?}",
+            solver.name(),
+            levels.sigmas()
+        );
+        assert!(
+            after < 0.8 * before,
+            "{}: {before} -> {after}",
+            solver.name()
+        );
+        let bundle = ft.export("gmm-learned", "").unwrap();
+        assert_eq!(bundle.solver, solver);
+        learned.push(levels);
+    }
+    assert_ne!(learned[0], learned[1], "iPNDM learned Euler's levels");
+    // Other solvers learn with the exact gradient and stage 1 only.
+    let mut c = config(base, DiscTarget::Teacher, 1.0);
+    c.solver = SolverKind::Ipndm;
+    c.mode = Mode::TwoStage;
+    let err = c.validate().unwrap_err().to_string();
+    assert!(err.contains("stage1-only"), "{err}");
 }
 
 fn paper_run(base: std::path::PathBuf, refresh: u64, steps: u64) -> Finetune {
