@@ -189,6 +189,58 @@ fn ipndm_matches_a_hand_computed_run() {
     assert!((euler_out - x).abs() > 1e-4, "{euler_out} vs {x}");
 }
 
+/// DPM-Solver++(2M) written out independently in f64 (k-diffusion's `sample_dpmpp_2m` in
+/// EDM's parameterization) on one Gaussian: four levels, the last step to s = 0 first
+/// order. An inverted step ratio (r = h_i / h_{i-1} instead of h_{i-1} / h_i) would give
+/// another number, which the order test alone did not rule out.
+#[test]
+fn dpmpp_2m_matches_a_hand_computed_run() {
+    let (mu, c) = (-0.3f64, 0.6f64);
+    let s = [80.0f64, 9.0, 0.7, 0.002];
+    let den = |x: f64, s: f64| (c * c * x + s * s * mu) / (c * c + s * s);
+    let x0 = 0.9 * s[0];
+    let mut x = x0;
+    let mut old: Option<f64> = None;
+    for i in 0..3 {
+        let d = den(x, s[i]);
+        let (t, t_next) = (-s[i].ln(), -s[i + 1].ln());
+        let h = t_next - t;
+        let target = match old {
+            None => d,
+            Some(prev) => {
+                let h_last = t - (-s[i - 1].ln());
+                let r = h_last / h;
+                (1.0 + 1.0 / (2.0 * r)) * d - prev / (2.0 * r)
+            }
+        };
+        x = (s[i + 1] / s[i]) * x - (-h).exp_m1() * target;
+        old = Some(d);
+    }
+    let x_final = den(x, s[3]);
+    let device = Device::flex();
+    let mix = Mixture {
+        dim: 1,
+        means: vec![mu as f32],
+        stds: vec![c as f32],
+        weights: vec![1.0],
+    }
+    .to_device(&device)
+    .unwrap();
+    let sched = Schedule::new(s.iter().map(|&v| v as f32).collect()).unwrap();
+    let got = to_vec(dpmpp_2m(
+        &mix,
+        tensor2(vec![x0 as f32], 1, 1, &device),
+        sched.to_tensor(&device),
+        None,
+        |_| {},
+    ))[0] as f64;
+    eprintln!("DPM-Solver++(2M) by hand {x_final:.7}, library {got:.7}");
+    assert!(
+        (got - x_final).abs() <= 1e-5 * x_final.abs().max(1.0),
+        "{got} vs {x_final}"
+    );
+}
+
 #[test]
 fn unrolled_euler_equals_the_loop() {
     // x_{T-1} = sum_{i<T-1} lambda_i D(x_i, s_i) + (s_min/s_max) x_0  (paper Eq. 8)

@@ -30,6 +30,16 @@ pub const P_MEAN: f64 = -1.2;
 /// EDM's `P_std`.
 pub const P_STD: f64 = 1.2;
 
+/// EDM's training noise levels for step `step` of a run seeded `seed`: `ln s ~ N(P_MEAN,
+/// P_STD^2)`, `batch` draws from the portable generator.
+pub fn ln_sigma_draw(seed: u64, step: u64, batch: usize) -> Vec<f32> {
+    let stream = rng::random_u64(seed ^ 12, step);
+    rng::gaussian_vec(stream, batch)
+        .iter()
+        .map(|z| (P_MEAN + P_STD * *z as f64) as f32)
+        .collect()
+}
+
 /// Everything that defines a pre-training run (its `config.json`).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct PretrainConfig {
@@ -137,11 +147,7 @@ impl Pretrain {
         let d = data.dim();
         let (x, labels) = data.batch(c.seed, self.step, c.batch, &self.device);
         let eps = noise(c.seed, 11, self.step, c.batch, d, &self.device);
-        let stream = rng::random_u64(c.seed ^ 12, self.step);
-        let ln_sigma: Vec<f32> = rng::gaussian_vec(stream, c.batch)
-            .iter()
-            .map(|z| (P_MEAN + P_STD * *z as f64) as f32)
-            .collect();
+        let ln_sigma = ln_sigma_draw(c.seed, self.step, c.batch);
         let ln_sigma = Tensor::<1>::from_data(TensorData::new(ln_sigma, [c.batch]), &self.device);
         let den = Preconditioned {
             net: &self.net,
