@@ -572,15 +572,23 @@ impl<'a> MicroSampler<'a> {
 
     /// The arena one image needs, in `u32` words, computed by a dry run of the network.
     pub fn arena_words(&self, act: Activations) -> usize {
-        let (f, s) = match act {
-            Activations::F32 => self.plan::<f32>(),
-            Activations::F16 => self.plan::<u16>(),
+        self.arena_layout(act).1
+    }
+
+    /// The arena's f32 scratch words and its total words (the stored activations after
+    /// the scratch), from one dry run.
+    fn arena_layout(&self, act: Activations) -> (usize, usize) {
+        let (f, s, bytes) = match act {
+            Activations::F32 => {
+                let (f, s) = self.plan::<f32>();
+                (f, s, 4)
+            }
+            Activations::F16 => {
+                let (f, s) = self.plan::<u16>();
+                (f, s, 2)
+            }
         };
-        f + (s * match act {
-            Activations::F32 => 4,
-            Activations::F16 => 2,
-        })
-        .div_ceil(4)
+        (f, f + (s * bytes).div_ceil(4))
     }
 
     fn plan<S: Store>(&self) -> (usize, usize) {
@@ -646,17 +654,13 @@ impl<'a> MicroSampler<'a> {
             }
             (label, l) => Some(label.unwrap_or((index % l as u64) as u32) as usize),
         };
-        let need = self.arena_words(act);
+        let (f_words, need) = self.arena_layout(act);
         if arena.len() < need {
             return Err(SamplerError::Arena {
                 need: need * 4,
                 have: arena.len() * 4,
             });
         }
-        let (f_words, _) = match act {
-            Activations::F32 => self.plan::<f32>(),
-            Activations::F16 => self.plan::<u16>(),
-        };
         let (fw, sw) = arena.split_at_mut(f_words);
         let fdata: &mut [f32] = bytemuck::cast_slice_mut(fw);
         let x = match act {

@@ -269,8 +269,9 @@ impl EdmConfig {
     }
 }
 
-/// Our parameter name -> (EDM's name without the `model.` prefix, transposed?).
-fn edm_name(ours: &str, layers: &[(String, String)]) -> Option<(String, bool)> {
+/// Our parameter name -> EDM's name without the `model.` prefix. (Only Linear weights are
+/// rank 2, so whether a tensor is transposed follows from its shape.)
+fn edm_name(ours: &str, layers: &[(String, String)]) -> Option<String> {
     let (layer, field) = ours.rsplit_once('.')?;
     // The longest layer prefix: `UNet.enc.1` must not take `UNet.enc.10.conv0`.
     let (ours_prefix, edm_prefix) = layers
@@ -283,9 +284,7 @@ fn edm_name(ours: &str, layers: &[(String, String)]) -> Option<(String, bool)> {
         "beta" => "bias",
         f => f,
     };
-    let is_linear =
-        matches!(field, "weight") && (ours_prefix.starts_with("UNet.map_") || inner == ".affine");
-    Some((format!("{edm_prefix}{inner}.{edm_field}"), is_linear))
+    Some(format!("{edm_prefix}{inner}.{edm_field}"))
 }
 
 /// `values` of shape `[a, b]` as `[b, a]`.
@@ -388,7 +387,8 @@ pub fn import(state_dict: &Path, config: &Path, t: usize, dtype: WeightDtype) ->
     let mut tensors = Vec::new();
     let mut problems = Vec::new();
     for (ours, shape) in net.parameters() {
-        let Some((edm, linear)) = edm_name(&ours, &layers) else {
+        let linear = shape.len() == 2;
+        let Some(edm) = edm_name(&ours, &layers) else {
             problems.push(format!("no EDM name for '{ours}' (a fewstep bug)"));
             continue;
         };
@@ -526,9 +526,10 @@ pub fn export_safetensors(bundle: &Bundle, out: &Path, config_out: &Path) -> Res
     let layers = unet.edm_layer_names();
     let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
     for t in view.tensors() {
-        let (edm, linear) =
+        let edm =
             edm_name(t.name, &layers).with_context(|| format!("no EDM name for '{}'", t.name))?;
         let shape = t.shape().to_vec();
+        let linear = shape.len() == 2;
         let (shape, values) = if linear {
             (
                 vec![shape[1], shape[0]],

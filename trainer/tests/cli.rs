@@ -1,24 +1,8 @@
 //! The `trainer` binary end to end: mixture -> stage 1 -> export -> sampler-core, resume
 //! through the CLI, help text and errors.
 
-use std::process::{Command, Output};
-
-fn trainer(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_trainer"))
-        .args(args)
-        .output()
-        .expect("run trainer")
-}
-
-fn ok(o: &Output) -> String {
-    assert!(
-        o.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
+mod common;
+use common::{ok, trainer};
 
 #[test]
 fn mixture_to_bundle_through_the_cli() {

@@ -69,3 +69,22 @@ pub fn unet_base(dir: &Path) -> (PathBuf, Dataset) {
         },
     )
 }
+
+/// Runs the `trainer` binary.
+pub fn trainer(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_trainer"))
+        .args(args)
+        .output()
+        .expect("run trainer")
+}
+
+/// Its stdout, after asserting it succeeded (stdout and stderr shown otherwise).
+pub fn ok(o: &std::process::Output) -> String {
+    assert!(
+        o.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}

@@ -4,28 +4,13 @@
 //! `.safetensors` import the same weights; `export --format safetensors` gives EDM's state
 //! dict back bit for bit, and importing an export gives the bundle back.
 
+mod common;
+use common::{ok, trainer};
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use burn::tensor::{Device, Tensor, TensorData};
 use sampler_core::bundle::{Bundle, ModelSpec};
-
-fn trainer(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_trainer"))
-        .args(args)
-        .output()
-        .expect("run trainer")
-}
-
-fn ok(o: &Output) -> String {
-    assert!(
-        o.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
