@@ -39,11 +39,18 @@ pub fn device(name: &str) -> anyhow::Result<burn::tensor::Device> {
     let base = match name {
         "flex" | "cpu" => burn::tensor::Device::flex(),
         #[cfg(feature = "vulkan")]
-        "vulkan" => burn::tensor::Device::vulkan(burn::tensor::DeviceKind::DiscreteGpu(0)),
+        // wgpu's pick (high-power GPUs first); CUBECL_WGPU_DEFAULT_DEVICE overrides it, e.g.
+        // `Cpu` for Mesa's lavapipe on a machine without a GPU.
+        "vulkan" => burn::tensor::Device::vulkan(burn::tensor::DeviceKind::DefaultDevice),
         #[cfg(feature = "cuda")]
         "cuda" => burn::tensor::Device::cuda(0),
-        "vulkan" | "cuda" => anyhow::bail!(
-            "this trainer was built without the '{name}' feature; rebuild with --features {name}"
+        #[cfg(not(feature = "vulkan"))]
+        "vulkan" => anyhow::bail!(
+            "this trainer was built without the 'vulkan' feature; rebuild with --features vulkan"
+        ),
+        #[cfg(not(feature = "cuda"))]
+        "cuda" => anyhow::bail!(
+            "this trainer was built without the 'cuda' feature; rebuild with --features cuda"
         ),
         other => anyhow::bail!("unknown device '{other}': expected flex, vulkan or cuda"),
     };
