@@ -171,12 +171,14 @@ impl FinetuneConfig {
     /// Checks the numbers a user can get wrong.
     pub fn validate(&self) -> Result<()> {
         if self.solver != SolverKind::Euler
-            && (self.mode != Mode::Stage1Only || self.disc_grad != DiscGrad::Exact)
+            && (!matches!(self.mode, Mode::Stage1Only | Mode::TwoStage)
+                || self.disc_grad != DiscGrad::Exact
+                || self.disc_target != DiscTarget::Teacher)
         {
             bail!(
-                "--solver {} learns levels with --mode stage1-only --disc-grad exact: L_bound \
-                 and the paper gradient are Euler's (method.md §4), and stage 2 for other \
-                 solvers is not implemented yet",
+                "--solver {} runs --mode stage1-only or two-stage with --disc-grad exact and \
+                 --disc-target teacher: L_bound and the paper gradient are Euler's (method.md \
+                 §4), so both stages of another solver optimize L_disc against the teacher",
                 self.solver.name()
             );
         }
@@ -260,9 +262,9 @@ pub struct StepRecord {
     pub stage: u8,
     /// The optimized loss.
     pub loss: f64,
-    /// Its L_bound part.
+    /// Its L_bound part (NaN in stage 2 of solvers other than Euler, which has none).
     pub l_bound: f64,
-    /// Its L_disc part (stage 1).
+    /// Its L_disc part (stage 1, and stage 2 of solvers other than Euler).
     pub l_disc: Option<f64>,
 }
 
@@ -725,6 +727,34 @@ impl Finetune {
             // Stage 2: the weights learn on the frozen levels.
             let n = self.step_in_stage2();
             let plain = self.device.clone().without_autodiff();
+            // Solvers other than Euler have no L_bound (method.md §4): their weights learn on
+            // L_disc, the unrolled solver's end point against the teacher's, on the same
+            // pool draws as stage 1.
+            let disc_rows = if c.solver == SolverKind::Euler {
+                None
+            } else {
+                let (px0, ptarget, plabels) = self.teacher_pool(round)?;
+                let pick = uniform_indices(
+                    c.seed,
+                    purpose::POOL_PICK,
+                    step,
+                    c.disc_batch,
+                    c.teacher_pool,
+                );
+                let idx = Tensor::<1, burn::tensor::Int>::from_data(
+                    TensorData::new(
+                        pick.iter().map(|&i| i as i64).collect::<Vec<_>>(),
+                        [pick.len()],
+                    ),
+                    &px0.device(),
+                );
+                let dev = &self.device;
+                Some((
+                    px0.select(0, idx.clone()).to_device(dev),
+                    ptarget.select(0, idx.clone()).to_device(dev),
+                    plabels.map(|l| l.select(0, idx).to_device(dev)),
+                ))
+            };
             let Base::Network {
                 config,
                 net,
@@ -751,9 +781,14 @@ impl Finetune {
                 precond: *precond,
                 dim: config.dim(),
             };
-            let loss_t = bound_loss(
-                &den, x, labels, sigmas, lambdas, &levels, eps, weighting, *precond,
-            );
+            let loss_t = match disc_rows {
+                Some((x0, target, disc_labels)) => {
+                    disc_loss_exact(c.solver, &den, x0, disc_labels, sigmas, target)
+                }
+                None => bound_loss(
+                    &den, x, labels, sigmas, lambdas, &levels, eps, weighting, *precond,
+                ),
+            };
             let loss = scalar(&loss_t);
             check_finite(loss, step, 2)?;
             let gp = GradientsParams::from_grads(loss_t.backward(), &*net);
@@ -762,12 +797,14 @@ impl Finetune {
             let decay = c.ema_decay.min((1.0 + n as f64) / (10.0 + n as f64));
             let old = std::mem::replace(ema, config.init(&plain));
             *ema = update_ema(old, net, decay);
+            let euler = c.solver == SolverKind::Euler;
             StepRecord {
                 step,
                 stage: 2,
                 loss,
-                l_bound: loss,
-                l_disc: None,
+                // Logged as null where the loss is L_disc.
+                l_bound: if euler { loss } else { f64::NAN },
+                l_disc: (!euler).then_some(loss),
             }
         };
         self.step += 1;

@@ -154,12 +154,25 @@ fn stage1_learns_levels_for_the_higher_order_solvers() {
         learned.push(levels);
     }
     assert_ne!(learned[0], learned[1], "iPNDM learned Euler's levels");
-    // Other solvers learn with the exact gradient and stage 1 only.
+    // Other solvers optimize L_disc against the teacher with the exact gradient, in stage 1
+    // and in stage 2: the weight-only ablations, the paper gradient and the data target are
+    // Euler's.
     let mut c = config(base, DiscTarget::Teacher, 1.0);
     c.solver = SolverKind::Ipndm;
     c.mode = Mode::TwoStage;
-    let err = c.validate().unwrap_err().to_string();
-    assert!(err.contains("stage1-only"), "{err}");
+    c.validate().unwrap();
+    for mode in [Mode::Stage2Only, Mode::EdmWeightFinetune] {
+        let mut bad = c.clone();
+        bad.mode = mode;
+        let err = bad.validate().unwrap_err().to_string();
+        assert!(err.contains("stage1-only or two-stage"), "{err}");
+    }
+    let mut bad = c.clone();
+    bad.disc_grad = DiscGrad::Paper;
+    assert!(bad.validate().is_err());
+    let mut bad = c;
+    bad.disc_target = DiscTarget::Data;
+    assert!(bad.validate().is_err());
 }
 
 fn paper_run(base: std::path::PathBuf, refresh: u64, steps: u64) -> Finetune {
