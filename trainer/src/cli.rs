@@ -71,8 +71,9 @@ struct EvalArgs {
     /// Labelled images to train the classifier on.
     #[arg(long, value_name = "NAME|PATH")]
     classifier_data: Option<String>,
-    /// Adam steps of classifier training (batch 64).
-    #[arg(long, default_value_t = 1500)]
+    /// Adam steps of classifier training (batch 64; 4,000 steps reach 0.98+ on held-out
+    /// MNIST).
+    #[arg(long, default_value_t = 4000)]
     classifier_steps: u64,
     /// Resize the real and classifier images to N x N (to match the model).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
@@ -291,8 +292,9 @@ struct FinetuneArgs {
     /// re-running the sampler for every batch. 0 turns the cache off.
     #[arg(long, default_value_t = 0, value_name = "N")]
     traj_refresh: u64,
-    /// The solver to learn levels for: stage 1 unrolls it (exact gradient, --mode
-    /// stage1-only) and the bundle records it. euler (the paper's), heun, dpmpp2m, ipndm.
+    /// The solver to learn for: euler (the paper's), heun, dpmpp2m, ipndm. Other than
+    /// euler, both stages optimize its L_disc through the unrolled solver (--mode stage1-only
+    /// or two-stage, exact gradient, teacher target); the bundle records it.
     #[arg(long, default_value = "euler", value_name = "SOLVER")]
     solver: SolverKind,
     /// EMA decay of the exported weights.
@@ -520,13 +522,14 @@ fn eval(a: EvalArgs) -> Result<()> {
         _ => None,
     };
 
-    let results = run_eval(
+    let evaluated = run_eval(
         &config,
         real.as_ref().map(|(r, _)| r),
         classifier.as_ref(),
         &a.out,
         a.quiet,
     )?;
+    let results = evaluated.rows;
     let title = a
         .title
         .clone()
@@ -545,8 +548,9 @@ fn eval(a: EvalArgs) -> Result<()> {
     md.push_str(&format!(
         "Base bundle `{}` ({}; {} training steps; levels in [{}, {}]). {} images per row from \
          seeds `image_seed({}, k)`, conditional models asked for label k mod L. Truncation \
-         RMSE over the first {} of them against the base network's Heun solution with {} \
-         levels. ",
+         RMSE over the first {} of them against the Heun solution with {} levels of the row's \
+         own network (\"vs base net\": of the base network; the two differ only for \
+         fine-tuned weights){}. ",
         a.base.display(),
         base.provenance.dataset,
         base.provenance.training_steps,
@@ -555,7 +559,13 @@ fn eval(a: EvalArgs) -> Result<()> {
         a.count,
         a.seed,
         a.ref_count.min(a.count),
-        a.reference_steps
+        a.reference_steps,
+        evaluated
+            .reference_accuracy
+            .map_or(String::new(), |acc| format!(
+                "; the classifier gives the base network's reference images the requested label \
+             {acc:.3} of the time"
+            ))
     ));
     if let Some((r, _)) = &real {
         md.push_str(&format!(
@@ -582,6 +592,9 @@ fn eval(a: EvalArgs) -> Result<()> {
     }
     write_atomic(&a.out.join("results.md"), md.as_bytes())?;
     println!("{}", to_markdown(&results));
+    if let Some(acc) = evaluated.reference_accuracy {
+        println!("reference accuracy (base network, many-step Heun): {acc:.3}");
+    }
     println!("wrote {}", a.out.join("results.md").display());
     Ok(())
 }

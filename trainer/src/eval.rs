@@ -131,8 +131,12 @@ pub struct RowResult {
     pub nfe: usize,
     /// The levels used.
     pub sigmas: Vec<f32>,
-    /// RMSE against the base network's many-step Heun solution from the same noise.
+    /// RMSE against the row's own network's many-step Heun solution from the same noise:
+    /// the truncation error of the levels and solver alone.
     pub trunc_rmse: f64,
+    /// RMSE against the base network's solution: for fine-tuned weights it adds how far
+    /// the weights moved the endpoint.
+    pub trunc_rmse_base: f64,
     /// Frechet distance to the real images in pixel space.
     pub fd_pixel: Option<f64>,
     /// Frechet distance in the classifier's penultimate-layer features.
@@ -263,6 +267,16 @@ pub fn slug(name: &str) -> String {
     s.trim_matches('-').to_string()
 }
 
+/// What `trainer eval` measured: the rows, and the classifier's accuracy on the base
+/// network's reference solutions (the ceiling any few-step row of the base approaches).
+pub struct EvalResults {
+    /// One entry per row and T.
+    pub rows: Vec<RowResult>,
+    /// Fraction of the reference images (`ref_count`, the base network's many-step Heun
+    /// solutions) assigned to their requested label; conditional models with a classifier.
+    pub reference_accuracy: Option<f64>,
+}
+
 /// Evaluates every row at every T of `config`, writing sample grids under `out/grids/`.
 pub fn run_eval(
     config: &EvalConfig,
@@ -270,7 +284,7 @@ pub fn run_eval(
     classifier: Option<&TrainedClassifier>,
     out: &Path,
     quiet: bool,
-) -> Result<Vec<RowResult>> {
+) -> Result<EvalResults> {
     if config.ts.iter().any(|&t| t < 2) || config.ts.is_empty() {
         bail!("every T must be at least 2");
     }
@@ -278,12 +292,21 @@ pub fn run_eval(
         bail!("--count must be at least 2, --batch and --reference-steps positive");
     }
     let device = Device::flex();
-    let read = |path: &Path| -> Result<Sampler> {
+    // A sampler and a fingerprint of its model (the loaded sampler no longer holds the
+    // serialized weights): rows with the base's weights share its reference solution.
+    let read = |path: &Path| -> Result<(Sampler, u64)> {
         let bytes =
             std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-        Sampler::from_bundle(&bytes, &device).with_context(|| format!("{}", path.display()))
+        let bundle = sampler_core::Bundle::from_bytes(&bytes)
+            .with_context(|| format!("{}", path.display()))?;
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        std::hash::Hasher::write(&mut hasher, &postcard::to_allocvec(&bundle.model)?);
+        let fingerprint = std::hash::Hasher::finish(&hasher);
+        let sampler =
+            Sampler::new(bundle, &device).with_context(|| format!("{}", path.display()))?;
+        Ok((sampler, fingerprint))
     };
-    let base = read(&config.base)?;
+    let (base, base_fingerprint) = read(&config.base)?;
     let shape = base.bundle().image;
     let label_count = base.bundle().label_count;
     let (s_min, s_max) = (
@@ -304,23 +327,39 @@ pub fn run_eval(
         .with_context(|| format!("cannot create {}", grids.display()))?;
 
     eprintln!(
-        "reference: {} images, Heun with {} levels ({} evaluations) of the base network",
+        "reference: {} images, Heun with {} levels ({} evaluations) of each row's network",
         ref_count,
         config.reference_steps,
         2 * config.reference_steps - 1
     );
     let reference_levels = Schedule::edm(config.reference_steps, s_min, s_max)?;
-    let (reference, _) = base.with_denoiser(|den| {
-        generate(
-            den,
-            SolverKind::Heun,
-            &reference_levels,
-            &eps[..ref_count * d],
-            label_count,
-            config.batch,
-            &device,
-        )
-    })?;
+    let solve_reference = |sampler: &Sampler| {
+        sampler.with_denoiser(|den| {
+            generate(
+                den,
+                SolverKind::Heun,
+                &reference_levels,
+                &eps[..ref_count * d],
+                label_count,
+                config.batch,
+                &device,
+            )
+            .map(|(x, _)| x)
+        })
+    };
+    let reference = solve_reference(&base)?;
+    let reference_accuracy = match classifier {
+        Some(c) if label_count > 0 && c.config.classes == label_count as usize => {
+            let clamped: Vec<f32> = reference.iter().map(|v| v.clamp(-1.0, 1.0)).collect();
+            let labels: Vec<u32> = (0..ref_count)
+                .map(|k| (k % c.config.classes) as u32)
+                .collect();
+            Some(c.accuracy(&clamped, &labels, 256, &device)?)
+        }
+        _ => None,
+    };
+    // One reference per distinct set of weights: the levels-only rows share the base's.
+    let mut own_references: Vec<(u64, Vec<f32>)> = vec![(base_fingerprint, reference.clone())];
 
     struct Plan {
         row: String,
@@ -373,7 +412,7 @@ pub fn run_eval(
                         bar.inc(1);
                         continue;
                     }
-                    let s = read(&path)?;
+                    let (s, fingerprint) = read(&path)?;
                     if s.bundle().image != shape || s.bundle().label_count != label_count {
                         bail!(
                             "{} does not match the base bundle's image shape and labels",
@@ -387,14 +426,19 @@ pub fn run_eval(
                             s.bundle().schedule.len()
                         );
                     }
-                    Some(s)
+                    Some((s, fingerprint))
                 }
             };
-            let sampler = tuned.as_ref().unwrap_or(&base);
-            let solver = tuned.as_ref().map_or(plan.solver, |s| s.bundle().solver);
+            let (sampler, fingerprint) = match &tuned {
+                Some((s, f)) => (s, *f),
+                None => (&base, base_fingerprint),
+            };
+            let solver = tuned
+                .as_ref()
+                .map_or(plan.solver, |(s, _)| s.bundle().solver);
             let (levels, nfe) = levels_for(solver, t);
             let schedule = match &tuned {
-                Some(s) => s.bundle().schedule.clone(),
+                Some((s, _)) => s.bundle().schedule.clone(),
                 None => Schedule::edm(levels, s_min, s_max)?,
             };
             let (samples, seconds) = sampler.with_denoiser(|den| {
@@ -408,7 +452,16 @@ pub fn run_eval(
                     &device,
                 )
             })?;
-            let trunc_rmse = rmse(&samples[..ref_count * d], &reference);
+            let trunc_rmse_base = rmse(&samples[..ref_count * d], &reference);
+            if !own_references.iter().any(|(f, _)| *f == fingerprint) {
+                bar.set_message(format!("T={t} {}: its network's reference", plan.row));
+                own_references.push((fingerprint, solve_reference(sampler)?));
+            }
+            let own = own_references
+                .iter()
+                .find(|(f, _)| *f == fingerprint)
+                .map_or(reference.as_slice(), |(_, r)| r.as_slice());
+            let trunc_rmse = rmse(&samples[..ref_count * d], own);
             let clamped: Vec<f32> = samples.iter().map(|v| v.clamp(-1.0, 1.0)).collect();
             let fd_pixel = match real {
                 Some(r) => Some(r.pixels.distance(&Moments::from_rows(&clamped, d)?)?),
@@ -460,11 +513,12 @@ pub fn run_eval(
             }
             results.push(RowResult {
                 row: plan.row.clone(),
-                solver: plan.solver.name(),
+                solver: solver.name(),
                 t,
                 nfe,
                 sigmas: schedule.sigmas().to_vec(),
                 trunc_rmse,
+                trunc_rmse_base,
                 fd_pixel,
                 fd_cls,
                 accuracy,
@@ -475,7 +529,10 @@ pub fn run_eval(
         }
     }
     bar.finish_and_clear();
-    Ok(results)
+    Ok(EvalResults {
+        rows: results,
+        reference_accuracy,
+    })
 }
 
 fn opt(v: Option<f64>, digits: usize) -> String {
@@ -485,17 +542,18 @@ fn opt(v: Option<f64>, digits: usize) -> String {
 /// The results as CSV (one line per row and T; levels space-separated).
 pub fn to_csv(dataset: &str, results: &[RowResult]) -> String {
     let mut s = String::from(
-        "dataset,row,solver,T,nfe,trunc_rmse,fd_pixel,fd_cls,accuracy,ms_per_image,sigmas\n",
+        "dataset,row,solver,T,nfe,trunc_rmse,trunc_rmse_base,fd_pixel,fd_cls,accuracy,ms_per_image,sigmas\n",
     );
     for r in results {
         let sigmas: Vec<String> = r.sigmas.iter().map(|v| format!("{v}")).collect();
         s.push_str(&format!(
-            "{dataset},\"{}\",{},{},{},{:.6},{},{},{},{:.3},{}\n",
+            "{dataset},\"{}\",{},{},{},{:.6},{:.6},{},{},{},{:.3},{}\n",
             r.row,
             r.solver,
             r.t,
             r.nfe,
             r.trunc_rmse,
+            r.trunc_rmse_base,
             opt(r.fd_pixel, 4),
             opt(r.fd_cls, 4),
             opt(r.accuracy, 4),
@@ -509,8 +567,8 @@ pub fn to_csv(dataset: &str, results: &[RowResult]) -> String {
 /// The results as a Markdown table grouped by T, the best value of each metric per T in bold.
 pub fn to_markdown(results: &[RowResult]) -> String {
     let mut s = String::from(
-        "| T | row | NFE | trunc RMSE | FD-pixel | FD-cls | accuracy | ms/image |\n\
-         |---:|---|---:|---:|---:|---:|---:|---:|\n",
+        "| T | row | NFE | trunc RMSE | vs base net | FD-pixel | FD-cls | accuracy | ms/image |\n\
+         |---:|---|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     let mut ts: Vec<usize> = results.iter().map(|r| r.t).collect();
     ts.dedup();
@@ -536,11 +594,12 @@ pub fn to_markdown(results: &[RowResult]) -> String {
         };
         for r in rows {
             s.push_str(&format!(
-                "| {} | {} | {} | {} | {} | {} | {} | {:.1} |\n",
+                "| {} | {} | {} | {} | {:.4} | {} | {} | {} | {:.1} |\n",
                 r.t,
                 r.row,
                 r.nfe,
                 cell(Some(r.trunc_rmse), b_trunc, 4),
+                r.trunc_rmse_base,
                 cell(r.fd_pixel, b_fdp, 2),
                 cell(r.fd_cls, b_fdc, 3),
                 cell(r.accuracy, b_acc, 3),
@@ -735,6 +794,7 @@ mod tests {
             nfe: t,
             sigmas: vec![80.0, 0.002],
             trunc_rmse: trunc,
+            trunc_rmse_base: trunc + 0.5,
             fd_pixel: None,
             fd_cls: None,
             accuracy: acc,
@@ -747,18 +807,18 @@ mod tests {
             row("a", 8, 0.1, None),
         ]);
         assert!(
-            md.contains("| 5 | a | 5 | 0.3000 |  |  | **0.500** |"),
+            md.contains("| 5 | a | 5 | 0.3000 | 0.8000 |  |  | **0.500** |"),
             "{md}"
         );
         assert!(
-            md.contains("| 5 | b | 5 | **0.2000** |  |  | 0.400 |"),
+            md.contains("| 5 | b | 5 | **0.2000** | 0.7000 |  |  | 0.400 |"),
             "{md}"
         );
         assert!(md.contains("| 8 | a | 8 | **0.1000** |"), "{md}");
         let csv = to_csv("d", &[row("a", 5, 0.3, None)]);
         assert_eq!(
             csv.lines().nth(1),
-            Some("d,\"a\",Euler,5,5,0.300000,,,,1.000,80 0.002")
+            Some("d,\"a\",Euler,5,5,0.300000,0.800000,,,,1.000,80 0.002")
         );
     }
 }

@@ -349,6 +349,37 @@ fn eval_smoke_on_a_tiny_model() {
         "4",
     ]));
     std::fs::copy(p("base.bin"), p("same4.bin")).unwrap();
+    // Other weights: another seed.
+    ok(&trainer(&[
+        "pretrain",
+        "--data",
+        "digits",
+        "--labels",
+        "--run",
+        &p("other"),
+        "--seed",
+        "1",
+        "--steps",
+        "2",
+        "--batch",
+        "8",
+        "--model-channels",
+        "4",
+        "--channel-mult",
+        "1,2",
+        "--num-blocks",
+        "1",
+        "--quiet",
+    ]));
+    ok(&trainer(&[
+        "export",
+        "--run",
+        &p("other"),
+        "--out",
+        &p("other4.bin"),
+        "--t",
+        "4",
+    ]));
     let eval = |out: &str, train_classifier: bool| {
         let mut args: Vec<String> = [
             "eval",
@@ -356,6 +387,8 @@ fn eval_smoke_on_a_tiny_model() {
             &p("base.bin"),
             "--tuned",
             &format!("same={}", p("same{T}.bin")),
+            "--tuned",
+            &format!("other={}", p("other{T}.bin")),
             "--t",
             "3,4",
             "--real",
@@ -402,8 +435,8 @@ fn eval_smoke_on_a_tiny_model() {
             v
         })
         .collect();
-    // T = 3: the four training-free rows; T = 4: those and the `same` row.
-    assert_eq!(rows.len(), 9, "{csv}");
+    // T = 3: the four training-free rows; T = 4: those and the `same` and `other` rows.
+    assert_eq!(rows.len(), 10, "{csv}");
     assert!(rows.iter().any(|r| r[1] == "iPNDM, EDM rho=7"), "{csv}");
     let find = |name: &str, t: &str| {
         rows.iter()
@@ -413,13 +446,20 @@ fn eval_smoke_on_a_tiny_model() {
     assert!(rows.iter().all(|r| r[1] != "same" || r[3] == "4"));
     let euler = find("Euler, EDM rho=7", "4");
     let same = find("same", "4");
-    // nfe, trunc RMSE, FD-pixel, FD-cls and accuracy agree; wall time may not. The levels
-    // agree to f32 rounding (the bundle's come from s_min in f64, eval's from the f32 one).
-    for col in [4, 5, 6, 7, 8] {
+    // nfe, both trunc RMSEs, FD-pixel, FD-cls and accuracy agree; wall time may not. The
+    // levels agree to f32 rounding (the bundle's come from s_min in f64, eval's from the
+    // f32 one).
+    for col in [4, 5, 6, 7, 8, 9] {
         assert_eq!(euler[col], same[col], "column {col}:\n{csv}");
     }
+    // Base weights: the own reference is the base's. Other weights: measured against their
+    // own network's solution, which differs from the base network's.
+    assert_eq!(euler[5], euler[6], "{csv}");
+    let other = find("other", "4");
+    let (own, vs_base): (f64, f64) = (other[5].parse().unwrap(), other[6].parse().unwrap());
+    assert!(own > 0.0 && (own - vs_base).abs() > 1e-4 * vs_base, "{csv}");
     let levels =
-        |r: &[String]| -> Vec<f64> { r[10].split(' ').map(|v| v.parse().unwrap()).collect() };
+        |r: &[String]| -> Vec<f64> { r[11].split(' ').map(|v| v.parse().unwrap()).collect() };
     for (a, b) in levels(euler).iter().zip(levels(same)) {
         assert!((a - b).abs() <= 1e-6 * a, "{a} vs {b}");
     }
@@ -430,7 +470,7 @@ fn eval_smoke_on_a_tiny_model() {
     );
     assert_eq!(find("DPM-Solver++(2M), EDM rho=7", "3")[4], "3");
     for r in &rows {
-        for col in [5, 6, 7, 8] {
+        for col in [5, 6, 7, 8, 9] {
             let v: f64 = r[col].parse().unwrap_or_else(|_| panic!("{col} in {r:?}"));
             assert!(v.is_finite() && v >= 0.0, "{r:?}");
         }
@@ -446,6 +486,9 @@ fn eval_smoke_on_a_tiny_model() {
     ] {
         assert!(dir.path().join("first").join(f).exists(), "{f} missing");
     }
+    // The base network's reference images are scored too.
+    let md = std::fs::read_to_string(dir.path().join("first/results.md")).unwrap();
+    assert!(md.contains("reference images the requested label"), "{md}");
     // The saved classifier is reused: the same numbers again.
     let again = eval("second", false);
     let strip = |s: &str| -> Vec<String> {
