@@ -694,3 +694,37 @@ fn max_memory_refuses_before_loading_and_names_a_batch_that_fits() {
     let o = run("lots", "1");
     assert!(stderr(&o).contains("not a size"), "{}", stderr(&o));
 }
+
+/// Every bundle the repository ships loads, reports itself and makes an image: a bundle
+/// added to `bundles/` without being runnable fails here.
+#[test]
+fn every_shipped_bundle_samples() {
+    let dir = tempfile::tempdir().unwrap();
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../bundles");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&shipped).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "bin") {
+            continue;
+        }
+        let name = path.to_str().unwrap();
+        let o = cli(&["--bundle", name, "--info", "--json"]);
+        assert!(o.status.success(), "{name}: {}", stderr(&o));
+        let info: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        let out = dir.path().join("x.png");
+        let o = cli(&[
+            "--bundle",
+            name,
+            "--count",
+            "2",
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{name}: {}", stderr(&o));
+        let (w, h, _) = png_dims(&out);
+        let side = info["image"]["height"].as_u64().unwrap() as u32;
+        assert!(w >= side && h >= side, "{name}: {w}x{h}");
+        seen += 1;
+    }
+    assert!(seen >= 4, "only {seen} bundles in {}", shipped.display());
+}
