@@ -584,6 +584,13 @@ fn eval(a: EvalArgs) -> Result<()> {
         }
         md.push_str(". These are not FID (no Inception network). ");
     }
+    if matches!(base.model, sampler_core::bundle::ModelSpec::Mixture(_)) {
+        md.push_str(
+            "NLL: -mean ln p(x) of the samples under the exact mixture density, nats per \
+             sample; not ranked, since samples collapsed toward the modes score below the \
+             mixture's entropy. ",
+        );
+    }
     md.push_str("Wall time on this machine's CPU (flex backend), all images in batches.\n\n");
     md.push_str(&to_markdown(&results));
     md.push('\n');

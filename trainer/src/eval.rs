@@ -143,6 +143,9 @@ pub struct RowResult {
     pub fd_cls: Option<f64>,
     /// Fraction of samples the classifier assigns to the requested label.
     pub accuracy: Option<f64>,
+    /// Negative log-likelihood of the samples under the mixture, nats per image: `-mean ln
+    /// p(x)` of the data density; for analytic mixture bases only (where it is exact).
+    pub nll: Option<f64>,
     /// Wall time per image, milliseconds.
     pub ms_per_image: f64,
     /// Sample-grid file, relative to the output directory.
@@ -348,6 +351,13 @@ pub fn run_eval(
         })
     };
     let reference = solve_reference(&base)?;
+    let truth = match &base.bundle().model {
+        sampler_core::bundle::ModelSpec::Mixture(m) => Some(
+            m.to_device(&device)
+                .map_err(|e| anyhow!("the base mixture: {e}"))?,
+        ),
+        _ => None,
+    };
     let reference_accuracy = match classifier {
         Some(c) if label_count > 0 && c.config.classes == label_count as usize => {
             let clamped: Vec<f32> = reference.iter().map(|v| v.clamp(-1.0, 1.0)).collect();
@@ -462,6 +472,12 @@ pub fn run_eval(
                 .find(|(f, _)| *f == fingerprint)
                 .map_or(reference.as_slice(), |(_, r)| r.as_slice());
             let trunc_rmse = rmse(&samples[..ref_count * d], own);
+            let nll = truth.as_ref().map(|m| {
+                let n = samples.len() / d;
+                let x = Tensor::<2>::from_data(TensorData::new(samples.clone(), [n, d]), &device);
+                let zero = Tensor::<1>::zeros([n], &device);
+                -crate::finetune::scalar(&m.log_density(x, zero).mean())
+            });
             let clamped: Vec<f32> = samples.iter().map(|v| v.clamp(-1.0, 1.0)).collect();
             let fd_pixel = match real {
                 Some(r) => Some(r.pixels.distance(&Moments::from_rows(&clamped, d)?)?),
@@ -522,6 +538,7 @@ pub fn run_eval(
                 fd_pixel,
                 fd_cls,
                 accuracy,
+                nll,
                 ms_per_image: seconds * 1000.0 / config.count as f64,
                 grid: grid_name,
             });
@@ -542,12 +559,12 @@ fn opt(v: Option<f64>, digits: usize) -> String {
 /// The results as CSV (one line per row and T; levels space-separated).
 pub fn to_csv(dataset: &str, results: &[RowResult]) -> String {
     let mut s = String::from(
-        "dataset,row,solver,T,nfe,trunc_rmse,trunc_rmse_base,fd_pixel,fd_cls,accuracy,ms_per_image,sigmas\n",
+        "dataset,row,solver,T,nfe,trunc_rmse,trunc_rmse_base,fd_pixel,fd_cls,accuracy,nll,ms_per_image,sigmas\n",
     );
     for r in results {
         let sigmas: Vec<String> = r.sigmas.iter().map(|v| format!("{v}")).collect();
         s.push_str(&format!(
-            "{dataset},\"{}\",{},{},{},{:.6},{:.6},{},{},{},{:.3},{}\n",
+            "{dataset},\"{}\",{},{},{},{:.6},{:.6},{},{},{},{},{:.3},{}\n",
             r.row,
             r.solver,
             r.t,
@@ -557,6 +574,7 @@ pub fn to_csv(dataset: &str, results: &[RowResult]) -> String {
             opt(r.fd_pixel, 4),
             opt(r.fd_cls, 4),
             opt(r.accuracy, 4),
+            opt(r.nll, 3),
             r.ms_per_image,
             sigmas.join(" ")
         ));
@@ -566,9 +584,13 @@ pub fn to_csv(dataset: &str, results: &[RowResult]) -> String {
 
 /// The results as a Markdown table grouped by T, the best value of each metric per T in bold.
 pub fn to_markdown(results: &[RowResult]) -> String {
-    let mut s = String::from(
-        "| T | row | NFE | trunc RMSE | vs base net | FD-pixel | FD-cls | accuracy | ms/image |\n\
-         |---:|---|---:|---:|---:|---:|---:|---:|---:|\n",
+    // The NLL column only for mixture bases, which have an exact density.
+    let with_nll = results.iter().any(|r| r.nll.is_some());
+    let mut s = format!(
+        "| T | row | NFE | trunc RMSE | vs base net | FD-pixel | FD-cls | accuracy |{} ms/image |\n\
+         |---:|---|---:|---:|---:|---:|---:|---:|{}---:|\n",
+        if with_nll { " NLL |" } else { "" },
+        if with_nll { "---:|" } else { "" },
     );
     let mut ts: Vec<usize> = results.iter().map(|r| r.t).collect();
     ts.dedup();
@@ -594,7 +616,7 @@ pub fn to_markdown(results: &[RowResult]) -> String {
         };
         for r in rows {
             s.push_str(&format!(
-                "| {} | {} | {} | {} | {:.4} | {} | {} | {} | {:.1} |\n",
+                "| {} | {} | {} | {} | {:.4} | {} | {} | {} |{} {:.1} |\n",
                 r.t,
                 r.row,
                 r.nfe,
@@ -603,6 +625,13 @@ pub fn to_markdown(results: &[RowResult]) -> String {
                 cell(r.fd_pixel, b_fdp, 2),
                 cell(r.fd_cls, b_fdc, 3),
                 cell(r.accuracy, b_acc, 3),
+                if with_nll {
+                    // Not ranked: samples collapsed toward the modes score below the
+                    // mixture's entropy, so lower is not always better.
+                    format!(" {} |", opt(r.nll, 2))
+                } else {
+                    String::new()
+                },
                 r.ms_per_image
             ));
         }
@@ -798,6 +827,7 @@ mod tests {
             fd_pixel: None,
             fd_cls: None,
             accuracy: acc,
+            nll: None,
             ms_per_image: 1.0,
             grid: String::new(),
         };
@@ -818,7 +848,7 @@ mod tests {
         let csv = to_csv("d", &[row("a", 5, 0.3, None)]);
         assert_eq!(
             csv.lines().nth(1),
-            Some("d,\"a\",Euler,5,5,0.300000,0.800000,,,,1.000,80 0.002")
+            Some("d,\"a\",Euler,5,5,0.300000,0.800000,,,,,1.000,80 0.002")
         );
     }
 }

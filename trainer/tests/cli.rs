@@ -459,7 +459,7 @@ fn eval_smoke_on_a_tiny_model() {
     let (own, vs_base): (f64, f64) = (other[5].parse().unwrap(), other[6].parse().unwrap());
     assert!(own > 0.0 && (own - vs_base).abs() > 1e-4 * vs_base, "{csv}");
     let levels =
-        |r: &[String]| -> Vec<f64> { r[11].split(' ').map(|v| v.parse().unwrap()).collect() };
+        |r: &[String]| -> Vec<f64> { r[12].split(' ').map(|v| v.parse().unwrap()).collect() };
     for (a, b) in levels(euler).iter().zip(levels(same)) {
         assert!((a - b).abs() <= 1e-6 * a, "{a} vs {b}");
     }
@@ -508,4 +508,68 @@ fn eval_smoke_on_a_tiny_model() {
             .collect()
     };
     assert_eq!(strip(&csv), strip(&again));
+}
+
+/// `trainer eval` on an analytic mixture base reports the samples' NLL under the exact
+/// density: for a single Gaussian N(mu, c^2 I) in d dimensions, samples of an accurate
+/// solver score the closed form d/2 (1 + ln(2 pi c^2)) up to sampling noise.
+#[test]
+fn eval_reports_the_exact_nll_of_a_mixture_base() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |n: &str| dir.path().join(n).to_string_lossy().into_owned();
+    ok(&trainer(&[
+        "make-mixture",
+        "--components",
+        "1",
+        "--dim",
+        "8",
+        "--seed",
+        "3",
+        "--out",
+        &p("gauss.bin"),
+    ]));
+    ok(&trainer(&[
+        "eval",
+        "--base",
+        &p("gauss.bin"),
+        "--t",
+        "3,80",
+        "--count",
+        "2000",
+        "--ref-count",
+        "8",
+        "--grid",
+        "0",
+        "--out",
+        &p("ev"),
+        "--quiet",
+    ]));
+    let bundle = sampler_core::Bundle::from_bytes(&std::fs::read(p("gauss.bin")).unwrap()).unwrap();
+    let sampler_core::bundle::ModelSpec::Mixture(m) = &bundle.model else {
+        panic!("not a mixture");
+    };
+    let c2 = (m.stds[0] as f64).powi(2);
+    let closed = 4.0 * (1.0 + (2.0 * std::f64::consts::PI * c2).ln());
+    let csv = std::fs::read_to_string(dir.path().join("ev/results.csv")).unwrap();
+    // After the quoted row name: solver, T, nfe, trunc, trunc_base, fd_pixel, fd_cls,
+    // accuracy, nll, ...
+    let nll = |row: &str, t: &str| -> f64 {
+        csv.lines()
+            .skip(1)
+            .filter_map(|l| l.split_once(",\"")?.1.split_once("\","))
+            .map(|(name, tail)| (name, tail.split(',').collect::<Vec<_>>()))
+            .find(|(name, cols)| *name == row && cols[1] == t)
+            .unwrap_or_else(|| panic!("{row} T={t} missing:\n{csv}"))
+            .1[8]
+            .parse()
+            .unwrap()
+    };
+    // 2,000 samples: the mean NLL's standard error is sqrt(d/2)/sqrt(2000) = 0.045. A
+    // spread off by a fraction e moves it by about d e, so only an accurate solve (iPNDM
+    // with 80 levels) is held to the closed form.
+    let ipndm = nll("iPNDM, EDM rho=7", "80");
+    assert!((ipndm - closed).abs() < 0.15, "{ipndm} vs {closed}\n{csv}");
+    assert!(nll("Euler, EDM rho=7", "3").is_finite());
+    let md = std::fs::read_to_string(dir.path().join("ev/results.md")).unwrap();
+    assert!(md.contains("| NLL |"), "{md}");
 }
