@@ -2,7 +2,7 @@
 # Regenerates docs/results/ and the shipped bundles bundles/{digits8,face8,mnist8}.bin: every
 # training run and evaluation of issue 5, one data set per argument:
 #   scripts/results.sh digits   # ~15 min on 2 CPU cores
-#   scripts/results.sh mnist    # ~2 h
+#   scripts/results.sh mnist    # ~1 h after the ~1 h pre-training
 #   scripts/results.sh faces    # ~45 min
 # Runs live in $RUNS (default ./runs, git-ignored); a run directory that exists is resumed,
 # so an interrupted call picks up where it stopped. Deterministic up to export time stamps
@@ -54,33 +54,58 @@ digits)
         --count 1000 --ref-count 200 --title "digits 8x8" --out docs/results/digits --quiet
     ;;
 mnist)
-    # Class-conditional U-Net at MNIST's native 28x28 (16 channels, mult 1,2: 28 -> 14).
+    # Class-conditional U-Net at MNIST's native 28x28, 16 channels, mult 1,2: the size whose
+    # int8 bundle fits the firmware's 1 MiB of flash and 256 KiB of RAM. Trained in batches of
+    # 64 at a constant step size; the run resumes, and MNIST_STEPS is how far the shipped
+    # bundles/mnist-base.bin went (~0.2 s a step on 2 CPU cores, ~14k steps an hour).
+    MNIST_STEPS=${MNIST_STEPS:-16000}
     "$T" pretrain --data mnist --labels --run "$RUNS/mnist-base" --model-channels 16 \
-        --channel-mult 1,2 --num-blocks 1 --steps 1500 --batch 32 --lr 2e-3 --ema-decay 0.998 \
-        --checkpoint-every 100 --quiet
-    "$T" export --run "$RUNS/mnist-base" --out "$RUNS/mnist-base.bin" --t 8 --name mnist-base
-    # Two-stage for T = 5, 8, 10; the three ablation rows of paper Table 1 at T = 8 (the CPU
-    # budget of one session does not cover them at every T).
-    mnist_ft=(--rounds 2 --stage1-steps 15 --stage2-steps 60 --batch 32 --disc-batch 16
-        --teacher-pool 64 --teacher-steps 32 --lr-weights 1e-4 --ema-decay 0.98)
+        --channel-mult 1,2 --num-blocks 1 --steps 100000 --stop-after "$MNIST_STEPS" \
+        --batch 64 --lr 2e-3 --ema-decay 0.9995 --checkpoint-every 250 --quiet
+    "$T" export --run "$RUNS/mnist-base" --out bundles/mnist-base.bin --t 8 --name mnist-base \
+        --description "Class-conditional DDPM++ U-Net (16 channels, mult 1,2) on MNIST 28x28, $MNIST_STEPS pre-training steps of batch 64, EDM's levels"
+    mnist_ft=(--data mnist --labels --batch 32 --disc-batch 16 --teacher-pool 64
+        --teacher-steps 32 --lr-weights 1e-4 --ema-decay 0.98 --quiet)
+    ft() { # run name, T, then finetune flags
+        local name=$1 t=$2
+        shift 2
+        "$T" finetune --base bundles/mnist-base.bin --run "$RUNS/mnist-$name-t$t" --t "$t" \
+            "${mnist_ft[@]}" "$@"
+        "$T" export --run "$RUNS/mnist-$name-t$t" --out "$RUNS/mnist-$name-t$t.bin" \
+            --name "mnist-$name-t$t"
+    }
     for t in 5 8 10; do
-        "$T" finetune --base "$RUNS/mnist-base.bin" --data mnist --labels \
-            --run "$RUNS/mnist-two-stage-t$t" --t "$t" --mode two-stage --quiet "${mnist_ft[@]}"
-        "$T" export --run "$RUNS/mnist-two-stage-t$t" --out "$RUNS/mnist-two-stage-t$t.bin"
+        # The paper's two-stage Euler; iPNDM and DPM-Solver++(2M) with learned levels
+        # (stage 1 through the unrolled solver), and iPNDM's weights fine-tuned on its L_disc.
+        ft two-stage "$t" --mode two-stage --rounds 2 --stage1-steps 15 --stage2-steps 60
+        ft ipndm-stage1 "$t" --solver ipndm --mode stage1-only --rounds 1 --stage1-steps 30
+        ft ipndm-two-stage "$t" --solver ipndm --mode two-stage --rounds 2 --stage1-steps 15 \
+            --stage2-steps 60
+        ft dpmpp-stage1 "$t" --solver dpmpp2m --mode stage1-only --rounds 1 --stage1-steps 30
+    done
+    # The three ablation rows of paper Table 1 at T = 8.
+    for mode in stage1-only stage2-only edm-weight-finetune; do
+        ft "$mode" 8 --mode "$mode" --rounds 2 --stage1-steps 15 --stage2-steps 60
     done
     "$T" export --run "$RUNS/mnist-two-stage-t8" --out bundles/mnist8.bin --name mnist8 \
-        --description "Class-conditional DDPM++ U-Net (16 channels, mult 1,2) on MNIST 28x28, 1500 pre-training steps, two-stage fine-tuned for T = 8"
-    for mode in stage1-only stage2-only edm-weight-finetune; do
-        "$T" finetune --base "$RUNS/mnist-base.bin" --data mnist --labels \
-            --run "$RUNS/mnist-$mode-t8" --t 8 --mode "$mode" --quiet "${mnist_ft[@]}"
-        "$T" export --run "$RUNS/mnist-$mode-t8" --out "$RUNS/mnist-$mode-t8.bin"
-    done
-    # T = 5, 8, 10 (the fine-tuned ones) and 150 samples per row: the full T list at 250
-    # samples would take ~2 h of this CPU's time for the training-free rows alone.
+        --description "Class-conditional DDPM++ U-Net (16 channels, mult 1,2) on MNIST 28x28, $MNIST_STEPS pre-training steps, two-stage fine-tuned for T = 8"
+    # The best learned few-step sampler at T = 8 (lowest FD-pixel and truncation error of
+    # docs/results/mnist): iPNDM on levels learned for it, the base network's weights.
+    "$T" export --run "$RUNS/mnist-ipndm-stage1-t8" --out bundles/mnist8-ipndm.bin \
+        --name mnist8-ipndm --description "The mnist-base network with 8 levels learned for iPNDM (stage 1 through the unrolled solver)"
     tuned_rows mnist
-    "$T" eval --base "$RUNS/mnist-base.bin" "${TUNED[@]}" --t 5,8,10 \
+    TUNED+=(--tuned "iPNDM stage 1 only=$RUNS/mnist-ipndm-stage1-t{T}.bin"
+        --tuned "iPNDM two-stage=$RUNS/mnist-ipndm-two-stage-t{T}.bin"
+        --tuned "DPM-Solver++(2M) stage 1 only=$RUNS/mnist-dpmpp-stage1-t{T}.bin")
+    # 1,000 samples per row; the truncation RMSE on the first 100 (one 511-evaluation Heun
+    # reference per distinct network: nine of them).
+    "$T" eval --base bundles/mnist-base.bin "${TUNED[@]}" --t 5,8,10 \
         --real mnist-test --classifier "$RUNS/mnist-classifier.bin" --classifier-data mnist \
-        --count 150 --ref-count 16 --title "MNIST 28x28" --out docs/results/mnist --quiet
+        --count 1000 --ref-count 100 --title "MNIST 28x28" --out docs/results/mnist --quiet
+    # The base network's own 256-level Heun samples, scored on 500 images.
+    "$T" eval --base bundles/mnist-base.bin --t 8 --real mnist-test \
+        --classifier "$RUNS/mnist-classifier.bin" --count 500 --ref-count 500 --grid 100 \
+        --title "MNIST 28x28, base network" --out docs/results/mnist-base --quiet
     ;;
 faces)
     # 100 LFW faces, 25x25 resized to 24x24; unconditional, so no FD-cls.
