@@ -515,6 +515,42 @@ impl Finetune {
         Ok((x0, target, labels))
     }
 
+    /// The `disc_batch` rows of the teacher pool drawn at `step`: their indices (on the
+    /// pool's device, for the trajectory cache) and the (x_0, target, labels) rows moved to
+    /// the training device.
+    #[allow(clippy::type_complexity)]
+    fn pick_from_pool(
+        &self,
+        (x0, target, labels): (Tensor<2>, Tensor<2>, Option<Tensor<2>>),
+        step: u64,
+    ) -> (
+        Tensor<1, burn::tensor::Int>,
+        (Tensor<2>, Tensor<2>, Option<Tensor<2>>),
+    ) {
+        let c = &self.config;
+        let pick = uniform_indices(
+            c.seed,
+            purpose::POOL_PICK,
+            step,
+            c.disc_batch,
+            c.teacher_pool,
+        );
+        let idx = Tensor::<1, burn::tensor::Int>::from_data(
+            TensorData::new(
+                pick.iter().map(|&i| i as i64).collect::<Vec<_>>(),
+                [pick.len()],
+            ),
+            &x0.device(),
+        );
+        let dev = &self.device;
+        let rows = (
+            x0.select(0, idx.clone()).to_device(dev),
+            target.select(0, idx.clone()).to_device(dev),
+            labels.map(|l| l.select(0, idx.clone()).to_device(dev)),
+        );
+        (idx, rows)
+    }
+
     /// Brings the cached states up to date for a step of `round` under `sigmas` (the
     /// current levels): the whole pool at a round's first step, then `ceil(pool / N)` entries
     /// round robin, N = `traj_refresh`.
@@ -605,28 +641,14 @@ impl Finetune {
                         (x0, target, ld)
                     }
                     DiscTarget::Teacher => {
-                        let (px0, ptarget, plabels) = self.teacher_pool(round)?;
-                        let pool = (px0.clone(), ptarget.clone(), plabels.clone());
+                        let pool = self.teacher_pool(round)?;
                         let traj = if c.traj_refresh > 0 && c.disc_grad == DiscGrad::Paper {
                             self.refresh_trajectories(round, &sigmas, &pool);
                             self.trajectories.as_ref()
                         } else {
                             None
                         };
-                        let pick = uniform_indices(
-                            c.seed,
-                            purpose::POOL_PICK,
-                            step,
-                            c.disc_batch,
-                            c.teacher_pool,
-                        );
-                        let idx = Tensor::<1, burn::tensor::Int>::from_data(
-                            TensorData::new(
-                                pick.iter().map(|&i| i as i64).collect::<Vec<_>>(),
-                                [pick.len()],
-                            ),
-                            &px0.device(),
-                        );
+                        let (idx, rows) = self.pick_from_pool(pool, step);
                         let dev = &self.device;
                         if let Some(tr) = traj {
                             let pick_rows =
@@ -637,11 +659,7 @@ impl Finetune {
                                 .collect();
                             cached = Some((x_ts, pick_rows(&tr.last)));
                         }
-                        (
-                            px0.select(0, idx.clone()).to_device(dev),
-                            ptarget.select(0, idx.clone()).to_device(dev),
-                            plabels.map(|l| l.select(0, idx).to_device(dev)),
-                        )
+                        rows
                     }
                 };
                 self.base.with_shipped(|den| {
@@ -733,27 +751,8 @@ impl Finetune {
             let disc_rows = if c.solver == SolverKind::Euler {
                 None
             } else {
-                let (px0, ptarget, plabels) = self.teacher_pool(round)?;
-                let pick = uniform_indices(
-                    c.seed,
-                    purpose::POOL_PICK,
-                    step,
-                    c.disc_batch,
-                    c.teacher_pool,
-                );
-                let idx = Tensor::<1, burn::tensor::Int>::from_data(
-                    TensorData::new(
-                        pick.iter().map(|&i| i as i64).collect::<Vec<_>>(),
-                        [pick.len()],
-                    ),
-                    &px0.device(),
-                );
-                let dev = &self.device;
-                Some((
-                    px0.select(0, idx.clone()).to_device(dev),
-                    ptarget.select(0, idx.clone()).to_device(dev),
-                    plabels.map(|l| l.select(0, idx).to_device(dev)),
-                ))
+                let pool = self.teacher_pool(round)?;
+                Some(self.pick_from_pool(pool, step).1)
             };
             let Base::Network {
                 config,

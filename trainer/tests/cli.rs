@@ -320,66 +320,43 @@ fn conditional_unet_on_shipped_digits_through_the_cli() {
 fn eval_smoke_on_a_tiny_model() {
     let dir = tempfile::tempdir().unwrap();
     let p = |n: &str| dir.path().join(n).to_string_lossy().into_owned();
-    ok(&trainer(&[
-        "pretrain",
-        "--data",
-        "digits",
-        "--labels",
-        "--run",
-        &p("base"),
-        "--steps",
-        "2",
-        "--batch",
-        "8",
-        "--model-channels",
-        "4",
-        "--channel-mult",
-        "1,2",
-        "--num-blocks",
-        "1",
-        "--quiet",
-    ]));
-    ok(&trainer(&[
-        "export",
-        "--run",
-        &p("base"),
-        "--out",
-        &p("base.bin"),
-        "--t",
-        "4",
-    ]));
+    // A 2-step tiny U-Net of `seed`, exported with T = 4.
+    let base = |run: &str, seed: &str, out: &str| {
+        ok(&trainer(&[
+            "pretrain",
+            "--data",
+            "digits",
+            "--labels",
+            "--run",
+            &p(run),
+            "--seed",
+            seed,
+            "--steps",
+            "2",
+            "--batch",
+            "8",
+            "--model-channels",
+            "4",
+            "--channel-mult",
+            "1,2",
+            "--num-blocks",
+            "1",
+            "--quiet",
+        ]));
+        ok(&trainer(&[
+            "export",
+            "--run",
+            &p(run),
+            "--out",
+            &p(out),
+            "--t",
+            "4",
+        ]));
+    };
+    base("base", "0", "base.bin");
     std::fs::copy(p("base.bin"), p("same4.bin")).unwrap();
     // Other weights: another seed.
-    ok(&trainer(&[
-        "pretrain",
-        "--data",
-        "digits",
-        "--labels",
-        "--run",
-        &p("other"),
-        "--seed",
-        "1",
-        "--steps",
-        "2",
-        "--batch",
-        "8",
-        "--model-channels",
-        "4",
-        "--channel-mult",
-        "1,2",
-        "--num-blocks",
-        "1",
-        "--quiet",
-    ]));
-    ok(&trainer(&[
-        "export",
-        "--run",
-        &p("other"),
-        "--out",
-        &p("other4.bin"),
-        "--t",
-        "4",
-    ]));
+    base("other", "1", "other4.bin");
     let eval = |out: &str, train_classifier: bool| {
         let mut args: Vec<String> = [
             "eval",
