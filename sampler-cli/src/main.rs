@@ -23,6 +23,9 @@ use sampler_core::{Images, Sampler};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// mimalloc's `mi_option_purge_delay` (not among the constants `libmimalloc-sys` names).
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
 /// Generate images from a fewstep bundle (weights + learned noise levels) with the
 /// few-step Euler sampler.
 #[derive(Parser, Debug)]
@@ -105,6 +108,10 @@ struct Args {
 }
 
 fn main() -> ExitCode {
+    // Never hand freed pages back to the kernel (mimalloc's default after 10 ms): each step
+    // would fault the same activations in again, zeroed.
+    // SAFETY: sets an integer option; called before any other thread exists.
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
     let args = match Args::try_parse() {
         Ok(a) => a,
         Err(e) if !e.use_stderr() => {

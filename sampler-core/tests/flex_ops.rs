@@ -1,7 +1,9 @@
 //! The fast CPU paths of `model::flex_ops` against burn's own ops evaluated in float64:
 //! convolution (3x3 padded, 1x1) and GroupNorm with and without SiLU, forward and every
 //! gradient, on odd shapes and batch sizes 1 and 3; then a whole U-Net (attention, labels)
-//! on the fast path against the same weights in float64 through burn's modules.
+//! on the fast path against the same weights in float64 through burn's modules. The fused
+//! ops (convolution closing a residual, GroupNorm of a shifted input, 2x resampling,
+//! softmax) likewise, each against the unfused burn ops.
 
 use burn::backend::Dispatch;
 use burn::module::{Module, ModuleMapper, Param};
@@ -251,4 +253,198 @@ fn unet_on_the_fast_path_matches_burn_in_f64() {
         read(model.forward(t(&x, [b, d]), c, Some(t(&labels, [b, 4]))))
     };
     assert_close(&run(DType::F32), &run(DType::F64), "U-Net forward");
+}
+
+/// Gradients of `<y, r>` at each tensor of `inputs`, read as f64.
+fn grads_of<const D: usize, const E: usize>(
+    y: Tensor<D>,
+    r: Tensor<D>,
+    inputs: &[Tensor<E>],
+) -> Vec<Vec<f64>> {
+    let g = (y * r).sum().backward();
+    inputs
+        .iter()
+        .map(|t| read(t.grad(&g).expect("grad")))
+        .collect()
+}
+
+fn conv_residual_case(batch: usize, cin: usize, cout: usize, hw: usize, k: usize, scale: f64) {
+    let what = format!("conv+residual b{batch} {cin}->{cout} {hw}x{hw} k{k} scale {scale}");
+    let pad = k / 2;
+    let x = values(21, batch * cin * hw * hw);
+    let wt = values(22, cout * cin * k * k);
+    let b = values(23, cout);
+    let res = values(24, batch * cout * hw * hw);
+    let r = values(25, batch * cout * hw * hw);
+    let ys = [batch, cout, hw, hw];
+
+    let (x32, w32, b32, res32) = (
+        t32(&x, [batch, cin, hw, hw]),
+        t32(&wt, [cout, cin, k, k]),
+        t32(&b, [cout]),
+        t32(&res, ys),
+    );
+    let y32 = Tensor::<4>::from_dispatch(<Dispatch as FastOps>::fewstep_conv2d_residual(
+        x32.clone().into_dispatch(),
+        w32.clone().into_dispatch(),
+        b32.clone().into_dispatch(),
+        res32.clone().into_dispatch(),
+        pad,
+        scale,
+    ));
+    let (x64, w64, b64, res64) = (
+        t64(&x, [batch, cin, hw, hw]),
+        t64(&wt, [cout, cin, k, k]),
+        t64(&b, [cout]),
+        t64(&res, ys),
+    );
+    let options = ConvOptions::new([1, 1], [pad, pad], [1, 1], 1);
+    let y64 = (burn_conv2d(x64.clone(), w64.clone(), Some(b64.clone()), options.clone())
+        + res64.clone())
+    .mul_scalar(scale);
+    assert_close(
+        &read(y32.clone()),
+        &read(y64.clone()),
+        &format!("{what}: forward"),
+    );
+    let g = (y32 * t32(&r, ys)).sum().backward();
+    let h = (y64 * t64(&r, ys)).sum().backward();
+    let both = |a: Option<Tensor<4>>, b: Option<Tensor<4>>| {
+        (read(a.expect("grad")), read(b.expect("grad")))
+    };
+    let (a, b) = both(x32.grad(&g), x64.grad(&h));
+    assert_close(&a, &b, &format!("{what}: dx"));
+    let (a, b) = both(res32.grad(&g), res64.grad(&h));
+    assert_close(&a, &b, &format!("{what}: dresidual"));
+    let (a, b) = both(w32.grad(&g), w64.grad(&h));
+    assert_close(&a, &b, &format!("{what}: dw"));
+    let (a, b) = (
+        read(b32.grad(&g).expect("grad")),
+        read(b64.grad(&h).expect("grad")),
+    );
+    assert_close(&a, &b, &format!("{what}: db"));
+}
+
+#[test]
+fn convolution_with_residual_matches_burn_in_f64() {
+    conv_residual_case(3, 5, 4, 6, 3, std::f64::consts::FRAC_1_SQRT_2);
+    conv_residual_case(2, 3, 7, 5, 1, 0.5);
+    // Batch 1 split into bands of output rows, each band reading its rows of the residual.
+    conv_residual_case(1, 16, 16, 13, 3, 1.5);
+}
+
+fn shifted_norm_case(batch: usize, c: usize, hw: usize, groups: usize, silu: bool) {
+    let what = format!("shifted group norm b{batch} c{c} {hw}x{hw} g{groups} silu={silu}");
+    let shape = [batch, c, hw, hw];
+    let n = batch * c * hw * hw;
+    let x: Vec<f32> = values(31, n).iter().map(|v| 2.0 * v - 0.5).collect();
+    // Shifts as large as x itself, different per sample and channel.
+    let shift: Vec<f32> = values(32, batch * c).iter().map(|v| 3.0 * v).collect();
+    let gamma: Vec<f32> = values(33, c).iter().map(|v| 1.0 + 0.3 * v).collect();
+    let beta = values(34, c);
+    let r = values(35, n);
+    let eps = 1e-6;
+    let (x32, s32, g32, b32) = (
+        t32(&x, shape),
+        t32(&shift, [batch, c]),
+        t32(&gamma, [c]),
+        t32(&beta, [c]),
+    );
+    let y32 = Tensor::<4>::from_dispatch(<Dispatch as FastOps>::fewstep_group_norm_shifted(
+        x32.clone().into_dispatch(),
+        s32.clone().into_dispatch(),
+        g32.clone().into_dispatch(),
+        b32.clone().into_dispatch(),
+        groups,
+        eps,
+        silu,
+    ));
+    let (x64, s64, g64, b64) = (
+        t64(&x, shape),
+        t64(&shift, [batch, c]),
+        t64(&gamma, [c]),
+        t64(&beta, [c]),
+    );
+    let pre = x64.clone() + s64.clone().reshape([batch, c, 1, 1]);
+    let y64 = group_norm_ref(pre, g64.clone(), b64.clone(), groups, eps, silu);
+    assert_close(
+        &read(y32.clone()),
+        &read(y64.clone()),
+        &format!("{what}: forward"),
+    );
+    let g = (y32 * t32(&r, shape)).sum().backward();
+    let h = (y64 * t64(&r, shape)).sum().backward();
+    assert_close(
+        &read(x32.grad(&g).expect("grad")),
+        &read(x64.grad(&h).expect("grad")),
+        &format!("{what}: dx"),
+    );
+    assert_close(
+        &read(s32.grad(&g).expect("grad")),
+        &read(s64.grad(&h).expect("grad")),
+        &format!("{what}: dshift"),
+    );
+    assert_close(
+        &read(g32.grad(&g).expect("grad")),
+        &read(g64.grad(&h).expect("grad")),
+        &format!("{what}: dgamma"),
+    );
+    assert_close(
+        &read(b32.grad(&g).expect("grad")),
+        &read(b64.grad(&h).expect("grad")),
+        &format!("{what}: dbeta"),
+    );
+}
+
+#[test]
+fn group_norm_of_a_shifted_input_matches_burn_in_f64() {
+    for silu in [false, true] {
+        shifted_norm_case(3, 8, 5, 2, silu);
+        shifted_norm_case(2, 16, 6, 4, silu);
+    }
+}
+
+#[test]
+fn resampling_matches_burn_in_f64() {
+    // The wrappers take burn's ops for f64 tensors: the reference.
+    for (up, h, w) in [(false, 6, 8), (true, 3, 5), (false, 2, 2), (true, 1, 1)] {
+        let what = format!("resample up={up} {h}x{w}");
+        let (b, c) = (2, 3);
+        let x = values(41, b * c * h * w);
+        let (oh, ow) = if up { (2 * h, 2 * w) } else { (h / 2, w / 2) };
+        let r = values(42, b * c * oh * ow);
+        let (x32, x64) = (t32(&x, [b, c, h, w]), t64(&x, [b, c, h, w]));
+        let y32 = flex_ops::resample2(x32.clone(), up);
+        let y64 = flex_ops::resample2(x64.clone(), up);
+        assert_eq!(y32.dims(), [b, c, oh, ow], "{what}: shape");
+        assert_close(
+            &read(y32.clone()),
+            &read(y64.clone()),
+            &format!("{what}: forward"),
+        );
+        let g32 = grads_of(y32, t32(&r, [b, c, oh, ow]), &[x32]);
+        let g64 = grads_of(y64, t64(&r, [b, c, oh, ow]), &[x64]);
+        assert_close(&g32[0], &g64[0], &format!("{what}: dx"));
+    }
+}
+
+#[test]
+fn softmax_matches_burn_in_f64() {
+    for (b, q, k) in [(2, 5, 7), (1, 16, 16), (3, 1, 9)] {
+        let what = format!("softmax {b}x{q}x{k}");
+        // Spread logits: large enough that subtracting the row maximum matters.
+        let x: Vec<f32> = values(51, b * q * k).iter().map(|v| 8.0 * v).collect();
+        let r = values(52, b * q * k);
+        let (x32, x64) = (t32(&x, [b, q, k]), t64(&x, [b, q, k]));
+        let y32 = flex_ops::softmax_last(x32.clone());
+        let y64 = flex_ops::softmax_last(x64.clone());
+        assert_close(
+            &read(y32.clone()),
+            &read(y64.clone()),
+            &format!("{what}: forward"),
+        );
+        let g32 = grads_of(y32, t32(&r, [b, q, k]), &[x32]);
+        let g64 = grads_of(y64, t64(&r, [b, q, k]), &[x64]);
+        assert_close(&g32[0], &g64[0], &format!("{what}: dx"));
+    }
 }

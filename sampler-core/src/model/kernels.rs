@@ -73,6 +73,18 @@ fn chunks(batch: usize) -> Vec<(usize, usize)> {
         .collect()
 }
 
+/// `n` zeros, written by all threads: one thread zeroing a step's activations before the
+/// parallel kernels overwrite them was a twentieth of a training step.
+pub(crate) fn par_zeroed(n: usize) -> Vec<f32> {
+    let mut v: Vec<f32> = Vec::with_capacity(n);
+    v.spare_capacity_mut()
+        .par_chunks_mut(1 << 15)
+        .for_each(|c| c.fill(core::mem::MaybeUninit::new(0.0)));
+    // SAFETY: all n values were initialized just above.
+    unsafe { v.set_len(n) };
+    v
+}
+
 /// Whether one product is worth gemm's own threads (only used when the batch is not split).
 fn parallelism(m: usize, n: usize, k: usize) -> gemm::Parallelism {
     if rayon::current_num_threads() > 1 && m * n * k >= 1 << 21 {
@@ -90,13 +102,14 @@ struct Mat<'a> {
     cs: usize,
 }
 
-/// `dst (+)= lhs . rhs` for `dst` `[m, n]` in `dst` (row-major, or column-major when
+/// `dst (+)= scale * lhs . rhs` for `dst` `[m, n]` in `dst` (row-major, or column-major when
 /// `dst_col_major`), `lhs` `[m, k]`, `rhs` `[k, n]`.
 #[allow(clippy::too_many_arguments)]
 fn matmul(
     dst: &mut [f32],
     dst_col_major: bool,
     accumulate: bool,
+    scale: f32,
     lhs: Mat<'_>,
     rhs: Mat<'_>,
     (m, n, k): (usize, usize, usize),
@@ -133,7 +146,7 @@ fn matmul(
             rhs.cs as isize,
             rhs.rs as isize,
             1.0,
-            1.0,
+            scale,
             false,
             false,
             false,
@@ -249,20 +262,43 @@ fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
     })
 }
 
-/// Convolution of output rows `rows` of one image: `out` `[Cout, rows.len()*OW]`.
+/// A residual added to a convolution's output before a scale: `y = scale * (conv(x) + r)`,
+/// the U-Net's skip connections (`r` `[B, Cout, OH, OW]`, like the output).
+#[derive(Clone, Copy)]
+pub struct Residual<'a> {
+    /// The residual, `[B, Cout, OH, OW]`.
+    pub r: &'a [f32],
+    /// The scale applied to the sum.
+    pub scale: f32,
+}
+
+/// Convolution of output rows `rows` of one image: `out` `[Cout, rows.len()*OW]`;
+/// `residual` is this image's `[Cout, OH, OW]` residual and its scale.
+#[allow(clippy::too_many_arguments)]
 fn conv_band(
     g: &ConvGeom,
     xb: &[f32],
     weight: &[f32],
     bias: &[f32],
+    residual: Option<Residual<'_>>,
     rows: core::ops::Range<usize>,
     out: &mut [f32],
     par: gemm::Parallelism,
 ) {
     let (kdim, ow) = (g.kdim(), g.ow());
     let band = rows.len() * ow;
+    let scale = residual.map_or(1.0, |r| r.scale);
     for (co, o) in out.chunks_mut(band).enumerate() {
-        o.fill(bias[co]);
+        match residual {
+            // scale * (bias + r) first; the product is added scaled by gemm.
+            Some(res) => {
+                let start = co * g.plane() + rows.start * ow;
+                for (v, &r) in o.iter_mut().zip(&res.r[start..start + band]) {
+                    *v = res.scale * (bias[co] + r);
+                }
+            }
+            None => o.fill(bias[co]),
+        }
     }
     let lhs = Mat {
         data: weight,
@@ -276,7 +312,7 @@ fn conv_band(
             rs: g.h * g.w,
             cs: 1,
         };
-        matmul(out, false, true, lhs, rhs, (g.cout, band, kdim), par);
+        matmul(out, false, true, scale, lhs, rhs, (g.cout, band, kdim), par);
     } else {
         with_scratch(kdim * band, |cols| {
             im2col(g, xb, rows, cols);
@@ -285,27 +321,47 @@ fn conv_band(
                 rs: band,
                 cs: 1,
             };
-            matmul(out, false, true, lhs, rhs, (g.cout, band, kdim), par);
+            matmul(out, false, true, scale, lhs, rhs, (g.cout, band, kdim), par);
         });
     }
 }
 
 /// Convolution forward: `x` `[B, Cin, H, W]`, `weight` `[Cout, Cin, k, k]`, `bias` `[Cout]`
-/// -> `[B, Cout, OH, OW]`. Batches at least as large as the thread count are split by
-/// images; smaller ones (the sampler at batch 1) by bands of output rows.
-pub fn conv_forward(g: &ConvGeom, x: &[f32], weight: &[f32], bias: &[f32]) -> Vec<f32> {
+/// -> `[B, Cout, OH, OW]`, or `scale * (conv + r)` with a [`Residual`]. Batches at least as
+/// large as the thread count are split by images; smaller ones (the sampler at batch 1) by
+/// bands of output rows.
+pub fn conv_forward(
+    g: &ConvGeom,
+    x: &[f32],
+    weight: &[f32],
+    bias: &[f32],
+    residual: Option<Residual<'_>>,
+) -> Vec<f32> {
     let (plane, oh, ow) = (g.plane(), g.oh(), g.ow());
     let (in_len, out_len) = (g.in_len(), g.out_len());
-    let mut y = vec![0.0f32; g.batch * out_len];
+    if let Some(res) = residual {
+        assert_eq!(res.r.len(), g.batch * out_len, "conv residual: shape");
+    }
+    // This image's residual.
+    let res_of = |b: usize| {
+        residual.map(|res| Residual {
+            r: &res.r[b * out_len..(b + 1) * out_len],
+            scale: res.scale,
+        })
+    };
+    let mut y = par_zeroed(g.batch * out_len);
     let threads = rayon::current_num_threads();
     let parts = chunks(g.batch);
     if parts.len() > 1 && g.batch >= threads {
         let per = parts[0].1 - parts[0].0;
         y.par_chunks_mut(per * out_len)
             .zip(x.par_chunks(per * in_len))
-            .for_each(|(ys, xs)| {
-                for (yb, xb) in ys.chunks_mut(out_len).zip(xs.chunks(in_len)) {
-                    conv_band(g, xb, weight, bias, 0..oh, yb, gemm::Parallelism::None);
+            .enumerate()
+            .for_each(|(part, (ys, xs))| {
+                let images = ys.chunks_mut(out_len).zip(xs.chunks(in_len));
+                for (i, (yb, xb)) in images.enumerate() {
+                    let r = res_of(part * per + i);
+                    conv_band(g, xb, weight, bias, r, 0..oh, yb, gemm::Parallelism::None);
                 }
             });
     } else if threads > 1 && g.cout * plane * g.kdim() >= 1 << 16 && oh >= 2 * threads {
@@ -323,12 +379,14 @@ pub fn conv_forward(g: &ConvGeom, x: &[f32], weight: &[f32], bias: &[f32]) -> Ve
             .map(|(b, rows)| {
                 let mut out = vec![0.0f32; g.cout * rows.len() * ow];
                 let xb = &x[b * in_len..(b + 1) * in_len];
+                let (r, rows) = (res_of(*b), rows.clone());
                 conv_band(
                     g,
                     xb,
                     weight,
                     bias,
-                    rows.clone(),
+                    r,
+                    rows,
                     &mut out,
                     gemm::Parallelism::None,
                 );
@@ -343,15 +401,24 @@ pub fn conv_forward(g: &ConvGeom, x: &[f32], weight: &[f32], bias: &[f32]) -> Ve
             }
         }
     } else {
-        for (yb, xb) in y.chunks_mut(out_len).zip(x.chunks(in_len)) {
-            conv_band(g, xb, weight, bias, 0..oh, yb, gemm::Parallelism::None);
+        for (b, (yb, xb)) in y.chunks_mut(out_len).zip(x.chunks(in_len)).enumerate() {
+            conv_band(
+                g,
+                xb,
+                weight,
+                bias,
+                res_of(b),
+                0..oh,
+                yb,
+                gemm::Parallelism::None,
+            );
         }
     }
     y
 }
 
-/// Gradients of [`conv_forward`] for `dy` `[B, Cout, OH, OW]`: `(dx, dweight, dbias)`, each
-/// computed only when asked for.
+/// Gradients of [`conv_forward`] (without a residual) for `dy` `[B, Cout, OH, OW]`:
+/// `(dx, dweight, dbias)`, each computed only when asked for.
 #[allow(clippy::type_complexity)]
 pub fn conv_backward(
     g: &ConvGeom,
@@ -362,17 +429,8 @@ pub fn conv_backward(
 ) -> (Option<Vec<f32>>, Option<Vec<f32>>, Option<Vec<f32>>) {
     let (plane, kdim) = (g.plane(), g.kdim());
     let (in_len, out_len) = (g.in_len(), g.out_len());
-    let dbias = need_b.then(|| {
-        let mut db = vec![0.0f32; g.cout];
-        for dyb in dy.chunks(out_len) {
-            for (co, d) in dyb.chunks(plane).enumerate() {
-                db[co] += d.iter().sum::<f32>();
-            }
-        }
-        db
-    });
-    if !need_x && !need_w {
-        return (None, None, dbias);
+    if !need_x && !need_w && !need_b {
+        return (None, None, None);
     }
     // W^T: element (i, co) of [Cin*k*k, Cout] is weight[co * kdim + i].
     let weight_t = Mat {
@@ -407,22 +465,23 @@ pub fn conv_backward(
         pad: g.k - 1 - g.pad,
     };
     let zero_bias = vec![0.0f32; g.cin];
-    // Images start..end: (their dx, their partial dW in column-major order: gemm runs that
-    // product twice as fast as into a row-major destination).
-    let run = |(start, end): (usize, usize), par: gemm::Parallelism| {
-        let mut dx = if need_x {
-            vec![0.0f32; (end - start) * in_len]
-        } else {
-            Vec::new()
-        };
+    // Images start..end, their dx written in place: (their partial dW in column-major order,
+    // where gemm runs that product twice as fast as into a row-major destination, and their
+    // partial dbias). Every thread works on its own images: nothing serial but the sums of
+    // the partials, which are the size of the weights.
+    let run = |(start, end): (usize, usize), dx: &mut [f32], par: gemm::Parallelism| {
         let mut dw_cm = if need_w {
             vec![0.0f32; g.cout * kdim]
         } else {
             Vec::new()
         };
+        let mut db = vec![0.0f64; if need_b { g.cout } else { 0 }];
         for b in start..end {
             let xb = &x[b * in_len..(b + 1) * in_len];
             let dyb_slice = &dy[b * out_len..(b + 1) * out_len];
+            for (acc, d) in db.iter_mut().zip(dyb_slice.chunks(plane)) {
+                *acc += lane_sum(d);
+            }
             let dyb = Mat {
                 data: dyb_slice,
                 rs: plane,
@@ -436,7 +495,16 @@ pub fn conv_backward(
                         rs: 1,
                         cs: plane,
                     };
-                    matmul(dw_cm, true, true, dyb, cols_t, (g.cout, kdim, plane), par);
+                    matmul(
+                        dw_cm,
+                        true,
+                        true,
+                        1.0,
+                        dyb,
+                        cols_t,
+                        (g.cout, kdim, plane),
+                        par,
+                    );
                 };
                 if g.pointwise() {
                     product(xb, &mut dw_cm);
@@ -450,36 +518,60 @@ pub fn conv_backward(
             if need_x {
                 let dxb = &mut dx[(b - start) * in_len..(b - start + 1) * in_len];
                 if g.pointwise() {
-                    matmul(dxb, false, false, weight_t, dyb, (kdim, plane, g.cout), par);
+                    matmul(
+                        dxb,
+                        false,
+                        false,
+                        1.0,
+                        weight_t,
+                        dyb,
+                        (kdim, plane, g.cout),
+                        par,
+                    );
                 } else {
-                    conv_band(&back, dyb_slice, &flipped, &zero_bias, 0..g.h, dxb, par);
+                    let (f, zb) = (&flipped, &zero_bias);
+                    conv_band(&back, dyb_slice, f, zb, None, 0..g.h, dxb, par);
                 }
             }
         }
-        (dx, dw_cm)
+        (dw_cm, db)
     };
     let parts = chunks(g.batch);
-    let results: Vec<(Vec<f32>, Vec<f32>)> = if parts.len() > 1 {
+    let mut dx = if need_x {
+        par_zeroed(g.batch * in_len)
+    } else {
+        Vec::new()
+    };
+    let per = parts.first().map_or(1, |p| p.1 - p.0);
+    let mut dx_parts: Vec<&mut [f32]> = if need_x {
+        dx.chunks_mut(per * in_len).collect()
+    } else {
+        parts.iter().map(|_| &mut [][..]).collect()
+    };
+    let results: Vec<(Vec<f32>, Vec<f64>)> = if parts.len() > 1 {
         parts
             .into_par_iter()
-            .map(|r| run(r, gemm::Parallelism::None))
+            .zip(dx_parts.into_par_iter())
+            .map(|(r, dxs)| run(r, dxs, gemm::Parallelism::None))
             .collect()
     } else {
         let par = parallelism(g.cout.max(kdim), plane.max(kdim), kdim.max(plane));
-        parts.into_iter().map(|r| run(r, par)).collect()
+        parts
+            .into_iter()
+            .zip(dx_parts.iter_mut())
+            .map(|(r, dxs)| run(r, dxs, par))
+            .collect()
     };
-    let mut dx = need_x.then(|| Vec::with_capacity(g.batch * in_len));
     let mut dw_cm: Option<Vec<f32>> = None;
-    for (part_dx, part_dw) in results {
-        if let Some(dx) = dx.as_mut() {
-            dx.extend_from_slice(&part_dx);
-        }
+    let mut db = vec![0.0f64; if need_b { g.cout } else { 0 }];
+    for (part_dw, part_db) in results {
         if need_w {
             match dw_cm.as_mut() {
                 None => dw_cm = Some(part_dw),
                 Some(acc) => acc.iter_mut().zip(&part_dw).for_each(|(a, p)| *a += p),
             }
         }
+        db.iter_mut().zip(&part_db).for_each(|(a, p)| *a += p);
     }
     // Column-major [Cout, Cin*k*k] -> the weight's row-major layout.
     let dw = need_w.then(|| {
@@ -493,7 +585,29 @@ pub fn conv_backward(
         }
         dw
     });
-    (dx, dw, dbias)
+    let dbias = need_b.then(|| db.into_iter().map(|v| v as f32).collect());
+    (need_x.then_some(dx), dw, dbias)
+}
+
+/// Gradients of `y = scale * (conv(x) + r)` for `dy`: the convolution's from
+/// [`conv_backward`] at `scale * dy`, and `dr = scale * dy`.
+#[allow(clippy::type_complexity)]
+pub fn conv_residual_backward(
+    g: &ConvGeom,
+    x: &[f32],
+    weight: &[f32],
+    dy: &[f32],
+    scale: f32,
+    need: (bool, bool, bool),
+) -> (
+    Option<Vec<f32>>,
+    Option<Vec<f32>>,
+    Option<Vec<f32>>,
+    Vec<f32>,
+) {
+    let dr: Vec<f32> = dy.par_iter().map(|&d| scale * d).collect();
+    let (dx, dw, db) = conv_backward(g, x, weight, &dr, need);
+    (dx, dw, db, dr)
 }
 
 /// Shape of a GroupNorm: `batch` samples of `channels` planes of `plane` values, in
@@ -633,12 +747,15 @@ fn centered_squares(a: &[f32], c: f32) -> f64 {
     sq
 }
 
-/// GroupNorm forward, `silu(norm(x))` when `silu`: returns `(y, mean, rstd)`, the statistics
-/// one per (sample, group), for the backward pass. The variance is the biased one, as in
+/// GroupNorm forward, `silu(norm(x + shift))` when `silu`: returns `(y, mean, rstd)`, the
+/// statistics one per (sample, group), for the backward pass. `shift` `[B, C]` is a value per
+/// (sample, channel) added before the norm (the U-Net's embedding after `conv0`), so that
+/// sum is never materialized; `None` adds nothing. The variance is the biased one, as in
 /// burn's and PyTorch's GroupNorm; sums are accumulated in f64.
 pub fn group_norm_forward(
     g: &NormGeom,
     x: &[f32],
+    shift: Option<&[f32]>,
     gamma: &[f32],
     beta: &[f32],
     epsilon: f64,
@@ -646,7 +763,10 @@ pub fn group_norm_forward(
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let n = g.group_len();
     let cg = g.group_channels();
-    let mut y = vec![0.0f32; x.len()];
+    if let Some(s) = shift {
+        assert_eq!(s.len(), g.batch * g.channels, "group norm shift: shape");
+    }
+    let mut y = par_zeroed(x.len());
     let stats: Vec<(f32, f32)> = y
         .par_chunks_mut(n)
         .zip(x.par_chunks(n))
@@ -655,14 +775,24 @@ pub fn group_norm_forward(
             simd(
                 #[inline(always)]
                 || {
-                    let group = bg % g.groups;
-                    let mean = lane_sum(xg) / n as f64;
-                    let var = centered_squares(xg, mean as f32) / n as f64;
+                    let (b, group) = (bg / g.groups, bg % g.groups);
+                    let offset =
+                        |j: usize| shift.map_or(0.0, |s| s[b * g.channels + group * cg + j]);
+                    let shift_sum: f64 = (0..cg).map(|j| offset(j) as f64).sum();
+                    let mean = (lane_sum(xg) + g.plane as f64 * shift_sum) / n as f64;
+                    let var = (0..cg)
+                        .map(|j| {
+                            let xc = &xg[j * g.plane..(j + 1) * g.plane];
+                            centered_squares(xc, (mean - offset(j) as f64) as f32)
+                        })
+                        .sum::<f64>()
+                        / n as f64;
                     let rstd = 1.0 / libm::sqrt(var + epsilon);
                     for j in 0..cg {
                         let c = group * cg + j;
-                        let a = (rstd * gamma[c] as f64) as f32;
-                        let shift = (beta[c] as f64 - mean * rstd * gamma[c] as f64) as f32;
+                        let a = rstd * gamma[c] as f64;
+                        let shift = beta[c] as f64 + (offset(j) as f64 - mean) * a;
+                        let (a, shift) = (a as f32, shift as f32);
                         let range = j * g.plane..(j + 1) * g.plane;
                         for (o, &v) in yg[range.clone()].iter_mut().zip(&xg[range]) {
                             *o = v * a + shift;
@@ -680,23 +810,25 @@ pub fn group_norm_forward(
     (y, mean, rstd)
 }
 
-/// Gradients of [`group_norm_forward`] for `dy`: `(dx, dgamma, dbeta)`.
-#[allow(clippy::too_many_arguments)]
+/// Gradients of [`group_norm_forward`] for `dy`: `(dx, dgamma, dbeta, dshift)`, `dshift`
+/// `[B, C]` (the per-channel sums of `dx`) when a `shift` was given.
+#[allow(clippy::too_many_arguments, clippy::type_complexity)]
 pub fn group_norm_backward(
     g: &NormGeom,
     x: &[f32],
+    shift: Option<&[f32]>,
     gamma: &[f32],
     beta: &[f32],
     mean: &[f32],
     rstd: &[f32],
     dy: &[f32],
     silu: bool,
-) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+) -> (Vec<f32>, Vec<f32>, Vec<f32>, Option<Vec<f32>>) {
     let n = g.group_len();
     let cg = g.group_channels();
-    let mut dx = vec![0.0f32; x.len()];
-    // Per (sample, group): the group's cg entries of dgamma and dbeta.
-    let partial: Vec<(Vec<f64>, Vec<f64>)> = dx
+    let mut dx = par_zeroed(x.len());
+    // Per (sample, group): the group's cg entries of dgamma, dbeta and dshift.
+    let partial: Vec<(Vec<f64>, Vec<f64>, Vec<f32>)> = dx
         .par_chunks_mut(n)
         .zip(x.par_chunks(n))
         .zip(dy.par_chunks(n))
@@ -705,7 +837,9 @@ pub fn group_norm_backward(
             simd(
                 #[inline(always)]
                 || {
-                    let group = bg % g.groups;
+                    let (b, group) = (bg / g.groups, bg % g.groups);
+                    let offset =
+                        |j: usize| shift.map_or(0.0, |s| s[b * g.channels + group * cg + j]);
                     let (mu, rs) = (mean[bg], rstd[bg]);
                     let mut dgamma = vec![0.0f64; cg];
                     let mut dbeta = vec![0.0f64; cg];
@@ -717,9 +851,10 @@ pub fn group_norm_backward(
                     for j in 0..cg {
                         let c = group * cg + j;
                         let (gm, bt) = (gamma[c], beta[c]);
+                        let centre = mu - offset(j);
                         let range = j * g.plane..(j + 1) * g.plane;
                         for (h, &v) in xhat.iter_mut().zip(&xg[range.clone()]) {
-                            *h = (v - mu) * rs;
+                            *h = (v - centre) * rs;
                         }
                         let dxc = &mut dxg[range.clone()];
                         dxc.copy_from_slice(&dyg[range]);
@@ -739,30 +874,141 @@ pub fn group_norm_backward(
                     // 3. dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)).
                     let m1 = (sum_g / n as f64) as f32;
                     let m2 = (sum_gx / n as f64) as f32;
+                    let mut dshift = Vec::new();
                     for j in 0..cg {
                         let gm = gamma[group * cg + j];
+                        let centre = mu - offset(j);
                         let range = j * g.plane..(j + 1) * g.plane;
-                        for (o, &v) in dxg[range.clone()].iter_mut().zip(&xg[range]) {
-                            let h = (v - mu) * rs;
+                        let dxc = &mut dxg[range.clone()];
+                        for (o, &v) in dxc.iter_mut().zip(&xg[range]) {
+                            let h = (v - centre) * rs;
                             *o = rs * (*o * gm - m1 - h * m2);
                         }
+                        if shift.is_some() {
+                            dshift.push(lane_sum(dxc) as f32);
+                        }
                     }
-                    (dgamma, dbeta)
+                    (dgamma, dbeta, dshift)
                 },
             )
         })
         .collect();
     let mut dgamma = vec![0.0f64; g.channels];
     let mut dbeta = vec![0.0f64; g.channels];
-    for (bg, (dg, db)) in partial.iter().enumerate() {
+    for (bg, (dg, db, _)) in partial.iter().enumerate() {
         let first = (bg % g.groups) * cg;
         for j in 0..cg {
             dgamma[first + j] += dg[j];
             dbeta[first + j] += db[j];
         }
     }
+    // Groups are consecutive channels of consecutive samples: the partials in order are
+    // [B, C].
+    let dshift = shift.map(|_| partial.iter().flat_map(|p| p.2.iter().copied()).collect());
     let to_f32 = |v: Vec<f64>| v.into_iter().map(|a| a as f32).collect();
-    (dx, to_f32(dgamma), to_f32(dbeta))
+    (dx, to_f32(dgamma), to_f32(dbeta), dshift)
+}
+
+/// EDM's 2x resampling with `resample_filter = [1, 1]` on `[planes, H, W]` values: `up`
+/// repeats each value over a 2x2 block (nearest), otherwise each 2x2 block is averaged
+/// (`H` and `W` even), as `((a + b) / 2 + (c + d) / 2) / 2`: burn's two means, in order.
+pub fn resample2(x: &[f32], (h, w): (usize, usize), up: bool) -> Vec<f32> {
+    let (oh, ow) = if up { (2 * h, 2 * w) } else { (h / 2, w / 2) };
+    let planes = x.len() / (h * w).max(1);
+    let mut y = par_zeroed(planes * oh * ow);
+    y.par_chunks_mut(oh * ow)
+        .zip(x.par_chunks(h * w))
+        .for_each(|(yp, xp)| {
+            for (oy, row) in yp.chunks_mut(ow).enumerate() {
+                if up {
+                    let src = &xp[(oy / 2) * w..(oy / 2 + 1) * w];
+                    for (o, &v) in row.chunks_mut(2).zip(src) {
+                        o.fill(v);
+                    }
+                } else {
+                    let (r0, r1) = (&xp[2 * oy * w..], &xp[(2 * oy + 1) * w..]);
+                    for (ox, o) in row.iter_mut().enumerate() {
+                        let top = (r0[2 * ox] + r0[2 * ox + 1]) * 0.5;
+                        let bottom = (r1[2 * ox] + r1[2 * ox + 1]) * 0.5;
+                        *o = (top + bottom) * 0.5;
+                    }
+                }
+            }
+        });
+    y
+}
+
+/// Gradient of [`resample2`] for `dy` (of the output's size; `(h, w)` the input's): the sum
+/// over each 2x2 block when `up`, otherwise `dy / 4` spread over the block.
+pub fn resample2_backward(dy: &[f32], (h, w): (usize, usize), up: bool) -> Vec<f32> {
+    let (oh, ow) = if up { (2 * h, 2 * w) } else { (h / 2, w / 2) };
+    let planes = dy.len() / (oh * ow).max(1);
+    let mut dx = par_zeroed(planes * h * w);
+    dx.par_chunks_mut(h * w)
+        .zip(dy.par_chunks(oh * ow))
+        .for_each(|(dxp, dyp)| {
+            if up {
+                for (iy, row) in dxp.chunks_mut(w).enumerate() {
+                    let (r0, r1) = (&dyp[2 * iy * ow..], &dyp[(2 * iy + 1) * ow..]);
+                    for (ix, o) in row.iter_mut().enumerate() {
+                        *o = (r0[2 * ix] + r0[2 * ix + 1]) + (r1[2 * ix] + r1[2 * ix + 1]);
+                    }
+                }
+            } else {
+                for (iy, row) in dxp.chunks_mut(w).enumerate() {
+                    let src = &dyp[(iy / 2) * ow..(iy / 2 + 1) * ow];
+                    for (o, &v) in row.chunks_mut(2).zip(src) {
+                        o.fill(v * 0.25);
+                    }
+                }
+            }
+        });
+    dx
+}
+
+/// Softmax over the last axis (rows of `n` values), rows in parallel. `exp` is libm's, as in
+/// the micro runtime: attention logits are few next to SiLU's inputs, and the two engines
+/// stay within 1e-5 of each other on the same network.
+pub fn softmax_rows(x: &[f32], n: usize) -> Vec<f32> {
+    let mut y = par_zeroed(x.len());
+    y.par_chunks_mut(n.max(1))
+        .zip(x.par_chunks(n.max(1)))
+        .for_each(|(yr, xr)| {
+            simd(
+                #[inline(always)]
+                || {
+                    let max = xr.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+                    for (o, &v) in yr.iter_mut().zip(xr) {
+                        *o = libm::expf(v - max);
+                    }
+                    let inv = (1.0 / lane_sum(yr)) as f32;
+                    for o in yr.iter_mut() {
+                        *o *= inv;
+                    }
+                },
+            )
+        });
+    y
+}
+
+/// Gradient of [`softmax_rows`] from its output `y`: `dx = y * (dy - sum(dy * y))` per row.
+pub fn softmax_rows_backward(y: &[f32], dy: &[f32], n: usize) -> Vec<f32> {
+    let mut dx = par_zeroed(y.len());
+    dx.par_chunks_mut(n.max(1))
+        .zip(y.par_chunks(n.max(1)).zip(dy.par_chunks(n.max(1))))
+        .for_each(|(dxr, (yr, dyr))| {
+            simd(
+                #[inline(always)]
+                || {
+                    let (_, dot) = sum_and_dot(dyr, yr);
+                    let dot = dot as f32;
+                    for ((o, &yv), &d) in dxr.iter_mut().zip(yr).zip(dyr) {
+                        *o = yv * (d - dot);
+                    }
+                },
+            )
+        });
+    dx
 }
 
 #[cfg(test)]

@@ -22,6 +22,8 @@ pub use mlp::Mlp;
 #[cfg(feature = "burn")]
 pub use network::*;
 #[cfg(feature = "burn")]
-pub(crate) use network::{conv2d, embed, group_norm};
+pub(crate) use network::{
+    conv2d, conv2d_residual, embed, group_norm, group_norm_shifted, resample2, softmax_last,
+};
 #[cfg(feature = "burn")]
 pub use unet::{SongUNet, UNetBlock};

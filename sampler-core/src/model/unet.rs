@@ -11,11 +11,13 @@ use alloc::vec::Vec;
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{GroupNorm, GroupNormConfig, Linear, LinearConfig, PaddingConfig2d};
-use burn::tensor::activation::softmax;
 use burn::tensor::{Device, Tensor};
 
 use super::config::{BlockSpec, Resample, edm_groups};
-use super::{UNetConfig, conv2d, embed, group_norm};
+use super::{
+    UNetConfig, conv2d, conv2d_residual, embed, group_norm, group_norm_shifted, resample2,
+    softmax_last,
+};
 
 impl UNetConfig {
     /// Builds the network. Call [`UNetConfig::validate`] first.
@@ -69,18 +71,27 @@ fn edm_group_norm(channels: usize, device: &Device) -> GroupNorm {
 }
 
 fn resample(x: Tensor<4>, mode: Resample) -> Tensor<4> {
-    let [b, c, h, w] = x.dims();
     match mode {
         Resample::None => x,
-        Resample::Down => x
-            .reshape([b, c, h / 2, 2, w / 2, 2])
+        Resample::Down => resample2(x, false),
+        Resample::Up => resample2(x, true),
+    }
+}
+
+/// EDM's 2x resampling with `resample_filter = [1, 1]` in burn's ops: nearest up when `up`,
+/// else the mean of each 2x2 block. The reference the fast CPU kernel is held to, and the
+/// path of GPUs, f64 and microcontrollers.
+pub(crate) fn resample2_burn(x: Tensor<4>, up: bool) -> Tensor<4> {
+    let [b, c, h, w] = x.dims();
+    if up {
+        x.reshape([b, c, h, 1, w, 1])
+            .expand([b, c, h, 2, w, 2])
+            .reshape([b, c, 2 * h, 2 * w])
+    } else {
+        x.reshape([b, c, h / 2, 2, w / 2, 2])
             .mean_dim(5)
             .mean_dim(3)
-            .reshape([b, c, h / 2, w / 2]),
-        Resample::Up => x
-            .reshape([b, c, h, 1, w, 1])
-            .expand([b, c, h, 2, w, 2])
-            .reshape([b, c, 2 * h, 2 * w]),
+            .reshape([b, c, h / 2, w / 2])
     }
 }
 
@@ -148,14 +159,13 @@ impl UNetBlock {
             resample(group_norm(&self.norm0, x, true), self.resample),
         ); // [B, Cout, H', W']
         let [b, c, h, w] = x.dims();
-        let params = self.affine.forward(emb).reshape([b, c, 1, 1]);
-        let x = group_norm(&self.norm1, x + params, true);
-        let x = conv2d(&self.conv1, x);
+        let params = self.affine.forward(emb); // [B, Cout]
+        let x = group_norm_shifted(&self.norm1, x, params, true);
         let residual = match &self.skip {
             Some(skip) => conv2d(skip, resample(orig, self.resample)),
             None => orig,
         };
-        let x = (x + residual).mul_scalar(skip_scale);
+        let x = conv2d_residual(&self.conv1, x, residual, skip_scale);
         match (&self.norm2, &self.qkv, &self.proj) {
             (Some(norm2), Some(qkv), Some(proj)) => {
                 // One head: q, k, v are [B, C, HW]; w = softmax_k(q^T k / sqrt(C)).
@@ -171,9 +181,9 @@ impl UNetBlock {
                     .reshape([b, c, n]);
                 let v = qkv.slice([0..b, 0..c, 2..3, 0..n]).reshape([b, c, n]);
                 let logits = q.swap_dims(1, 2).matmul(k).div_scalar(libm::sqrt(c as f64)); // [B, q, k]
-                let attn = softmax(logits, 2);
+                let attn = softmax_last(logits);
                 let a = v.matmul(attn.swap_dims(1, 2)).reshape([b, c, h, w]); // [B, C, q]
-                (conv2d(proj, a) + x).mul_scalar(skip_scale)
+                conv2d_residual(proj, a, x, skip_scale)
             }
             _ => x,
         }
