@@ -187,8 +187,37 @@ pub fn disc_loss_exact(
     sigmas: Tensor<1>,
     target: Tensor<2>,
 ) -> Tensor<1> {
-    let x_last = solve_to_min(solver, den, x0, sigmas, labels, |_| {});
+    let den = ConstantStart {
+        den,
+        first: core::cell::Cell::new(true),
+    };
+    let x_last = solve_to_min(solver, &den, x0.detach(), sigmas, labels, |_| {});
     row_mse(x_last, target).mean()
+}
+
+/// Every solver's first evaluation is `D(x_0, s_0)` with `x_0 = s_max eps` and `s_0 = s_max`,
+/// constants of every schedule (method.md §3: the end points are fixed): their gradient is
+/// zero. Autodiff cannot know that of one element of the levels tensor, so it would record
+/// that evaluation and back-propagate through it; detaching its inputs saves one of the
+/// T - 1 network backward passes of stage 1 (a network with trainable weights still records
+/// it for them).
+struct ConstantStart<'a> {
+    den: &'a dyn Denoiser,
+    first: core::cell::Cell<bool>,
+}
+
+impl Denoiser for ConstantStart<'_> {
+    fn dim(&self) -> usize {
+        self.den.dim()
+    }
+
+    fn denoise(&self, x: Tensor<2>, sigma: Tensor<1>, labels: Option<Tensor<2>>) -> Tensor<2> {
+        if self.first.replace(false) {
+            self.den.denoise(x.detach(), sigma.detach(), labels)
+        } else {
+            self.den.denoise(x, sigma, labels)
+        }
+    }
 }
 
 /// The Euler trajectory under `sigmas`, without gradients: the states `[x_0, ..., x_{T-2}]`
