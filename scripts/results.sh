@@ -3,6 +3,7 @@
 # training run and evaluation of issue 5, one data set per argument:
 #   scripts/results.sh digits   # ~15 min on 2 CPU cores
 #   scripts/results.sh mnist    # ~1 h after the ~1 h pre-training
+#   scripts/results.sh mnist-long  # ~35 min: longer learned levels on the shipped base
 #   scripts/results.sh faces    # ~45 min
 # Runs live in $RUNS (default ./runs, git-ignored); a run directory that exists is resumed,
 # so an interrupted call picks up where it stopped. Deterministic up to export time stamps
@@ -107,6 +108,42 @@ mnist)
         --classifier "$RUNS/mnist-classifier.bin" --count 500 --ref-count 500 --grid 100 \
         --title "MNIST 28x28, base network" --out docs/results/mnist-base --quiet
     ;;
+mnist-long)
+    # Issue 10's follow-up on the same base: 5x longer stage 1 for iPNDM and DPM-Solver++(2M)
+    # (150 steps), a longer Euler two-stage (3 x (40 + 200)), and the reference images' own
+    # Frechet distances (one 256-level Heun solution per sample), which bound what a solver
+    # faithful to the base network's ODE can score. ~35 min on 2 CPU cores.
+    mnist_ft=(--data mnist --labels --batch 32 --disc-batch 16 --teacher-pool 64
+        --teacher-steps 32 --lr-weights 1e-4 --ema-decay 0.98 --quiet)
+    ft() { # run name, T, then finetune flags
+        local name=$1 t=$2
+        shift 2
+        "$T" finetune --base bundles/mnist-base.bin --run "$RUNS/mnist-$name-t$t" --t "$t" \
+            "${mnist_ft[@]}" "$@"
+        "$T" export --run "$RUNS/mnist-$name-t$t" --out "$RUNS/mnist-$name-t$t.bin" \
+            --name "mnist-$name-t$t"
+    }
+    for t in 5 8 10; do
+        ft ipndm-s1long "$t" --solver ipndm --mode stage1-only --rounds 1 --stage1-steps 150
+        ft dpmpp-s1long "$t" --solver dpmpp2m --mode stage1-only --rounds 1 --stage1-steps 150
+    done
+    for t in 5 8; do
+        ft euler-2s-long "$t" --mode two-stage --rounds 3 --stage1-steps 40 --stage2-steps 200
+    done
+    "$T" eval --base bundles/mnist-base.bin --t 5,8,10 \
+        --tuned "iPNDM stage 1 (150 steps)=$RUNS/mnist-ipndm-s1long-t{T}.bin" \
+        --tuned "DPM-Solver++(2M) stage 1 (150 steps)=$RUNS/mnist-dpmpp-s1long-t{T}.bin" \
+        --tuned "Euler two-stage (3 x (40 + 200))=$RUNS/mnist-euler-2s-long-t{T}.bin" \
+        --real mnist-test --classifier "$RUNS/mnist-classifier.bin" --classifier-data mnist \
+        --count 1000 --ref-count 100 --title "MNIST 28x28, longer learning" \
+        --out docs/results/mnist-long --quiet
+    # The free solvers at T = 8 with a reference for all 1,000 samples: the reference
+    # images' FD-pixel and FD-cls.
+    "$T" eval --base bundles/mnist-base.bin --t 8 --real mnist-test \
+        --classifier "$RUNS/mnist-classifier.bin" --count 1000 --ref-count 1000 --grid 100 \
+        --title "MNIST 28x28, the reference's own scores" \
+        --out docs/results/mnist-reference --quiet
+    ;;
 faces)
     # 100 LFW faces, 25x25 resized to 24x24; unconditional, so no FD-cls.
     "$T" pretrain --data faces --resize 24 --run "$RUNS/faces-base" --model-channels 16 \
@@ -124,7 +161,7 @@ faces)
         --title "LFW faces 24x24" --out docs/results/faces --quiet
     ;;
 *)
-    echo "usage: scripts/results.sh digits|mnist|faces" >&2
+    echo "usage: scripts/results.sh digits|mnist|mnist-long|faces" >&2
     exit 2
     ;;
 esac

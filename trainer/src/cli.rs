@@ -583,6 +583,15 @@ fn eval(a: EvalArgs) -> Result<()> {
             }
         }
         md.push_str(". These are not FID (no Inception network). ");
+        if let Some((pixel, cls)) = evaluated.reference_fd {
+            md.push_str(&format!(
+                "The reference images themselves (the ODE solved with {} Heun levels, one per \
+                 sample) score FD-pixel {pixel:.2}{}: what a solver that matched the base \
+                 network's ODE exactly would score. ",
+                a.reference_steps,
+                cls.map_or(String::new(), |c| format!(", FD-cls {c:.3}"))
+            ));
+        }
     }
     if matches!(base.model, sampler_core::bundle::ModelSpec::Mixture(_)) {
         md.push_str(
@@ -601,6 +610,10 @@ fn eval(a: EvalArgs) -> Result<()> {
     println!("{}", to_markdown(&results));
     if let Some(acc) = evaluated.reference_accuracy {
         println!("reference accuracy (base network, many-step Heun): {acc:.3}");
+    }
+    if let Some((pixel, cls)) = evaluated.reference_fd {
+        let cls = cls.map_or(String::new(), |c| format!(", FD-cls {c:.3}"));
+        println!("reference images (base network, many-step Heun): FD-pixel {pixel:.2}{cls}");
     }
     println!("wrote {}", a.out.join("results.md").display());
     Ok(())

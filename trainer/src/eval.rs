@@ -278,6 +278,10 @@ pub struct EvalResults {
     /// Fraction of the reference images (`ref_count`, the base network's many-step Heun
     /// solutions) assigned to their requested label; conditional models with a classifier.
     pub reference_accuracy: Option<f64>,
+    /// Frechet distances of the reference images themselves, `(FD-pixel, FD-cls)`, when
+    /// there is one for every sample (`ref_count == count`, so the sample sizes match):
+    /// what a solver that reproduced the ODE exactly would score.
+    pub reference_fd: Option<(f64, Option<f64>)>,
 }
 
 /// Evaluates every row at every T of `config`, writing sample grids under `out/grids/`.
@@ -365,6 +369,21 @@ pub fn run_eval(
                 .map(|k| (k % c.config.classes) as u32)
                 .collect();
             Some(c.accuracy(&clamped, &labels, 256, &device)?)
+        }
+        _ => None,
+    };
+    let reference_fd = match real {
+        Some(r) if ref_count == config.count => {
+            let clamped: Vec<f32> = reference.iter().map(|v| v.clamp(-1.0, 1.0)).collect();
+            let pixel = r.pixels.distance(&Moments::from_rows(&clamped, d)?)?;
+            let cls = match (classifier, &r.features) {
+                (Some(c), Some(f)) => {
+                    let p = c.predict(&clamped, 256, &device)?;
+                    Some(f.distance(&Moments::from_rows(&p.features, c.config.features)?)?)
+                }
+                _ => None,
+            };
+            Some((pixel, cls))
         }
         _ => None,
     };
@@ -549,6 +568,7 @@ pub fn run_eval(
     Ok(EvalResults {
         rows: results,
         reference_accuracy,
+        reference_fd,
     })
 }
 

@@ -550,3 +550,99 @@ fn eval_reports_the_exact_nll_of_a_mixture_base() {
     let md = std::fs::read_to_string(dir.path().join("ev/results.md")).unwrap();
     assert!(md.contains("| NLL |"), "{md}");
 }
+
+/// With a reference solution for every sample, `trainer eval` scores the reference images
+/// themselves: with `--reference-steps 2` the reference is the Heun row at T = 3 (two
+/// levels, three evaluations), so their FD-pixel must be that row's, digit for digit.
+#[test]
+fn eval_scores_the_reference_images_when_every_sample_has_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |n: &str| dir.path().join(n).to_string_lossy().into_owned();
+    ok(&trainer(&[
+        "pretrain",
+        "--data",
+        "digits",
+        "--run",
+        &p("base"),
+        "--steps",
+        "2",
+        "--batch",
+        "8",
+        "--model-channels",
+        "4",
+        "--channel-mult",
+        "1,2",
+        "--num-blocks",
+        "1",
+        "--quiet",
+    ]));
+    ok(&trainer(&[
+        "export",
+        "--run",
+        &p("base"),
+        "--out",
+        &p("base.bin"),
+        "--t",
+        "3",
+    ]));
+    ok(&trainer(&[
+        "eval",
+        "--base",
+        &p("base.bin"),
+        "--t",
+        "3",
+        "--real",
+        "digits",
+        "--count",
+        "12",
+        "--ref-count",
+        "12",
+        "--reference-steps",
+        "2",
+        "--grid",
+        "0",
+        "--out",
+        &p("ev"),
+        "--quiet",
+    ]));
+    let csv = std::fs::read_to_string(dir.path().join("ev/results.csv")).unwrap();
+    // After the quoted row name: solver, T, nfe, trunc, trunc_base, fd_pixel, ...
+    let heun = csv
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_once(",\"")?.1.split_once("\","))
+        .find(|(name, _)| *name == "Heun, EDM rho=7")
+        .map(|(_, tail)| tail.split(',').map(str::to_string).collect::<Vec<_>>())
+        .unwrap_or_else(|| panic!("no Heun row:\n{csv}"));
+    // That row is the reference itself: zero truncation error.
+    assert_eq!(heun[3].parse::<f64>().unwrap(), 0.0, "{csv}");
+    let fd: f64 = heun[5].parse().unwrap();
+    let md = std::fs::read_to_string(dir.path().join("ev/results.md")).unwrap();
+    assert!(
+        md.contains(&format!("score FD-pixel {fd:.2}")),
+        "{fd:.2} not in\n{md}"
+    );
+    // Without a reference for every sample, no such sentence.
+    ok(&trainer(&[
+        "eval",
+        "--base",
+        &p("base.bin"),
+        "--t",
+        "3",
+        "--real",
+        "digits",
+        "--count",
+        "12",
+        "--ref-count",
+        "6",
+        "--reference-steps",
+        "2",
+        "--grid",
+        "0",
+        "--out",
+        &p("ev2"),
+        "--quiet",
+    ]));
+    let md2 = std::fs::read_to_string(dir.path().join("ev2/results.md")).unwrap();
+    assert!(!md2.contains("The reference images themselves"), "{md2}");
+}
