@@ -3,7 +3,7 @@
 # training run and evaluation of issue 5, one data set per argument:
 #   scripts/results.sh digits   # ~15 min on 2 CPU cores
 #   scripts/results.sh mnist    # ~1 h after the ~1 h pre-training
-#   scripts/results.sh mnist-long  # ~35 min: longer learned levels on the shipped base
+#   scripts/results.sh mnist-long  # ~45 min: longer learned levels on the shipped base
 #   scripts/results.sh faces    # ~45 min
 # Runs live in $RUNS (default ./runs, git-ignored); a run directory that exists is resumed,
 # so an interrupted call picks up where it stopped. Deterministic up to export time stamps
@@ -37,6 +37,18 @@ tuned_rows() {
         --tuned "EDM-weight finetune=$RUNS/$prefix-edm-weight-finetune-t{T}.bin")
 }
 
+# Fine-tunes bundles/mnist-base.bin: run name, T, then finetune flags; into $RUNS/mnist-*.
+mnist_ft=(--data mnist --labels --batch 32 --disc-batch 16 --teacher-pool 64
+    --teacher-steps 32 --lr-weights 1e-4 --ema-decay 0.98 --quiet)
+ft() {
+    local name=$1 t=$2
+    shift 2
+    "$T" finetune --base bundles/mnist-base.bin --run "$RUNS/mnist-$name-t$t" --t "$t" \
+        "${mnist_ft[@]}" "$@"
+    "$T" export --run "$RUNS/mnist-$name-t$t" --out "$RUNS/mnist-$name-t$t.bin" \
+        --name "mnist-$name-t$t"
+}
+
 case "${1:-}" in
 digits)
     # A tiny class-conditional U-Net (4 channels, mult 1,2) for the firmware's 256 KiB.
@@ -65,16 +77,6 @@ mnist)
         --batch 64 --lr 2e-3 --ema-decay 0.9995 --checkpoint-every 250 --quiet
     "$T" export --run "$RUNS/mnist-base" --out bundles/mnist-base.bin --t 8 --name mnist-base \
         --description "Class-conditional DDPM++ U-Net (16 channels, mult 1,2) on MNIST 28x28, $MNIST_STEPS pre-training steps of batch 64, EDM's levels"
-    mnist_ft=(--data mnist --labels --batch 32 --disc-batch 16 --teacher-pool 64
-        --teacher-steps 32 --lr-weights 1e-4 --ema-decay 0.98 --quiet)
-    ft() { # run name, T, then finetune flags
-        local name=$1 t=$2
-        shift 2
-        "$T" finetune --base bundles/mnist-base.bin --run "$RUNS/mnist-$name-t$t" --t "$t" \
-            "${mnist_ft[@]}" "$@"
-        "$T" export --run "$RUNS/mnist-$name-t$t" --out "$RUNS/mnist-$name-t$t.bin" \
-            --name "mnist-$name-t$t"
-    }
     for t in 5 8 10; do
         # The paper's two-stage Euler; iPNDM and DPM-Solver++(2M) with learned levels
         # (stage 1 through the unrolled solver), and iPNDM's weights fine-tuned on its L_disc.
@@ -110,17 +112,7 @@ mnist-long)
     # Issue 10's follow-up on the same base: 5x longer stage 1 for iPNDM and DPM-Solver++(2M)
     # (150 steps), a longer Euler two-stage (3 x (40 + 200)), and the reference images' own
     # Frechet distances (one 256-level Heun solution per sample), which bound what a solver
-    # faithful to the base network's ODE can score. ~35 min on 2 CPU cores.
-    mnist_ft=(--data mnist --labels --batch 32 --disc-batch 16 --teacher-pool 64
-        --teacher-steps 32 --lr-weights 1e-4 --ema-decay 0.98 --quiet)
-    ft() { # run name, T, then finetune flags
-        local name=$1 t=$2
-        shift 2
-        "$T" finetune --base bundles/mnist-base.bin --run "$RUNS/mnist-$name-t$t" --t "$t" \
-            "${mnist_ft[@]}" "$@"
-        "$T" export --run "$RUNS/mnist-$name-t$t" --out "$RUNS/mnist-$name-t$t.bin" \
-            --name "mnist-$name-t$t"
-    }
+    # faithful to the base network's ODE can score. ~45 min on 2 CPU cores.
     for t in 5 8 10; do
         ft ipndm-s1long "$t" --solver ipndm --mode stage1-only --rounds 1 --stage1-steps 150
         ft dpmpp-s1long "$t" --solver dpmpp2m --mode stage1-only --rounds 1 --stage1-steps 150
@@ -138,6 +130,13 @@ mnist-long)
         --real mnist-test --classifier "$RUNS/mnist-classifier.bin" --classifier-data mnist \
         --count 1000 --ref-count 100 --title "MNIST 28x28, longer learning" \
         --out docs/results/mnist-long --quiet
+    # Euler two-stage at T = 5 with twice the weight steps again: FD-cls against Euler-EDM's.
+    ft euler-2s-xl 5 --mode two-stage --rounds 4 --stage1-steps 40 --stage2-steps 400
+    "$T" eval --base bundles/mnist-base.bin --t 5 \
+        --tuned "Euler two-stage (4 x (40 + 400))=$RUNS/mnist-euler-2s-xl-t{T}.bin" \
+        --real mnist-test --classifier "$RUNS/mnist-classifier.bin" --count 1000 \
+        --ref-count 100 --title "MNIST 28x28, Euler two-stage at T = 5, 4 x (40 + 400)" \
+        --out docs/results/mnist-euler5 --quiet
     # The free solvers at T = 8 with a reference for all 1,000 samples: the reference
     # images' FD-pixel and FD-cls.
     "$T" eval --base bundles/mnist-base.bin --t 8 --real mnist-test \
