@@ -137,6 +137,12 @@ mnist-long)
         --real mnist-test --classifier "$RUNS/mnist-classifier.bin" --count 1000 \
         --ref-count 100 --title "MNIST 28x28, Euler two-stage at T = 5, 4 x (40 + 400)" \
         --out docs/results/mnist-euler5 --quiet
+    # The T = 8 comparison again on other noises (seed 1): is the learned iPNDM's win noise?
+    "$T" eval --base bundles/mnist-base.bin --t 8 --seed 1 \
+        --tuned "iPNDM stage 1 (150 steps)=bundles/mnist8-ipndm.bin" \
+        --real mnist-test --classifier "$RUNS/mnist-classifier.bin" --count 1000 \
+        --ref-count 100 --title "MNIST 28x28, T = 8, second seed (noises image_seed(1, k))" \
+        --out docs/results/mnist-seed1 --quiet
     # The free solvers at T = 8 with a reference for all 1,000 samples: the reference
     # images' FD-pixel and FD-cls.
     "$T" eval --base bundles/mnist-base.bin --t 8 --real mnist-test \
