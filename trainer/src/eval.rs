@@ -372,20 +372,13 @@ pub fn run_eval(
         }
         _ => None,
     };
-    let reference_fd = match real {
-        Some(r) if ref_count == config.count => {
-            let clamped: Vec<f32> = reference.iter().map(|v| v.clamp(-1.0, 1.0)).collect();
-            let pixel = r.pixels.distance(&Moments::from_rows(&clamped, d)?)?;
-            let cls = match (classifier, &r.features) {
-                (Some(c), Some(f)) => {
-                    let p = c.predict(&clamped, 256, &device)?;
-                    Some(f.distance(&Moments::from_rows(&p.features, c.config.features)?)?)
-                }
-                _ => None,
-            };
-            Some((pixel, cls))
-        }
-        _ => None,
+    let reference_fd = if ref_count == config.count {
+        let clamped: Vec<f32> = reference.iter().map(|v| v.clamp(-1.0, 1.0)).collect();
+        let (pixel, cls, _) =
+            frechet_and_accuracy(&clamped, d, real, classifier, label_count, &device)?;
+        pixel.map(|p| (p, cls))
+    } else {
+        None
     };
     // One reference per distinct set of weights: the levels-only rows share the base's.
     let mut own_references: Vec<(u64, Vec<f32>)> = vec![(base_fingerprint, reference.clone())];
@@ -498,33 +491,8 @@ pub fn run_eval(
                 -crate::finetune::scalar(&m.log_density(x, zero).mean())
             });
             let clamped: Vec<f32> = samples.iter().map(|v| v.clamp(-1.0, 1.0)).collect();
-            let fd_pixel = match real {
-                Some(r) => Some(r.pixels.distance(&Moments::from_rows(&clamped, d)?)?),
-                None => None,
-            };
-            let (fd_cls, accuracy) = match (real, classifier) {
-                (Some(r), Some(c)) => {
-                    let p = c.predict(&clamped, 256, &device)?;
-                    let fd = match &r.features {
-                        Some(f) => {
-                            Some(f.distance(&Moments::from_rows(&p.features, c.config.features)?)?)
-                        }
-                        None => None,
-                    };
-                    let acc =
-                        (label_count > 0 && c.config.classes == label_count as usize).then(|| {
-                            let right = p
-                                .classes
-                                .iter()
-                                .enumerate()
-                                .filter(|(k, y)| **y as usize == k % label_count as usize)
-                                .count();
-                            right as f64 / p.classes.len() as f64
-                        });
-                    (fd, acc)
-                }
-                _ => (None, None),
-            };
+            let (fd_pixel, fd_cls, accuracy) =
+                frechet_and_accuracy(&clamped, d, real, classifier, label_count, &device)?;
             let grid_name = format!("grids/{}-t{t}.png", slug(&plan.row));
             let shown = config.grid.min(config.count);
             if shown > 0 {
@@ -570,6 +538,41 @@ pub fn run_eval(
         reference_accuracy,
         reference_fd,
     })
+}
+
+/// `(FD-pixel, FD-cls, accuracy)` of clamped samples `[n, d]` against the real images (the
+/// last two need the classifier; accuracy, a conditional model whose labels it knows: image
+/// `k` asks for label `k mod L`).
+fn frechet_and_accuracy(
+    clamped: &[f32],
+    d: usize,
+    real: Option<&RealSet>,
+    classifier: Option<&TrainedClassifier>,
+    label_count: u32,
+    device: &Device,
+) -> Result<(Option<f64>, Option<f64>, Option<f64>)> {
+    let Some(r) = real else {
+        return Ok((None, None, None));
+    };
+    let fd_pixel = r.pixels.distance(&Moments::from_rows(clamped, d)?)?;
+    let Some(c) = classifier else {
+        return Ok((Some(fd_pixel), None, None));
+    };
+    let p = c.predict(clamped, 256, device)?;
+    let fd_cls = match &r.features {
+        Some(f) => Some(f.distance(&Moments::from_rows(&p.features, c.config.features)?)?),
+        None => None,
+    };
+    let accuracy = (label_count > 0 && c.config.classes == label_count as usize).then(|| {
+        let right = p
+            .classes
+            .iter()
+            .enumerate()
+            .filter(|(k, y)| **y as usize == k % label_count as usize)
+            .count();
+        right as f64 / p.classes.len() as f64
+    });
+    Ok((Some(fd_pixel), fd_cls, accuracy))
 }
 
 fn opt(v: Option<f64>, digits: usize) -> String {

@@ -227,22 +227,34 @@ impl Backward<Flex, 3> for ConvBackward {
     type State = (FlexTensor, FlexTensor, usize);
 
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let [node_x, node_w, node_b] = ops.parents;
         let dy = grads.consume::<Flex>(&ops.node);
         let (x, weight, pad) = ops.state;
-        let g = conv_geom(&x, &weight, pad);
-        let need = (node_x.is_some(), node_w.is_some(), node_b.is_some());
-        let (dx, dw, db) =
-            kernels::conv_backward(&g, &values(&x), &values(&weight), &values(&dy), need);
-        if let (Some(node), Some(dx)) = (node_x, dx) {
-            grads.register::<Flex>(node.id, tensor(dx, x.layout().shape().to_vec()));
-        }
-        if let (Some(node), Some(dw)) = (node_w, dw) {
-            grads.register::<Flex>(node.id, tensor(dw, weight.layout().shape().to_vec()));
-        }
-        if let (Some(node), Some(db)) = (node_b, db) {
-            grads.register::<Flex>(node.id, tensor(db, alloc::vec![g.cout]));
-        }
+        let parents = ops.parents.map(|p| p.map(|n| n.id));
+        conv_backward(&x, &weight, pad, &values(&dy), parents, grads);
+    }
+}
+
+/// Computes the gradients of a convolution for `dy` and registers them at its parents
+/// `[x, weight, bias]`.
+fn conv_backward(
+    x: &FlexTensor,
+    weight: &FlexTensor,
+    pad: usize,
+    dy: &[f32],
+    [node_x, node_w, node_b]: [Option<NodeId>; 3],
+    grads: &mut Gradients,
+) {
+    let g = conv_geom(x, weight, pad);
+    let need = (node_x.is_some(), node_w.is_some(), node_b.is_some());
+    let (dx, dw, db) = kernels::conv_backward(&g, &values(x), &values(weight), dy, need);
+    if let (Some(node), Some(dx)) = (node_x, dx) {
+        grads.register::<Flex>(node, tensor(dx, x.layout().shape().to_vec()));
+    }
+    if let (Some(node), Some(dw)) = (node_w, dw) {
+        grads.register::<Flex>(node, tensor(dw, weight.layout().shape().to_vec()));
+    }
+    if let (Some(node), Some(db)) = (node_b, db) {
+        grads.register::<Flex>(node, tensor(db, alloc::vec![g.cout]));
     }
 }
 
@@ -253,31 +265,16 @@ impl Backward<Flex, 4> for ConvResidualBackward {
     /// `(x, weight, pad, scale)`.
     type State = (FlexTensor, FlexTensor, usize, f64);
 
+    /// `y = scale * (conv(x) + r)`: the convolution's gradients at `scale * dy`, which is
+    /// also `dr`.
     fn backward(self, ops: Ops<Self::State, 4>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let [node_x, node_w, node_b, node_r] = ops.parents;
+        let [node_x, node_w, node_b, node_r] = ops.parents.map(|p| p.map(|n| n.id));
         let dy = grads.consume::<Flex>(&ops.node);
         let (x, weight, pad, scale) = ops.state;
-        let g = conv_geom(&x, &weight, pad);
-        let need = (node_x.is_some(), node_w.is_some(), node_b.is_some());
-        let (dx, dw, db, dr) = kernels::conv_residual_backward(
-            &g,
-            &values(&x),
-            &values(&weight),
-            &values(&dy),
-            scale as f32,
-            need,
-        );
-        if let (Some(node), Some(dx)) = (node_x, dx) {
-            grads.register::<Flex>(node.id, tensor(dx, x.layout().shape().to_vec()));
-        }
-        if let (Some(node), Some(dw)) = (node_w, dw) {
-            grads.register::<Flex>(node.id, tensor(dw, weight.layout().shape().to_vec()));
-        }
-        if let (Some(node), Some(db)) = (node_b, db) {
-            grads.register::<Flex>(node.id, tensor(db, alloc::vec![g.cout]));
-        }
+        let dr = kernels::scaled(&values(&dy), scale as f32);
+        conv_backward(&x, &weight, pad, &dr, [node_x, node_w, node_b], grads);
         if let Some(node) = node_r {
-            grads.register::<Flex>(node.id, tensor(dr, dy.layout().shape().to_vec()));
+            grads.register::<Flex>(node, tensor(dr, dy.layout().shape().to_vec()));
         }
     }
 }
@@ -601,12 +598,7 @@ pub fn on_cpu_workers<R: Send>(f: impl FnOnce() -> R + Send) -> R {
 }
 
 /// Whether `x` takes the fast paths: `f32` on the flex device (with or without autodiff).
-fn fast_path(x: &Tensor<4>) -> bool {
-    x.dtype() == DType::F32 && x.device().inner() == Device::flex()
-}
-
-/// [`fast_path`] for a matrix.
-fn fast_path2(x: &Tensor<2>) -> bool {
+fn fast_path<const D: usize>(x: &Tensor<D>) -> bool {
     x.dtype() == DType::F32 && x.device().inner() == Device::flex()
 }
 
@@ -678,7 +670,7 @@ pub fn group_norm_shifted(
     silu: bool,
 ) -> Tensor<4> {
     match (&norm.gamma, &norm.beta) {
-        (Some(gamma), Some(beta)) if fast_norm(norm, &x) && fast_path2(&shift) => {
+        (Some(gamma), Some(beta)) if fast_norm(norm, &x) && fast_path(&shift) => {
             Tensor::from_dispatch(<Dispatch as FastOps>::fewstep_group_norm_shifted(
                 x.into_dispatch(),
                 shift.into_dispatch(),
@@ -741,7 +733,7 @@ pub fn resample2(x: Tensor<4>, up: bool) -> Tensor<4> {
 
 /// Softmax over the last axis of `x`, on the fast path when it applies.
 pub fn softmax_last(x: Tensor<3>) -> Tensor<3> {
-    if x.dtype() == DType::F32 && x.device().inner() == Device::flex() {
+    if fast_path(&x) {
         return Tensor::from_dispatch(<Dispatch as FastOps>::fewstep_softmax(x.into_dispatch()));
     }
     burn::tensor::activation::softmax(x, 2)

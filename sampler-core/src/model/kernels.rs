@@ -589,25 +589,10 @@ pub fn conv_backward(
     (need_x.then_some(dx), dw, dbias)
 }
 
-/// Gradients of `y = scale * (conv(x) + r)` for `dy`: the convolution's from
-/// [`conv_backward`] at `scale * dy`, and `dr = scale * dy`.
-#[allow(clippy::type_complexity)]
-pub fn conv_residual_backward(
-    g: &ConvGeom,
-    x: &[f32],
-    weight: &[f32],
-    dy: &[f32],
-    scale: f32,
-    need: (bool, bool, bool),
-) -> (
-    Option<Vec<f32>>,
-    Option<Vec<f32>>,
-    Option<Vec<f32>>,
-    Vec<f32>,
-) {
-    let dr: Vec<f32> = dy.par_iter().map(|&d| scale * d).collect();
-    let (dx, dw, db) = conv_backward(g, x, weight, &dr, need);
-    (dx, dw, db, dr)
+/// `scale * v`, element by element, on all threads: the gradient of the residual (and of the
+/// convolution's output) of `y = scale * (conv(x) + r)`.
+pub fn scaled(v: &[f32], scale: f32) -> Vec<f32> {
+    v.par_iter().map(|&a| scale * a).collect()
 }
 
 /// Shape of a GroupNorm: `batch` samples of `channels` planes of `plane` values, in
