@@ -196,6 +196,11 @@ fn bad_input_is_one_line_and_exit_code_2() {
             vec!["export", "--run", &p("nothing"), "--out", &p("x.bin")],
             "no checkpoint",
         ),
+        (
+            vec!["bench", "--batch", "4", "--disc-batch", "8"],
+            "--disc-batch must be between 1 and --batch (4)",
+        ),
+        (vec!["bench", "--disc-batch", "0"], "--disc-batch must be"),
     ] {
         let o = trainer(&args);
         let err = String::from_utf8_lossy(&o.stderr);
