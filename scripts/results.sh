@@ -4,6 +4,7 @@
 #   scripts/results.sh digits   # ~15 min on 2 CPU cores
 #   scripts/results.sh mnist    # ~1 h after the ~1 h pre-training
 #   scripts/results.sh mnist-long  # ~45 min: longer learned levels on the shipped base
+#   scripts/results.sh mnist-distill  # ~2 h: stage 2 against the frozen base teacher
 #   scripts/results.sh faces    # ~45 min
 # Runs live in $RUNS (default ./runs, git-ignored); a run directory that exists is resumed,
 # so an interrupted call picks up where it stopped. Deterministic up to export time stamps
@@ -38,13 +39,14 @@ tuned_rows() {
 }
 
 # Fine-tunes bundles/mnist-base.bin: run name, T, then finetune flags; into $RUNS/mnist-*.
-mnist_ft=(--data mnist --labels --batch 32 --disc-batch 16 --teacher-pool 64
-    --teacher-steps 32 --lr-weights 1e-4 --ema-decay 0.98 --quiet)
+# TEACHER_POOL (default 64) sets --teacher-pool.
+mnist_ft=(--data mnist --labels --batch 32 --disc-batch 16 --teacher-steps 32
+    --lr-weights 1e-4 --ema-decay 0.98 --quiet)
 ft() {
     local name=$1 t=$2
     shift 2
     "$T" finetune --base bundles/mnist-base.bin --run "$RUNS/mnist-$name-t$t" --t "$t" \
-        "${mnist_ft[@]}" "$@"
+        "${mnist_ft[@]}" --teacher-pool "${TEACHER_POOL:-64}" "$@"
     "$T" export --run "$RUNS/mnist-$name-t$t" --out "$RUNS/mnist-$name-t$t.bin" \
         --name "mnist-$name-t$t"
 }
@@ -150,6 +152,47 @@ mnist-long)
         --title "MNIST 28x28, the reference's own scores" \
         --out docs/results/mnist-reference --quiet
     ;;
+mnist-distill)
+    # Issue 10's third pass: stage 2 of iPNDM and DPM-Solver++(2M) distils toward the frozen
+    # base network's solution (--teacher base, a pool of 256 noises a round) instead of a
+    # teacher that moves with the fine-tuned weights; Euler two-stage with twice the weight
+    # steps of mnist-long's 4 x (40 + 400); DPM-Solver++(2M) levels learned on that Euler
+    # network. ~2 h on 2 CPU cores, about half of it evaluation.
+    for t in 5 8 10; do
+        for s in ipndm dpmpp2m; do
+            TEACHER_POOL=256 ft "$s-2s-frozen" "$t" --solver "$s" --mode two-stage --rounds 2 \
+                --stage1-steps 75 --stage2-steps 200 --teacher base
+        done
+    done
+    TEACHER_POOL=256 ft ipndm-2s-frozen-xl 5 --solver ipndm --mode two-stage --rounds 2 \
+        --stage1-steps 75 --stage2-steps 600 --teacher base
+    ft euler-2s-xxl 5 --mode two-stage --rounds 4 --stage1-steps 40 --stage2-steps 800
+    "$T" finetune --base "$RUNS/mnist-euler-2s-xxl-t5.bin" --run "$RUNS/mnist-dpmpp-on-euler2s-t5" \
+        --t 5 "${mnist_ft[@]}" --teacher-pool 64 --solver dpmpp2m --mode stage1-only --rounds 1 \
+        --stage1-steps 150
+    "$T" export --run "$RUNS/mnist-dpmpp-on-euler2s-t5" --out "$RUNS/mnist-dpmpp-on-euler2s-t5.bin" \
+        --name mnist-dpmpp-on-euler2s-t5
+    "$T" eval --base bundles/mnist-base.bin --t 5,8,10 \
+        --tuned "iPNDM two-stage, frozen teacher (2 x (75 + 200))=$RUNS/mnist-ipndm-2s-frozen-t{T}.bin" \
+        --tuned "iPNDM two-stage, frozen teacher (2 x (75 + 600))=$RUNS/mnist-ipndm-2s-frozen-xl-t{T}.bin" \
+        --tuned "DPM-Solver++(2M) two-stage, frozen teacher (2 x (75 + 200))=$RUNS/mnist-dpmpp2m-2s-frozen-t{T}.bin" \
+        --tuned "Euler two-stage (4 x (40 + 800))=$RUNS/mnist-euler-2s-xxl-t{T}.bin" \
+        --tuned "DPM-Solver++(2M) stage 1 on that Euler network=$RUNS/mnist-dpmpp-on-euler2s-t{T}.bin" \
+        --real mnist-test --classifier "$RUNS/mnist-classifier.bin" --classifier-data mnist \
+        --count 1000 --ref-count 20 --title "MNIST 28x28, stage 2 against the frozen base teacher" \
+        --out docs/results/mnist-distill --quiet
+    # The T = 5 winner with twice the distillation again, on the noises of seeds 0 and 1.
+    TEACHER_POOL=256 ft ipndm-2s-frozen-xxl 5 --solver ipndm --mode two-stage --rounds 2 \
+        --stage1-steps 75 --stage2-steps 1200 --teacher base
+    for seed in 0 1; do
+        "$T" eval --base bundles/mnist-base.bin --t 5 --seed "$seed" \
+            --tuned "iPNDM two-stage, frozen teacher (2 x (75 + 600))=$RUNS/mnist-ipndm-2s-frozen-xl-t{T}.bin" \
+            --tuned "iPNDM two-stage, frozen teacher (2 x (75 + 1200))=$RUNS/mnist-ipndm-2s-frozen-xxl-t{T}.bin" \
+            --real mnist-test --classifier "$RUNS/mnist-classifier.bin" --count 1000 \
+            --ref-count 20 --title "MNIST 28x28, T = 5, frozen-teacher iPNDM, noises image_seed($seed, k)" \
+            --out "docs/results/mnist-distill5-seed$seed" --quiet
+    done
+    ;;
 faces)
     # 100 LFW faces, 25x25 resized to 24x24; unconditional, so no FD-cls.
     "$T" pretrain --data faces --resize 24 --run "$RUNS/faces-base" --model-channels 16 \
@@ -167,7 +210,7 @@ faces)
         --title "LFW faces 24x24" --out docs/results/faces --quiet
     ;;
 *)
-    echo "usage: scripts/results.sh digits|mnist|mnist-long|faces" >&2
+    echo "usage: scripts/results.sh digits|mnist|mnist-long|mnist-distill|faces" >&2
     exit 2
     ;;
 esac

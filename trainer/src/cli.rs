@@ -16,7 +16,7 @@ use sampler_core::rng;
 use sampler_core::schedule::{Schedule, Warp};
 
 use crate::data::{Dataset, FolderOptions};
-use crate::finetune::{DiscGrad, DiscTarget, FinetuneConfig, Mode};
+use crate::finetune::{DiscGrad, DiscTarget, FinetuneConfig, Mode, Teacher};
 use crate::pretrain::PretrainConfig;
 use crate::run::{RunDir, write_atomic};
 
@@ -286,6 +286,11 @@ struct FinetuneArgs {
     /// Teacher (noise, solution) pairs computed per round.
     #[arg(long, default_value_t = 256, value_parser = count_arg)]
     teacher_pool: usize,
+    /// Whose solution the teacher target is: shipped (the weights being fine-tuned,
+    /// recomputed each round, so it moves with stage 2) or base (the base bundle's weights,
+    /// frozen: stage 2 distils the T-step sampler toward the pre-trained network's ODE).
+    #[arg(long, value_enum, default_value = "shipped")]
+    teacher: Teacher,
     /// Trajectory cache of the paper gradient (--disc-grad paper, teacher target): keep the
     /// Euler states of the whole teacher pool and re-simulate each entry under the current
     /// levels once every this many steps (a 1/N share of the pool per step) instead of
@@ -711,6 +716,7 @@ fn finetune(a: FinetuneArgs) -> Result<()> {
     c.disc_batch = a.disc_batch;
     c.teacher_steps = a.teacher_steps;
     c.teacher_pool = a.teacher_pool;
+    c.teacher = a.teacher;
     c.traj_refresh = a.traj_refresh;
     c.solver = a.solver;
     c.ema_decay = a.ema_decay;

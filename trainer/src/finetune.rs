@@ -65,6 +65,21 @@ pub enum DiscTarget {
     Data,
 }
 
+/// Whose many-step solution the teacher target is (`--disc-target teacher`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+pub enum Teacher {
+    /// The weights being shipped (their EMA), recomputed each round: the target moves
+    /// with the student once stage 2 has changed them.
+    Shipped,
+    /// The base bundle's weights, frozen: stage 2 distils the T-step sampler toward the
+    /// pre-trained network's ODE solution.
+    Base,
+}
+
+fn shipped_teacher() -> Teacher {
+    Teacher::Shipped
+}
+
 /// Everything that defines a fine-tuning run (saved as the run's `config.json`).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct FinetuneConfig {
@@ -100,6 +115,10 @@ pub struct FinetuneConfig {
     pub teacher_steps: usize,
     /// Number of (noise, teacher solution) pairs computed per round.
     pub teacher_pool: usize,
+    /// Whose solution the teacher target is (configs written before the choice existed
+    /// used the shipped weights).
+    #[serde(default = "shipped_teacher")]
+    pub teacher: Teacher,
     /// Trajectory cache of the paper gradient: every pool entry's Euler states are
     /// re-simulated under the current levels once every this many steps; 0 = no cache.
     /// (Absent from configs written before the cache existed: those ran without it.)
@@ -142,6 +161,7 @@ impl FinetuneConfig {
             disc_batch: 32,
             teacher_steps: 64,
             teacher_pool: 256,
+            teacher: Teacher::Shipped,
             traj_refresh: 0,
             solver: SolverKind::Euler,
             s_max: 80.0,
@@ -215,6 +235,11 @@ impl FinetuneConfig {
         if !(0.0..1.0).contains(&self.ema_decay) {
             bail!("--ema-decay must be in [0, 1)");
         }
+        if self.teacher == Teacher::Base && self.disc_target != DiscTarget::Teacher {
+            bail!(
+                "--teacher base chooses the teacher target's network: it needs --disc-target teacher"
+            );
+        }
         if self.traj_refresh > 0
             && (self.disc_grad != DiscGrad::Paper || self.disc_target != DiscTarget::Teacher)
         {
@@ -229,7 +254,7 @@ impl FinetuneConfig {
     fn schedule_method(&self) -> String {
         match self.mode {
             Mode::TwoStage | Mode::Stage1Only => format!(
-                "{}{} {:?}/{:?} warp={} gamma={} rounds={}",
+                "{}{} {:?}/{:?}{} warp={} gamma={} rounds={}",
                 if self.mode == Mode::TwoStage {
                     "two-stage"
                 } else {
@@ -242,6 +267,11 @@ impl FinetuneConfig {
                 },
                 self.disc_target,
                 self.disc_grad,
+                if self.teacher == Teacher::Base {
+                    " teacher=base"
+                } else {
+                    ""
+                },
                 self.warp.name(),
                 self.gamma,
                 self.rounds
@@ -470,8 +500,12 @@ impl Finetune {
         })
     }
 
-    /// (x_0, teacher target, labels) pool of `round`, computed with the shipped network.
-    fn teacher_pool(&mut self, round: u64) -> Result<(Tensor<2>, Tensor<2>, Option<Tensor<2>>)> {
+    /// (x_0, teacher target, labels) pool of `round`, computed with the network
+    /// `config.teacher` names.
+    pub fn teacher_pool(
+        &mut self,
+        round: u64,
+    ) -> Result<(Tensor<2>, Tensor<2>, Option<Tensor<2>>)> {
         if let Some((r, x0, target, labels)) = &self.pool
             && *r == round
         {
@@ -494,7 +528,11 @@ impl Finetune {
             &device,
         );
         let reference = Schedule::edm(c.teacher_steps, c.s_min, c.s_max)?.to_tensor(&device);
-        let target = self.base.with_shipped(|den| {
+        let frozen = match c.teacher {
+            Teacher::Shipped => None,
+            Teacher::Base => Some(Base::from_bundle(&self.base_bundle, &self.device)?),
+        };
+        let target = frozen.as_ref().unwrap_or(&self.base).with_shipped(|den| {
             // Chunks bound the memory of large networks.
             let mut parts = Vec::new();
             let chunk = 64;

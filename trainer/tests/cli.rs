@@ -154,6 +154,7 @@ fn help_documents_every_flag() {
         "--labels",
         "--skip-bad",
         "--traj-refresh",
+        "--teacher",
     ] {
         assert!(out.contains(flag), "finetune --help lacks {flag}");
     }
@@ -178,7 +179,25 @@ fn bad_input_is_one_line_and_exit_code_2() {
     std::fs::write(p("junk.bin"), b"not a bundle").unwrap();
     std::fs::create_dir_all(p("imgs")).unwrap();
     std::fs::write(p("imgs/broken.png"), b"\x89PNG broken").unwrap();
+    let digits8 = concat!(env!("CARGO_MANIFEST_DIR"), "/../bundles/digits8.bin");
     for (args, needle) in [
+        (
+            vec![
+                "finetune",
+                "--base",
+                digits8,
+                "--run",
+                &p("r5"),
+                "--data",
+                "digits",
+                "--labels",
+                "--teacher",
+                "base",
+                "--disc-target",
+                "data",
+            ],
+            "--teacher base chooses the teacher target's network",
+        ),
         (
             vec!["finetune", "--base", &p("missing.bin"), "--run", &p("r1")],
             "cannot read base bundle",

@@ -9,7 +9,7 @@ use sampler_core::bundle::SolverKind;
 use sampler_core::solver::{heun_to_min, solve_to_min};
 use sampler_core::{Bundle, Sampler, Schedule};
 use trainer::data::noise;
-use trainer::finetune::{DiscTarget, Finetune, FinetuneConfig, Mode, scalar};
+use trainer::finetune::{DiscTarget, Finetune, FinetuneConfig, Mode, Teacher, scalar};
 use trainer::run::RunDir;
 
 fn device() -> Device {
@@ -90,6 +90,52 @@ fn stage2_of_ipndm_moves_its_endpoint_toward_the_teacher() {
     assert!(last["l_bound"].is_null(), "{last}");
     assert_eq!(last["l_disc"].as_f64(), last["loss"].as_f64());
     assert_eq!(ft.export("x", "").unwrap().solver, SolverKind::Ipndm);
+}
+
+/// `--teacher base` freezes the teacher: after stage 2 has moved the weights, the next
+/// round's targets are still the base network's Heun solutions of that round's noises, while
+/// `--teacher shipped` follows the fine-tuned weights.
+#[test]
+fn frozen_teacher_keeps_the_base_networks_solution_after_stage2() {
+    let dir = tempfile::tempdir().unwrap();
+    let (base, data) = common::mlp_base(dir.path());
+    let mut c = FinetuneConfig::new(base, 5);
+    c.solver = SolverKind::Ipndm;
+    c.mode = Mode::TwoStage;
+    c.rounds = 2;
+    c.stage1_steps = 0;
+    c.stage2_steps = 15;
+    c.lr_weights = 1e-2;
+    c.ema_decay = 0.0;
+    c.disc_batch = 16;
+    c.teacher_pool = 32;
+    c.teacher_steps = 16;
+    let reference = Schedule::edm(16, c.s_min, c.s_max)
+        .unwrap()
+        .to_tensor(&Device::flex());
+    let heun = |f: &Finetune, x0: &Tensor<2>| {
+        f.with_shipped(|d| heun_to_min(d, x0.clone(), reference.clone(), None, |_| {}))
+    };
+    let max_diff = |a: &Tensor<2>, b: &Tensor<2>| scalar(&(a.clone() - b.clone()).abs().max());
+    let start = Finetune::new(c.clone(), Some(data.clone()), None, &device()).unwrap();
+    for teacher in [Teacher::Base, Teacher::Shipped] {
+        let mut c = c.clone();
+        c.teacher = teacher;
+        let mut ft = Finetune::new(c, Some(data.clone()), None, &device()).unwrap();
+        for _ in 0..15 {
+            ft.step_once().unwrap();
+        }
+        let (x0, target, _) = ft.teacher_pool(1).unwrap();
+        let (of_base, of_shipped) = (heun(&start, &x0), heun(&ft, &x0));
+        let moved = max_diff(&of_base, &of_shipped);
+        assert!(moved > 1e-2, "stage 2 barely moved the solution: {moved}");
+        let (followed, other) = match teacher {
+            Teacher::Base => (of_base, of_shipped),
+            Teacher::Shipped => (of_shipped, of_base),
+        };
+        assert!(max_diff(&target, &followed) < 1e-5, "{teacher:?}");
+        assert!(max_diff(&target, &other) > 1e-2, "{teacher:?}");
+    }
 }
 
 fn two_stage_config(base: std::path::PathBuf) -> FinetuneConfig {
