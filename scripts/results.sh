@@ -84,8 +84,8 @@ mnist)
         # (stage 1 through the unrolled solver), and iPNDM's weights fine-tuned on its L_disc.
         ft two-stage "$t" --mode two-stage --rounds 2 --stage1-steps 15 --stage2-steps 60
         ft ipndm-stage1 "$t" --solver ipndm --mode stage1-only --rounds 1 --stage1-steps 30
-        ft ipndm-two-stage "$t" --solver ipndm --mode two-stage --rounds 2 --stage1-steps 15 \
-            --stage2-steps 60
+        ft ipndm-two-stage "$t" --solver ipndm --mode two-stage --teacher shipped --rounds 2 \
+            --stage1-steps 15 --stage2-steps 60
         ft dpmpp-stage1 "$t" --solver dpmpp2m --mode stage1-only --rounds 1 --stage1-steps 30
     done
     # The three ablation rows of paper Table 1 at T = 8.

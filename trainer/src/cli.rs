@@ -289,8 +289,10 @@ struct FinetuneArgs {
     /// Whose solution the teacher target is: shipped (the weights being fine-tuned,
     /// recomputed each round, so it moves with stage 2) or base (the base bundle's weights,
     /// frozen: stage 2 distils the T-step sampler toward the pre-trained network's ODE).
-    #[arg(long, value_enum, default_value = "shipped")]
-    teacher: Teacher,
+    /// Default: base for --mode two-stage with a solver other than euler (stage 2 is then
+    /// that distillation), shipped otherwise.
+    #[arg(long, value_enum)]
+    teacher: Option<Teacher>,
     /// Trajectory cache of the paper gradient (--disc-grad paper, teacher target): keep the
     /// Euler states of the whole teacher pool and re-simulate each entry under the current
     /// levels once every this many steps (a 1/N share of the pool per step) instead of
@@ -716,7 +718,13 @@ fn finetune(a: FinetuneArgs) -> Result<()> {
     c.disc_batch = a.disc_batch;
     c.teacher_steps = a.teacher_steps;
     c.teacher_pool = a.teacher_pool;
-    c.teacher = a.teacher;
+    c.teacher = a.teacher.unwrap_or(
+        if a.solver != SolverKind::Euler && a.mode == Mode::TwoStage {
+            Teacher::Base
+        } else {
+            Teacher::Shipped
+        },
+    );
     c.traj_refresh = a.traj_refresh;
     c.solver = a.solver;
     c.ema_decay = a.ema_decay;

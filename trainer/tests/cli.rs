@@ -232,6 +232,61 @@ fn bad_input_is_one_line_and_exit_code_2() {
     }
 }
 
+/// `--teacher` defaults to the frozen base network where stage 2 is distillation (two-stage
+/// with a solver other than Euler) and to the shipped weights elsewhere; a flag overrides it.
+#[test]
+fn teacher_default_follows_the_solver_and_mode() {
+    let dir = tempfile::tempdir().unwrap();
+    let digits8 = concat!(env!("CARGO_MANIFEST_DIR"), "/../bundles/digits8.bin");
+    for (i, (extra, expected)) in [
+        (vec!["--solver", "ipndm"], "Base"),
+        (vec!["--solver", "ipndm", "--teacher", "shipped"], "Shipped"),
+        (vec![], "Shipped"),
+        (
+            vec!["--solver", "dpmpp2m", "--mode", "stage1-only"],
+            "Shipped",
+        ),
+        (vec!["--teacher", "base"], "Base"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let run = dir.path().join(format!("r{i}"));
+        let run_s = run.to_string_lossy().into_owned();
+        let mut args = vec![
+            "finetune",
+            "--base",
+            digits8,
+            "--run",
+            &run_s,
+            "--data",
+            "digits",
+            "--labels",
+            "--rounds",
+            "1",
+            "--stage1-steps",
+            "1",
+            "--stage2-steps",
+            "1",
+            "--batch",
+            "4",
+            "--disc-batch",
+            "4",
+            "--teacher-pool",
+            "4",
+            "--teacher-steps",
+            "2",
+            "--quiet",
+        ];
+        args.extend(extra.iter().copied());
+        ok(&trainer(&args));
+        let config: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(run.join("config.json")).unwrap())
+                .unwrap();
+        assert_eq!(config["teacher"], expected, "{extra:?}");
+    }
+}
+
 #[test]
 fn conditional_unet_on_shipped_digits_through_the_cli() {
     let dir = tempfile::tempdir().unwrap();
