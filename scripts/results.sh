@@ -38,15 +38,15 @@ tuned_rows() {
         --tuned "EDM-weight finetune=$RUNS/$prefix-edm-weight-finetune-t{T}.bin")
 }
 
-# Fine-tunes bundles/mnist-base.bin: run name, T, then finetune flags; into $RUNS/mnist-*.
-# TEACHER_POOL (default 64) sets --teacher-pool.
+# Fine-tunes bundles/mnist-base.bin (or $BASE): run name, T, then finetune flags; into
+# $RUNS/mnist-*. TEACHER_POOL (default 64) sets --teacher-pool.
 mnist_ft=(--data mnist --labels --batch 32 --disc-batch 16 --teacher-steps 32
     --lr-weights 1e-4 --ema-decay 0.98 --quiet)
 ft() {
     local name=$1 t=$2
     shift 2
-    "$T" finetune --base bundles/mnist-base.bin --run "$RUNS/mnist-$name-t$t" --t "$t" \
-        "${mnist_ft[@]}" --teacher-pool "${TEACHER_POOL:-64}" "$@"
+    "$T" finetune --base "${BASE:-bundles/mnist-base.bin}" --run "$RUNS/mnist-$name-t$t" \
+        --t "$t" "${mnist_ft[@]}" --teacher-pool "${TEACHER_POOL:-64}" "$@"
     "$T" export --run "$RUNS/mnist-$name-t$t" --out "$RUNS/mnist-$name-t$t.bin" \
         --name "mnist-$name-t$t"
 }
@@ -167,11 +167,8 @@ mnist-distill)
     TEACHER_POOL=256 ft ipndm-2s-frozen-xl 5 --solver ipndm --mode two-stage --rounds 2 \
         --stage1-steps 75 --stage2-steps 600 --teacher base
     ft euler-2s-xxl 5 --mode two-stage --rounds 4 --stage1-steps 40 --stage2-steps 800
-    "$T" finetune --base "$RUNS/mnist-euler-2s-xxl-t5.bin" --run "$RUNS/mnist-dpmpp-on-euler2s-t5" \
-        --t 5 "${mnist_ft[@]}" --teacher-pool 64 --solver dpmpp2m --mode stage1-only --rounds 1 \
-        --stage1-steps 150
-    "$T" export --run "$RUNS/mnist-dpmpp-on-euler2s-t5" --out "$RUNS/mnist-dpmpp-on-euler2s-t5.bin" \
-        --name mnist-dpmpp-on-euler2s-t5
+    BASE="$RUNS/mnist-euler-2s-xxl-t5.bin" ft dpmpp-on-euler2s 5 --solver dpmpp2m \
+        --mode stage1-only --rounds 1 --stage1-steps 150
     "$T" eval --base bundles/mnist-base.bin --t 5,8,10 \
         --tuned "iPNDM two-stage, frozen teacher (2 x (75 + 200))=$RUNS/mnist-ipndm-2s-frozen-t{T}.bin" \
         --tuned "iPNDM two-stage, frozen teacher (2 x (75 + 600))=$RUNS/mnist-ipndm-2s-frozen-xl-t{T}.bin" \
