@@ -1,5 +1,7 @@
 //! `trainer bench`: seconds per step of pre-training, stage 2, and stage 1 with the exact and
-//! the paper gradient at several T, on one small U-Net and batch. A table, not a test.
+//! the paper gradient at several T, on one small U-Net and batch; or (`--inception N`) the
+//! images per second of FID's Inception-v3, set up as `scripts/torch_inception_bench.py`
+//! times PyTorch's. A table, not a test.
 
 use std::time::Instant;
 
@@ -39,10 +41,49 @@ pub struct BenchArgs {
     /// Compute device: flex, vulkan or cuda.
     #[arg(long, default_value = "flex")]
     device: String,
+    /// Time only FID's Inception-v3 on the CPU: N random 28x28 gray images in batches of
+    /// --inception-batch after one warm-up batch, as scripts/torch_inception_bench.py times
+    /// pytorch-fid's.
+    #[arg(long, value_name = "N")]
+    inception: Option<usize>,
+    /// Images per batch of --inception.
+    #[arg(long, default_value_t = 50, value_name = "B")]
+    inception_batch: usize,
+}
+
+/// `--inception`: images per second of the host executor.
+fn inception(images: usize, batch: usize) -> Result<()> {
+    let net = crate::inception::Inception::load_default()?;
+    let batch = batch.max(1);
+    // Uniform [0, 1) values from the portable generator, one 28x28 image after another.
+    let x: Vec<f32> = (0..batch * 28 * 28)
+        .map(|i| (sampler_core::rng::random_u64(0, i as u64) >> 40) as f32 / (1u64 << 24) as f32)
+        .collect();
+    let bar = indicatif::ProgressBar::hidden();
+    net.features(&x, (1, 28, 28), &bar)?;
+    let start = Instant::now();
+    let mut done = 0;
+    while done < images {
+        let b = batch.min(images - done);
+        net.features(&x[..b * 28 * 28], (1, 28, 28), &bar)?;
+        done += b;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "Inception-v3 (FID features, 28x28 gray -> 299x299), batch {batch}, {} threads",
+        rayon::current_num_threads()
+    );
+    println!("| images | s | images/s |");
+    println!("| ---: | ---: | ---: |");
+    println!("| {done} | {secs:.2} | {:.2} |", done as f64 / secs);
+    Ok(())
 }
 
 /// Runs the benchmark and prints the table.
 pub fn run(a: BenchArgs) -> Result<()> {
+    if let Some(n) = a.inception {
+        return inception(n, a.inception_batch);
+    }
     let device = crate::device(&a.device)?;
     let disc_batch = a.disc_batch.unwrap_or(a.batch);
     if disc_batch == 0 || disc_batch > a.batch {

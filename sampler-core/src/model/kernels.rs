@@ -96,16 +96,16 @@ fn parallelism(m: usize, n: usize, k: usize) -> gemm::Parallelism {
 
 /// A matrix in a slice: element `(i, j)` at `data[i * rs + j * cs]`.
 #[derive(Clone, Copy)]
-struct Mat<'a> {
-    data: &'a [f32],
-    rs: usize,
-    cs: usize,
+pub(crate) struct Mat<'a> {
+    pub(crate) data: &'a [f32],
+    pub(crate) rs: usize,
+    pub(crate) cs: usize,
 }
 
 /// `dst (+)= scale * lhs . rhs` for `dst` `[m, n]` in `dst` (row-major, or column-major when
 /// `dst_col_major`), `lhs` `[m, k]`, `rhs` `[k, n]`.
 #[allow(clippy::too_many_arguments)]
-fn matmul(
+pub(crate) fn matmul(
     dst: &mut [f32],
     dst_col_major: bool,
     accumulate: bool,
@@ -249,7 +249,7 @@ std::thread_local! {
 
 /// Runs `f` with this thread's scratch buffer grown to at least `len` values (contents
 /// unspecified: callers overwrite what they read).
-fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+pub(crate) fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
     SCRATCH.with(|cell| match cell.try_borrow_mut() {
         Ok(mut buf) => {
             if buf.len() < len {

