@@ -6,6 +6,7 @@
 #   scripts/results.sh mnist-long  # ~45 min: longer learned levels on the shipped base
 #   scripts/results.sh mnist-distill  # ~2 h: stage 2 against the frozen base teacher
 #   scripts/results.sh faces    # ~45 min
+#   scripts/results.sh fid      # ~1.5 h: every ruler (FID, KID, FD-pixel, FD-cls) side by side
 # Runs live in $RUNS (default ./runs, git-ignored); a run directory that exists is resumed,
 # so an interrupted call picks up where it stopped. Deterministic up to export time stamps
 # and wall times. The dev profile builds dependencies at opt-level 3, so training runs
@@ -206,8 +207,25 @@ faces)
         --t 5,8,10,12,15,20 --real faces --resize 24 --count 250 --ref-count 32 \
         --title "LFW faces 24x24" --out docs/results/faces --quiet
     ;;
+fid)
+    # Issue 20: the training-free solvers on EDM's levels and every shipped learned MNIST
+    # bundle under every ruler, 2,000 samples a row, on the noises of seeds 0 and 1, against
+    # the 1,000 held-out mnist-test digits (all the held-out MNIST we ship). Needs
+    # `python3 scripts/fetch_inception.py` once.
+    for seed in 0 1; do
+        "$T" eval --base bundles/mnist-base.bin --t 5,8,10 --solvers euler,dpmpp2m,ipndm \
+            --tuned "Euler two-stage (mnist8.bin)=bundles/mnist{T}.bin" \
+            --tuned "iPNDM, learned levels (mnist8-ipndm.bin)=bundles/mnist{T}-ipndm.bin" \
+            --real mnist-test --fid --classifier "$RUNS/mnist-classifier.bin" \
+            --classifier-data mnist --count 2000 --ref-count 20 --seed "$seed" --grid 50 \
+            --title "MNIST 28x28, every ruler, noises image_seed($seed, k)" \
+            --out "docs/results/fid/seed$seed" --quiet
+    done
+    { cat docs/results/fid/seed0/rulers.csv; tail -n +2 docs/results/fid/seed1/rulers.csv; } \
+        > docs/results/fid/results.csv
+    ;;
 *)
-    echo "usage: scripts/results.sh digits|mnist|mnist-long|mnist-distill|faces" >&2
+    echo "usage: scripts/results.sh digits|mnist|mnist-long|mnist-distill|faces|fid" >&2
     exit 2
     ;;
 esac

@@ -123,9 +123,20 @@ struct EvalArgs {
     /// Title of the table and figures (default: the base bundle's data set).
     #[arg(long)]
     title: Option<String>,
-    /// Output directory (results.md, results.csv, figures, grids/).
+    /// Output directory (results.md, results.csv, rulers.csv, figures, grids/).
     #[arg(long, value_name = "DIR")]
     out: PathBuf,
+    /// Also FID and KID against --real (Inception-v3 features, pytorch-fid's conventions;
+    /// needs `python3 scripts/fetch_inception.py` once).
+    #[arg(long)]
+    fid: bool,
+    /// The training-free solvers to run on EDM's levels of the base network.
+    #[arg(
+        long,
+        default_value = "euler,heun,dpmpp2m,ipndm",
+        value_delimiter = ','
+    )]
+    solvers: Vec<SolverKind>,
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
@@ -521,6 +532,7 @@ fn eval(a: EvalArgs) -> Result<()> {
         seed: a.seed,
         batch: a.batch,
         grid: a.grid,
+        solvers: a.solvers.clone(),
     };
     let base_bytes = std::fs::read(&a.base)
         .with_context(|| format!("cannot read base bundle {}", a.base.display()))?;
@@ -528,6 +540,14 @@ fn eval(a: EvalArgs) -> Result<()> {
     std::fs::create_dir_all(&a.out)
         .with_context(|| format!("cannot create {}", a.out.display()))?;
     let plain = burn::tensor::Device::flex();
+    if a.fid && a.real.is_none() {
+        bail!("--fid compares with --real images: pass --real");
+    }
+    let inception = if a.fid {
+        Some(crate::inception::Inception::load_default()?)
+    } else {
+        None
+    };
 
     let classifier = match &a.classifier {
         Some(path) if path.exists() => Some(TrainedClassifier::load(path, &plain)?),
@@ -569,7 +589,10 @@ fn eval(a: EvalArgs) -> Result<()> {
                     base.image.width
                 );
             }
-            Some((RealSet::new(&data, classifier.as_ref(), &plain)?, data))
+            Some((
+                RealSet::new(&data, classifier.as_ref(), inception.as_ref(), &plain)?,
+                data,
+            ))
         }
         None => None,
     };
@@ -585,6 +608,7 @@ fn eval(a: EvalArgs) -> Result<()> {
         &config,
         real.as_ref().map(|(r, _)| r),
         classifier.as_ref(),
+        inception.as_ref(),
         &a.out,
         a.quiet,
     )?;
@@ -601,6 +625,10 @@ fn eval(a: EvalArgs) -> Result<()> {
     write_atomic(
         &a.out.join("results.csv"),
         to_csv(&title, &results).as_bytes(),
+    )?;
+    write_atomic(
+        &a.out.join("rulers.csv"),
+        crate::eval::to_rulers_csv(a.seed, a.count, &results, true).as_bytes(),
     )?;
 
     let mut md = format!("# {title}\n\n");
@@ -641,7 +669,12 @@ fn eval(a: EvalArgs) -> Result<()> {
                 md.push_str(&format!(" (accuracy on those real images {:.3})", acc));
             }
         }
-        md.push_str(". These are not FID (no Inception network). ");
+        md.push_str(if a.fid {
+            ". FID and KID (KID x 1000 in the table) in Inception-v3's 2048-d features, \
+             pytorch-fid's conventions; \"at 255\": the share of sample pixels clipped at white. "
+        } else {
+            ". These are not FID (no Inception network; --fid adds it). "
+        });
         if let Some((pixel, cls)) = evaluated.reference_fd {
             md.push_str(&format!(
                 "The reference images themselves (the ODE solved with {} Heun levels, one per \

@@ -20,7 +20,9 @@ use sampler_core::{Images, Sampler};
 
 use crate::classifier::TrainedClassifier;
 use crate::data::{Dataset, noise};
+use crate::fid::{RealStats, image_features, saturated_fraction};
 use crate::frechet::{FrechetReference, Moments};
+use crate::inception::Inception;
 use crate::losses::row_mse;
 
 /// What [`evaluate_schedule`] measures.
@@ -116,6 +118,8 @@ pub struct EvalConfig {
     pub batch: usize,
     /// Images in each sample grid.
     pub grid: usize,
+    /// The training-free solvers run on EDM's levels of the base network.
+    pub solvers: Vec<SolverKind>,
 }
 
 /// One row of the results: one sampler at one T.
@@ -143,6 +147,16 @@ pub struct RowResult {
     pub fd_cls: Option<f64>,
     /// Fraction of samples the classifier assigns to the requested label.
     pub accuracy: Option<f64>,
+    /// FID against the real images (Inception-v3 features, pytorch-fid's conventions).
+    pub fid: Option<f64>,
+    /// KID (unbiased MMD^2, cubic kernel) in the same features.
+    pub kid: Option<f64>,
+    /// Fraction of sample values at 255 after 8-bit quantization.
+    pub saturated: f64,
+    /// Levels learned by the trainer (a tuned bundle's) rather than EDM's.
+    pub learned_levels: bool,
+    /// Weights other than the base bundle's.
+    pub finetuned_weights: bool,
     /// Negative log-likelihood of the samples under the mixture, nats per image: `-mean ln
     /// p(x)` of the data density; for analytic mixture bases only (where it is exact).
     pub nll: Option<f64>,
@@ -158,6 +172,8 @@ pub struct RealSet {
     pub pixels: FrechetReference,
     /// Classifier-feature moments, when a classifier is given.
     pub features: Option<FrechetReference>,
+    /// Inception statistics (FID, KID), when the feature network is given.
+    pub inception: Option<RealStats>,
     /// Number of images.
     pub count: usize,
 }
@@ -167,8 +183,18 @@ impl RealSet {
     pub fn new(
         data: &Dataset,
         classifier: Option<&TrainedClassifier>,
+        inception: Option<&Inception>,
         device: &Device,
     ) -> Result<RealSet> {
+        let inception = match inception {
+            Some(net) => {
+                eprintln!("{} real images through Inception", data.len());
+                let bar = indicatif::ProgressBar::hidden();
+                let f = image_features(net, &data.values, data.shape, &bar)?;
+                Some(RealStats::new(f)?)
+            }
+            None => None,
+        };
         let pixels = FrechetReference::new(Moments::from_rows(&data.values, data.dim())?);
         let features = match classifier {
             Some(c) => {
@@ -183,6 +209,7 @@ impl RealSet {
         Ok(RealSet {
             pixels,
             features,
+            inception,
             count: data.len(),
         })
     }
@@ -289,6 +316,7 @@ pub fn run_eval(
     config: &EvalConfig,
     real: Option<&RealSet>,
     classifier: Option<&TrainedClassifier>,
+    inception: Option<&Inception>,
     out: &Path,
     quiet: bool,
 ) -> Result<EvalResults> {
@@ -410,6 +438,7 @@ pub fn run_eval(
             bundle: None,
         },
     ];
+    plans.retain(|p| config.solvers.contains(&p.solver));
     for (name, pattern) in &config.tuned {
         plans.push(Plan {
             row: name.clone(),
@@ -493,6 +522,16 @@ pub fn run_eval(
             let clamped: Vec<f32> = samples.iter().map(|v| v.clamp(-1.0, 1.0)).collect();
             let (fd_pixel, fd_cls, accuracy) =
                 frechet_and_accuracy(&clamped, d, real, classifier, label_count, &device)?;
+            let (fid, kid) = match (inception, real.and_then(|r| r.inception.as_ref())) {
+                (Some(net), Some(stats)) => {
+                    bar.set_message(format!("T={t} {}: Inception", plan.row));
+                    let f =
+                        image_features(net, &clamped, shape, &indicatif::ProgressBar::hidden())?;
+                    let s = stats.scores(&f)?;
+                    (Some(s.fid), Some(s.kid))
+                }
+                _ => (None, None),
+            };
             let grid_name = format!("grids/{}-t{t}.png", slug(&plan.row));
             let shown = config.grid.min(config.count);
             if shown > 0 {
@@ -525,6 +564,11 @@ pub fn run_eval(
                 fd_pixel,
                 fd_cls,
                 accuracy,
+                fid,
+                kid,
+                saturated: saturated_fraction(&clamped),
+                learned_levels: tuned.is_some(),
+                finetuned_weights: fingerprint != base_fingerprint,
                 nll,
                 ms_per_image: seconds * 1000.0 / config.count as f64,
                 grid: grid_name,
@@ -575,6 +619,11 @@ fn frechet_and_accuracy(
     Ok((Some(fd_pixel), fd_cls, accuracy))
 }
 
+/// A CSV field in quotes (inner quotes doubled, RFC 4180).
+fn quoted(field: &str) -> String {
+    format!("\"{}\"", field.replace('"', "\"\""))
+}
+
 fn opt(v: Option<f64>, digits: usize) -> String {
     v.map(|x| format!("{x:.digits$}")).unwrap_or_default()
 }
@@ -582,13 +631,13 @@ fn opt(v: Option<f64>, digits: usize) -> String {
 /// The results as CSV (one line per row and T; levels space-separated).
 pub fn to_csv(dataset: &str, results: &[RowResult]) -> String {
     let mut s = String::from(
-        "dataset,row,solver,T,nfe,trunc_rmse,trunc_rmse_base,fd_pixel,fd_cls,accuracy,nll,ms_per_image,sigmas\n",
+        "dataset,row,solver,T,nfe,trunc_rmse,trunc_rmse_base,fd_pixel,fd_cls,accuracy,fid,kid,saturated,nll,ms_per_image,sigmas\n",
     );
     for r in results {
         let sigmas: Vec<String> = r.sigmas.iter().map(|v| format!("{v}")).collect();
         s.push_str(&format!(
-            "{dataset},\"{}\",{},{},{},{:.6},{:.6},{},{},{},{},{:.3},{}\n",
-            r.row,
+            "{dataset},{},{},{},{},{:.6},{:.6},{},{},{},{},{},{:.5},{},{:.3},{}\n",
+            quoted(&r.row),
             r.solver,
             r.t,
             r.nfe,
@@ -597,9 +646,43 @@ pub fn to_csv(dataset: &str, results: &[RowResult]) -> String {
             opt(r.fd_pixel, 4),
             opt(r.fd_cls, 4),
             opt(r.accuracy, 4),
+            opt(r.fid, 4),
+            opt(r.kid, 6),
+            r.saturated,
             opt(r.nll, 3),
             r.ms_per_image,
             sigmas.join(" ")
+        ));
+    }
+    s
+}
+
+/// Every ruler side by side, one line per row and T (docs/results/fid/results.csv):
+/// `seed,T,row,solver,levels,weights,nfe,n,fid,kid,fd_pixel,fd_cls,saturated`, with `levels`
+/// `edm` or `learned` and `weights` `base` or `finetuned`; `header` adds the column line.
+pub fn to_rulers_csv(seed: u64, n: usize, results: &[RowResult], header: bool) -> String {
+    let mut s = String::new();
+    if header {
+        s.push_str("seed,T,row,solver,levels,weights,nfe,n,fid,kid,fd_pixel,fd_cls,saturated\n");
+    }
+    for r in results {
+        s.push_str(&format!(
+            "{seed},{},{},{},{},{},{},{n},{},{},{},{},{:.5}\n",
+            r.t,
+            quoted(&r.row),
+            r.solver,
+            if r.learned_levels { "learned" } else { "edm" },
+            if r.finetuned_weights {
+                "finetuned"
+            } else {
+                "base"
+            },
+            r.nfe,
+            opt(r.fid, 4),
+            opt(r.kid, 6),
+            opt(r.fd_pixel, 4),
+            opt(r.fd_cls, 4),
+            r.saturated,
         ));
     }
     s
@@ -609,10 +692,17 @@ pub fn to_csv(dataset: &str, results: &[RowResult]) -> String {
 pub fn to_markdown(results: &[RowResult]) -> String {
     // The NLL column only for mixture bases, which have an exact density.
     let with_nll = results.iter().any(|r| r.nll.is_some());
+    let with_fid = results.iter().any(|r| r.fid.is_some());
     let mut s = format!(
-        "| T | row | NFE | trunc RMSE | vs base net | FD-pixel | FD-cls | accuracy |{} ms/image |\n\
-         |---:|---|---:|---:|---:|---:|---:|---:|{}---:|\n",
+        "| T | row | NFE | trunc RMSE | vs base net |{} FD-pixel | FD-cls | accuracy |{} ms/image |\n\
+         |---:|---|---:|---:|---:|{}---:|---:|---:|{}---:|\n",
+        if with_fid {
+            " FID | KID | at 255 |"
+        } else {
+            ""
+        },
         if with_nll { " NLL |" } else { "" },
+        if with_fid { "---:|---:|---:|" } else { "" },
         if with_nll { "---:|" } else { "" },
     );
     let mut ts: Vec<usize> = results.iter().map(|r| r.t).collect();
@@ -632,14 +722,26 @@ pub fn to_markdown(results: &[RowResult]) -> String {
         let b_fdp = best(&|r| r.fd_pixel, true);
         let b_fdc = best(&|r| r.fd_cls, true);
         let b_acc = best(&|r| r.accuracy, false);
+        let b_fid = best(&|r| r.fid, true);
+        let b_kid = best(&|r| r.kid, true);
         let cell = |v: Option<f64>, b: Option<f64>, digits: usize| match v {
             None => "".to_string(),
             Some(x) if Some(x) == b => format!("**{x:.digits$}**"),
             Some(x) => format!("{x:.digits$}"),
         };
         for r in rows {
+            let rulers = if with_fid {
+                format!(
+                    " {} | {} | {:.2}% |",
+                    cell(r.fid, b_fid, 2),
+                    cell(r.kid.map(|k| k * 1000.0), b_kid.map(|k| k * 1000.0), 2),
+                    r.saturated * 100.0
+                )
+            } else {
+                String::new()
+            };
             s.push_str(&format!(
-                "| {} | {} | {} | {} | {:.4} | {} | {} | {} |{} {:.1} |\n",
+                "| {} | {} | {} | {} | {:.4} |{rulers} {} | {} | {} |{} {:.1} |\n",
                 r.t,
                 r.row,
                 r.nfe,
@@ -686,7 +788,8 @@ pub fn plot_results(
         bool,
         &'a dyn Fn(&RowResult) -> Option<f64>,
     );
-    let metrics: [Metric; 4] = [
+    let metrics: [Metric; 5] = [
+        ("fid", "FID (Inception-v3)", true, &|r| r.fid),
         (
             "trunc_rmse",
             "truncation RMSE vs the reference",
@@ -850,10 +953,30 @@ mod tests {
             fd_pixel: None,
             fd_cls: None,
             accuracy: acc,
+            fid: None,
+            kid: None,
+            saturated: 0.0,
+            learned_levels: false,
+            finetuned_weights: false,
             nll: None,
             ms_per_image: 1.0,
             grid: String::new(),
         };
+        let mut tuned = row("two-stage, \"x\"", 8, 0.1, None);
+        (tuned.fid, tuned.kid, tuned.saturated) = (Some(18.25), Some(0.0123), 0.001);
+        (tuned.learned_levels, tuned.finetuned_weights) = (true, true);
+        tuned.fd_pixel = Some(3.5);
+        let csv = to_rulers_csv(1, 2000, &[tuned.clone()], true);
+        assert_eq!(
+            csv,
+            "seed,T,row,solver,levels,weights,nfe,n,fid,kid,fd_pixel,fd_cls,saturated\n\
+             1,8,\"two-stage, \"\"x\"\"\",Euler,learned,finetuned,8,2000,18.2500,0.012300,3.5000,,0.00100\n"
+        );
+        let md = to_markdown(&[tuned]);
+        assert!(
+            md.contains("FID | KID | at 255") && md.contains("**18.25**"),
+            "{md}"
+        );
         let md = to_markdown(&[
             row("a", 5, 0.3, Some(0.5)),
             row("b", 5, 0.2, Some(0.4)),

@@ -6,6 +6,7 @@
 //! torch-fidelity average it over random subsets instead, which only adds noise).
 
 use indicatif::ProgressBar;
+use sampler_core::bundle::ImageShape;
 
 use crate::data::Dataset;
 use fewstep_metrics::kid;
@@ -22,24 +23,43 @@ pub enum FidError {
     Frechet(#[from] FrechetError),
 }
 
-/// Inception features of every image of `d` (values in [-1, 1]), each quantized to 8 bits
-/// and scaled to [0, 1] as pytorch-fid reads a PNG.
-pub fn dataset_features(
+/// Inception features of images in [-1, 1] (`n` images of `shape`), each quantized to 8
+/// bits and scaled to [0, 1] as pytorch-fid reads a PNG.
+pub fn image_features(
     inception: &Inception,
-    d: &Dataset,
+    values: &[f32],
+    shape: ImageShape,
     bar: &ProgressBar,
 ) -> Result<Vec<f32>, FidError> {
-    let pixels: Vec<f32> = d
-        .values
+    let pixels: Vec<f32> = values
         .iter()
         .map(|&v| sampler_core::sampler::to_u8(v) as f32 / 255.0)
         .collect();
-    let s = d.shape;
+    let s = shape;
     Ok(inception.features(
         &pixels,
         (s.channels as usize, s.height as usize, s.width as usize),
         bar,
     )?)
+}
+
+/// [`image_features`] of every image of `d`.
+pub fn dataset_features(
+    inception: &Inception,
+    d: &Dataset,
+    bar: &ProgressBar,
+) -> Result<Vec<f32>, FidError> {
+    image_features(inception, &d.values, d.shape, bar)
+}
+
+/// The fraction of values that quantize to 255: stroke pixels clipped at white, which
+/// Inception reacts to on digits more than to their shape (issue 20).
+pub fn saturated_fraction(values: &[f32]) -> f64 {
+    let at_max = values
+        .iter()
+        .filter(|&&v| sampler_core::sampler::to_u8(v) == 255)
+        .count();
+    at_max as f64 / values.len().max(1) as f64
 }
 
 /// The real side of many comparisons: its Frechet moments (with `S^{1/2}`), its features and
@@ -168,6 +188,14 @@ mod tests {
         // A set against itself: FID 0.
         let same = RealStats::new(a.clone()).unwrap().scores(&a).unwrap();
         assert!(same.fid.abs() < 1e-6, "{}", same.fid);
+    }
+
+    #[test]
+    fn saturation_counts_values_that_round_to_255() {
+        // to_u8 rounds (v + 1) * 127.5: 255 from v >= 1 - 0.5 / 127.5 = 0.996078...
+        let v = [1.0, 3.0, 0.9961, 0.9960, 0.0, -1.0, -5.0, 0.5];
+        assert_eq!(saturated_fraction(&v), 3.0 / 8.0);
+        assert_eq!(saturated_fraction(&[]), 0.0);
     }
 
     #[test]
