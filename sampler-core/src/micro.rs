@@ -769,7 +769,13 @@ impl<'a> MicroSampler<'a> {
                         h / (2.0 * h_last)
                     };
                     for ((xv, &mut dv), pv) in xs.iter_mut().zip(ds).zip(ps.iter_mut()) {
-                        let target = dv * (1.0 + half_inv_r) - *pv * half_inv_r;
+                        // The first step never reads `prev`: its arena slot is unwritten, and
+                        // NaN left there by an earlier image or layer times 0 is still NaN.
+                        let target = if i == 0 {
+                            dv
+                        } else {
+                            dv * (1.0 + half_inv_r) - *pv * half_inv_r
+                        };
                         *xv = *xv * ratio + target * rest;
                         *pv = dv;
                     }

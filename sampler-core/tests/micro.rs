@@ -120,6 +120,28 @@ fn micro_matches_burn_on_every_shipped_bundle() {
 }
 
 #[test]
+fn no_solver_reads_arena_values_it_did_not_write() {
+    // An arena full of NaN (in f32 and in both f16 halves) must give the image a zeroed
+    // one gives: whatever a solver reads before writing it poisons the image. (Before the
+    // fix, DPM-Solver++(2M)'s first step multiplied an unwritten slot by 0: NaN.)
+    let v2 = shipped("digits8.bin");
+    for kind in SolverKind::ALL {
+        for act in [Activations::F32, Activations::F16] {
+            let mut b = Bundle::from_bytes(&v2).unwrap();
+            b.solver = kind;
+            let bytes = b.to_bytes().unwrap();
+            let m = MicroSampler::new(&bytes).unwrap();
+            let clean = micro_image(&bytes, 3, 2, act);
+            let mut arena = vec![u32::MAX; m.arena_words(act)];
+            let mut out = vec![0.0f32; m.bundle().image.values()];
+            m.generate(3, 2, None, act, &mut arena, &mut out)
+                .unwrap_or_else(|e| panic!("{} {act:?}: {e}", kind.name()));
+            assert_eq!(out, clean, "{} {act:?}", kind.name());
+        }
+    }
+}
+
+#[test]
 fn micro_runs_every_solver_as_burn_does() {
     let v2 = shipped("digits8.bin");
     for kind in SolverKind::ALL {

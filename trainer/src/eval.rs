@@ -487,11 +487,13 @@ pub fn run_eval(
             let solver = tuned
                 .as_ref()
                 .map_or(plan.solver, |(s, _)| s.bundle().solver);
-            let (levels, nfe) = levels_for(solver, t);
             let schedule = match &tuned {
                 Some((s, _)) => s.bundle().schedule.clone(),
-                None => Schedule::edm(levels, s_min, s_max)?,
+                None => Schedule::edm(levels_for(solver, t).0, s_min, s_max)?,
             };
+            // What the levels cost with this solver: a bundle tuned for Heun with T levels
+            // spends 2T - 1 evaluations, not T.
+            let nfe = solver.nfe(schedule.len());
             let (samples, seconds) = sampler.with_denoiser(|den| {
                 generate(
                     den,

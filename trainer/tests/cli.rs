@@ -584,10 +584,23 @@ fn eval_reports_the_exact_nll_of_a_mixture_base() {
         "--out",
         &p("gauss.bin"),
     ]));
+    // The same mixture with 3 levels for Heun: 5 evaluations, whatever T it is listed at.
+    let mut heun =
+        sampler_core::Bundle::from_bytes(&std::fs::read(p("gauss.bin")).unwrap()).unwrap();
+    heun.solver = sampler_core::bundle::SolverKind::Heun;
+    heun.schedule = sampler_core::schedule::Schedule::edm(
+        3,
+        heun.schedule.s_min() as f64,
+        heun.schedule.s_max() as f64,
+    )
+    .unwrap();
+    std::fs::write(p("heun3.bin"), heun.to_bytes().unwrap()).unwrap();
     ok(&trainer(&[
         "eval",
         "--base",
         &p("gauss.bin"),
+        "--tuned",
+        &format!("tuned heun={}", p("heun{T}.bin")),
         "--t",
         "3,80",
         "--count",
@@ -608,18 +621,20 @@ fn eval_reports_the_exact_nll_of_a_mixture_base() {
     let closed = 4.0 * (1.0 + (2.0 * std::f64::consts::PI * c2).ln());
     let csv = std::fs::read_to_string(dir.path().join("ev/results.csv")).unwrap();
     // After the quoted row name: solver, T, nfe, trunc, trunc_base, fd_pixel, fd_cls,
-    // accuracy, nll, ...
-    let nll = |row: &str, t: &str| -> f64 {
+    // accuracy, fid, kid, saturated, nll, ...
+    let column = |row: &str, t: &str, k: usize| -> String {
         csv.lines()
             .skip(1)
             .filter_map(|l| l.split_once(",\"")?.1.split_once("\","))
             .map(|(name, tail)| (name, tail.split(',').collect::<Vec<_>>()))
             .find(|(name, cols)| *name == row && cols[1] == t)
             .unwrap_or_else(|| panic!("{row} T={t} missing:\n{csv}"))
-            .1[8]
-            .parse()
-            .unwrap()
+            .1[k]
+            .to_string()
     };
+    let nll = |row: &str, t: &str| -> f64 { column(row, t, 11).parse().unwrap() };
+    assert_eq!(column("tuned heun", "3", 2), "5", "{csv}");
+    assert_eq!(column("Heun, EDM rho=7", "3", 2), "3", "{csv}");
     // 2,000 samples: the mean NLL's standard error is sqrt(d/2)/sqrt(2000) = 0.045. A
     // spread off by a fraction e moves it by about d e, so only an accurate solve (iPNDM
     // with 80 levels) is held to the closed form.
