@@ -996,7 +996,8 @@ mod tests {
         let csv = to_csv("d", &[row("a", 5, 0.3, None)]);
         assert_eq!(
             csv.lines().nth(1),
-            Some("d,\"a\",Euler,5,5,0.300000,0.800000,,,,,1.000,80 0.002")
+            // fd_pixel, fd_cls, accuracy, fid, kid empty; saturated 0; nll empty.
+            Some("d,\"a\",Euler,5,5,0.300000,0.800000,,,,,,0.00000,,1.000,80 0.002")
         );
     }
 }
