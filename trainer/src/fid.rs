@@ -79,24 +79,10 @@ pub struct Scores {
     pub n_fake: usize,
 }
 
-fn check_rows(rows: &[f32]) -> Result<usize, FrechetError> {
-    if !rows.len().is_multiple_of(FEATURES) {
-        return Err(FrechetError::Dimension(format!(
-            "{} values are not whole {FEATURES}-d feature vectors",
-            rows.len()
-        )));
-    }
-    let n = rows.len() / FEATURES;
-    if n < 2 {
-        return Err(FrechetError::TooFew(n));
-    }
-    Ok(n)
-}
-
 impl RealStats {
     /// Statistics of the real features (`n * 2048` values, `n >= 2`).
     pub fn new(features: Vec<f32>) -> Result<RealStats, FidError> {
-        check_rows(&features)?;
+        // Validates the rows (whole vectors, at least two) before the kernel sums.
         let moments = Moments::from_rows(&features, FEATURES)?;
         let kernel_mean = kid::self_mean(&features, FEATURES);
         Ok(RealStats {
@@ -113,11 +99,9 @@ impl RealStats {
 
     /// FID and KID of the fake features (`m * 2048` values, `m >= 2`).
     pub fn scores(&self, fake: &[f32]) -> Result<Scores, FidError> {
-        let m = check_rows(fake)?;
-        let n = self.count();
-        let fid = self
-            .frechet
-            .distance(&Moments::from_rows(fake, FEATURES)?)?;
+        let fake_moments = Moments::from_rows(fake, FEATURES)?;
+        let (n, m) = (self.count(), fake_moments.count);
+        let fid = self.frechet.distance(&fake_moments)?;
         let fake_mean = kid::self_mean(fake, FEATURES);
         let cross = kid::cross_mean(&self.features, fake, FEATURES);
         Ok(Scores {

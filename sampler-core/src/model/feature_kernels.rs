@@ -110,14 +110,14 @@ pub fn conv_bias_relu(s: &ConvShape, x: &[f32], weight: &[f32], bias: &[f32], ou
         rs: kdim,
         cs: 1,
     };
-    let dims = (s.cout, plane, kdim);
-    if s.kernel == (1, 1) && s.stride == (1, 1) && s.pad == (0, 0) {
-        // The image is its own unfolding.
+    // out += W . cols, with cols the unfolded image `[kdim, plane]`.
+    let product = |out: &mut [f32], cols: &[f32]| {
         let rhs = Mat {
-            data: x,
+            data: cols,
             rs: plane,
             cs: 1,
         };
+        let dims = (s.cout, plane, kdim);
         matmul(
             out,
             false,
@@ -128,24 +128,14 @@ pub fn conv_bias_relu(s: &ConvShape, x: &[f32], weight: &[f32], bias: &[f32], ou
             dims,
             gemm::Parallelism::None,
         );
+    };
+    if s.kernel == (1, 1) && s.stride == (1, 1) && s.pad == (0, 0) {
+        // The image is its own unfolding.
+        product(out, x);
     } else {
         with_scratch(kdim * plane, |cols| {
             im2col(s, x, cols);
-            let rhs = Mat {
-                data: cols,
-                rs: plane,
-                cs: 1,
-            };
-            matmul(
-                out,
-                false,
-                true,
-                1.0,
-                lhs,
-                rhs,
-                dims,
-                gemm::Parallelism::None,
-            );
+            product(out, cols);
         });
     }
     for v in out.iter_mut() {
