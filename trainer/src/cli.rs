@@ -660,6 +660,14 @@ fn eval(a: EvalArgs) -> Result<()> {
             r.count,
             a.real.as_deref().unwrap_or_default()
         ));
+        if a.real.as_deref() == Some(base.provenance.dataset.as_str()) {
+            // Item 8 of issue 24: a Frechet distance to the training images says how close
+            // the samples come to what the network saw, memorization included.
+            md.push_str(
+                " (the images the base network was trained on, not a held-out split: \
+                 closeness to the training distribution, memorization included)",
+            );
+        }
         if let Some(c) = &classifier {
             md.push_str(&format!(
                 "; FD-cls in the {}-dimensional penultimate layer of the project's classifier",

@@ -545,6 +545,11 @@ fn eval_smoke_on_a_tiny_model() {
     // The base network's reference images are scored too.
     let md = std::fs::read_to_string(dir.path().join("first/results.md")).unwrap();
     assert!(md.contains("reference images the requested label"), "{md}");
+    // --real is the base's own training set: the page must not pass it off as held out.
+    assert!(
+        md.contains("the images the base network was trained on"),
+        "{md}"
+    );
     // The saved classifier is reused: the same numbers again.
     let again = eval("second", false);
     let strip = |s: &str| -> Vec<String> {
