@@ -74,6 +74,37 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     result
 }
 
+/// Writes several files as one: every target is checked before anything is written, every
+/// file goes to its temporary first, and only when all are written and synced are they
+/// renamed into place. A refusal or a failed write leaves no target created or changed
+/// (a failure between two renames, e.g. a full disk cannot cause one, is the only window).
+pub fn write_atomic_all(files: &[(&Path, &[u8])]) -> std::io::Result<()> {
+    for (path, _) in files {
+        check_output(path)?;
+    }
+    let mut temps: std::vec::Vec<PathBuf> = std::vec::Vec::with_capacity(files.len());
+    let result = (|| {
+        for (path, bytes) in files {
+            remove_stale_temps(path);
+            let tmp = temp_path(path);
+            temps.push(tmp.clone());
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(bytes)?;
+            f.sync_all()?;
+        }
+        for ((path, _), tmp) in files.iter().zip(&temps) {
+            std::fs::rename(tmp, path)?;
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        for tmp in &temps {
+            let _ = std::fs::remove_file(tmp);
+        }
+    }
+    result
+}
+
 /// Removes `.NAME.tmp-PID` files beside `path` whose process is gone (a writer killed
 /// between write and rename). Only on systems with `/proc`; best effort.
 fn remove_stale_temps(path: &Path) {

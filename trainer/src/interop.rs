@@ -568,11 +568,18 @@ pub fn export_safetensors(bundle: &Bundle, out: &Path, config_out: &Path) -> Res
         .collect::<Result<_>>()?;
     let bytes = safetensors::serialize(views, None)
         .map_err(|e| anyhow::anyhow!("cannot encode safetensors: {e}"))?;
-    crate::run::write_atomic(out, &bytes)?;
     let cfg = EdmConfig::from_bundle(bundle, unet);
     let mut json = serde_json::to_string_pretty(&cfg)?;
     json.push('\n');
-    crate::run::write_atomic(config_out, json.as_bytes())?;
+    // Both files or neither: a refused config path must not leave the tensors behind.
+    sampler_core::fs::write_atomic_all(&[(out, &bytes), (config_out, json.as_bytes())])
+        .with_context(|| {
+            format!(
+                "cannot write {} and {}",
+                out.display(),
+                config_out.display()
+            )
+        })?;
     Ok(())
 }
 

@@ -123,6 +123,29 @@ fn export_gives_edms_state_dict_back_and_import_of_an_export_is_the_bundle() {
         read_safetensors(&fixture("uncond.safetensors"))
     );
     assert!(dir.path().join("uncond.json").exists());
+    // The config path beside --out is a directory, then a symbolic link: refused (exit 2)
+    // before anything is written, and nothing is left behind.
+    std::fs::create_dir(dir.path().join("blocked.json")).unwrap();
+    std::os::unix::fs::symlink(p("elsewhere.json"), dir.path().join("linked.json")).unwrap();
+    for name in ["blocked", "linked"] {
+        let out = trainer(&[
+            "export",
+            "--bundle",
+            bundle.to_str().unwrap(),
+            "--format",
+            "safetensors",
+            "--out",
+            &p(&format!("{name}.safetensors")),
+        ]);
+        assert_eq!(out.status.code(), Some(2), "{name}: {out:?}");
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains(name) && !n.ends_with(".json"))
+            .collect();
+        assert!(left.is_empty(), "{name}: left behind {left:?}");
+    }
+    assert!(!dir.path().join("elsewhere.json").exists());
     // A fine-tuned bundle (its learned levels, name and provenance ride in the config) ->
     // EDM -> bundle: the same bundle.
     let face = Path::new(env!("CARGO_MANIFEST_DIR")).join("../bundles/face8.bin");
