@@ -229,7 +229,8 @@ fn run(args: &Args) -> Result<()> {
         None if args.out.as_os_str() == "-" => {
             let png = sampler_core::fs::encode_png(&grid(&images, args))
                 .context("cannot encode the PNG")?;
-            emit_bytes(&png)?;
+            // Unlike text, a cut-off image is a lost result: a closed pipe is an error.
+            write_stdout(&png).context("cannot write the PNG to standard output")?;
             "standard output".to_string()
         }
         None => {
@@ -500,16 +501,21 @@ fn emit(text: &str) -> Result<()> {
     emit_bytes(text.as_bytes())
 }
 
-/// Writes `bytes` to stdout; a closed pipe is not an error.
+/// Writes text to stdout; a closed pipe is not an error (the reader took what it wanted).
 fn emit_bytes(bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let mut out = std::io::stdout().lock();
-    match out.write_all(bytes).and_then(|()| out.flush()) {
+    match write_stdout(bytes) {
         Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
             Err(e).context("cannot write to stdout")
         }
         _ => Ok(()),
     }
+}
+
+/// Writes `bytes` to stdout and flushes; every failure, a closed pipe included, is returned.
+fn write_stdout(bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    out.write_all(bytes).and_then(|()| out.flush())
 }
 
 /// Encodes a PNG and moves it into place atomically.

@@ -487,6 +487,26 @@ fn a_closed_stdout_pipe_is_not_a_panic() {
     assert!(!err.contains("panicked"), "{err}");
 }
 
+/// `--out - | (reader that exits)`: the image never arrived, so it is an error (exit 2, one
+/// line naming standard output), not a "wrote N images" and exit 0.
+#[test]
+fn a_closed_pipe_under_the_png_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = mixture_bundle(dir.path());
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sampler-cli"))
+        .args(["--bundle", bundle.to_str().unwrap(), "--out", "-"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("standard output") && !err.contains("wrote"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
 #[test]
 fn bench_prints_a_row_per_batch_size_and_writes_no_image() {
     let dir = tempfile::tempdir().unwrap();
