@@ -276,10 +276,21 @@ fn override_levels(bundle: &Bundle, spec: &str) -> Result<sampler_core::Schedule
                 .split(|c: char| c.is_whitespace() || c == ',')
                 .filter(|t| !t.is_empty())
                 .map(|t| {
-                    t.parse::<f32>()
-                        .map_err(|_| anyhow::anyhow!("--levels {path}: '{t}' is not a number"))
+                    // Escaped: a control byte in the file must not reach the terminal raw.
+                    t.parse::<f32>().map_err(|_| {
+                        anyhow::anyhow!("--levels {path}: '{}' is not a number", t.escape_debug())
+                    })
                 })
                 .collect::<Result<Vec<f32>>>()?;
+            let top = levels.iter().copied().fold(0.0f32, f32::max);
+            if top > sampler_core::bundle::MAX_SIGMA {
+                // Checked here so the message names the levels file, not the bundle.
+                anyhow::bail!(
+                    "--levels {path}: the largest level is {top:e}; fewstep samples levels up \
+                     to {:e}",
+                    sampler_core::bundle::MAX_SIGMA
+                );
+            }
             Schedule::new(levels).with_context(|| format!("--levels {path}"))
         }
     }
@@ -365,8 +376,14 @@ fn progress_bar(count: usize) -> ProgressBar {
     bar
 }
 
-/// How a network's weights are stored: `burnpack f32` (version 1) or `pack f32|f16|int8`.
-fn weights_format(weights: &[u8]) -> String {
+/// How a network's weights are stored: `burnpack f32` (version 1) or `pack f32|f16|int8`
+/// (version 2), or which of the two is malformed. The format follows from the bundle's
+/// version, not from the bytes: a pack whose magic is corrupted is a malformed pack.
+fn weights_format(weights: &[u8], version: u16) -> String {
+    if version == 1 {
+        // burn's record bytes, checked only when burn loads them.
+        return "burnpack f32".into();
+    }
     if weights.starts_with(&sampler_core::pack::PACK_MAGIC) {
         match sampler_core::pack::PackView::parse(weights) {
             Ok(p) => {
@@ -380,7 +397,7 @@ fn weights_format(weights: &[u8]) -> String {
             Err(_) => "pack (malformed)".into(),
         }
     } else {
-        "burnpack f32".into()
+        "pack (malformed)".into()
     }
 }
 
@@ -392,7 +409,7 @@ fn info_json(b: &Bundle, version: u16) -> serde_json::Value {
             "kind": match config { NetConfig::UNet(_) => "unet", NetConfig::Mlp(_) => "mlp" },
             "config": config,
             "weights_bytes": weights.len(),
-            "weights_format": weights_format(weights),
+            "weights_format": weights_format(weights, version),
         }),
         ModelSpec::Mixture(m) => json!({
             "kind": "mixture",
@@ -459,7 +476,7 @@ fn info_text(b: &Bundle, version: u16) -> String {
                 s,
                 "model:       {kind}, {} bytes of weights ({})",
                 weights.len(),
-                weights_format(weights)
+                weights_format(weights, version)
             );
         }
         ModelSpec::Mixture(m) => {

@@ -270,6 +270,22 @@ fn solver_and_levels_override_the_bundle() {
     let o = cli(&["--bundle", b, "--levels", file.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("levels"), "{}", stderr(&o));
+    // A level past what fewstep samples: the message names the levels file, not the bundle.
+    std::fs::write(&file, "1e38 10 1 0.1").unwrap();
+    let o = cli(&["--bundle", b, "--levels", file.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = stderr(&o);
+    assert!(
+        err.contains(file.to_str().unwrap()) && err.contains("1e38"),
+        "{err}"
+    );
+    assert!(!err.contains(b) && !err.contains("bundle"), "{err}");
+    // A NUL byte (any control byte) is escaped, never echoed raw to the terminal.
+    std::fs::write(&file, "80 10\0 1 0.1").unwrap();
+    let o = cli(&["--bundle", b, "--levels", file.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = stderr(&o);
+    assert!(!err.contains('\0') && err.contains("10\\0"), "{err:?}");
 }
 
 #[test]
@@ -301,6 +317,23 @@ fn info_json_is_one_object_scripts_can_read() {
         text.contains("format:      version 2") && text.contains("(pack f32)"),
         "{text}"
     );
+    // A version-2 pack whose magic is corrupted (CRC resealed) is a malformed pack, not a
+    // burnpack.
+    let mut bytes = std::fs::read(&face).unwrap();
+    let at = bytes
+        .windows(4)
+        .position(|w| w == sampler_core::pack::PACK_MAGIC)
+        .unwrap();
+    bytes[at] ^= 0x20;
+    let end = bytes.len() - 4;
+    let crc = sampler_core::bundle::crc32(&bytes[..end]);
+    bytes[end..].copy_from_slice(&crc.to_le_bytes());
+    let bad = dir.path().join("bad-magic.bin");
+    std::fs::write(&bad, &bytes).unwrap();
+    let o = cli(&["--bundle", bad.to_str().unwrap(), "--info", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["model"]["weights_format"], "pack (malformed)");
     // --json alone is a usage error.
     let o = cli(&["--bundle", face.to_str().unwrap(), "--json"]);
     assert_eq!(o.status.code(), Some(2));
@@ -503,7 +536,10 @@ fn a_closed_pipe_under_the_png_is_an_error() {
     let out = child.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
-    assert!(err.contains("standard output") && !err.contains("wrote"), "{err}");
+    assert!(
+        err.contains("standard output") && !err.contains("wrote"),
+        "{err}"
+    );
     assert!(!err.contains("panicked"), "{err}");
 }
 
