@@ -186,8 +186,8 @@ fn run(args: &Args) -> Result<()> {
     };
     check_memory(&bundle, largest_batch, args.max_memory)?;
     let device = sampler_core::burn::tensor::Device::flex();
-    let sampler =
-        Sampler::new(bundle, &device).with_context(|| format!("{}", args.bundle.display()))?;
+    let sampler = Sampler::with_memory_limit(bundle, &device, args.max_memory)
+        .with_context(|| format!("{}", args.bundle.display()))?;
     if let Some(batches) = &args.bench {
         return emit(&bench(&sampler, args, batches)?);
     }

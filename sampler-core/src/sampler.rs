@@ -55,6 +55,21 @@ pub enum SamplerError {
         /// Bytes given.
         have: usize,
     },
+    /// Sampling would need more memory than the caller allows (estimated from the config
+    /// by [`Bundle::memory_bytes`] before anything is allocated), so it is refused instead
+    /// of aborting the process on a failed allocation.
+    #[error(
+        "this bundle needs about {need} bytes to sample {batch} image(s) at once, more than the \
+         limit of {limit} bytes; sample fewer at a time or raise the limit"
+    )]
+    Memory {
+        /// Estimated bytes.
+        need: u64,
+        /// The images asked for at once.
+        batch: usize,
+        /// The limit in force.
+        limit: u64,
+    },
     /// The model produced NaN or infinite values.
     #[error(
         "the model produced {0} NaN or infinite values; the bundle's weights or parameters are \
@@ -75,6 +90,26 @@ pub struct Sampler {
     bundle: Bundle,
     model: LoadedModel,
     device: Device,
+    memory_limit: u64,
+    /// [`Bundle::memory_bytes`] as `(fixed, per image)`, taken before loading moved the
+    /// weights out of the bundle.
+    memory_estimate: (u64, u64),
+}
+
+/// The memory a [`Sampler`] may use unless told otherwise (sampler-cli's `--max-memory`
+/// default): 4 GiB.
+pub const DEFAULT_MEMORY_LIMIT: u64 = 4 << 30;
+
+#[cfg(feature = "burn")]
+/// Refuses `batch` images at once when the estimate `(fixed, per image)` exceeds `limit`.
+fn check_memory(estimate: (u64, u64), batch: usize, limit: u64) -> Result<(), SamplerError> {
+    let need = estimate
+        .0
+        .saturating_add(estimate.1.saturating_mul(batch as u64));
+    if need > limit {
+        return Err(SamplerError::Memory { need, batch, limit });
+    }
+    Ok(())
 }
 
 /// Generated images, channels first, values in [-1, 1].
@@ -215,8 +250,25 @@ impl Sampler {
     /// The serialized weights move into the network's tensors: afterwards
     /// [`Sampler::bundle`]'s `ModelSpec::Network::weights` is empty, so that RAM holds the
     /// weights once (on a microcontroller that decides which models fit).
-    pub fn new(mut bundle: Bundle, device: &Device) -> Result<Self, SamplerError> {
+    ///
+    /// Refuses, before loading anything, a bundle that needs more than
+    /// [`DEFAULT_MEMORY_LIMIT`] for one image; [`Sampler::with_memory_limit`] sets another
+    /// limit.
+    pub fn new(bundle: Bundle, device: &Device) -> Result<Self, SamplerError> {
+        Self::with_memory_limit(bundle, device, DEFAULT_MEMORY_LIMIT)
+    }
+
+    /// [`Sampler::new`] with a memory limit in bytes, checked for one image here and for
+    /// each batch that [`Sampler::generate_range`] is asked for.
+    pub fn with_memory_limit(
+        mut bundle: Bundle,
+        device: &Device,
+        memory_limit: u64,
+    ) -> Result<Self, SamplerError> {
         bundle.validate()?;
+        let fixed = bundle.memory_bytes(0);
+        let memory_estimate = (fixed, bundle.memory_bytes(1).saturating_sub(fixed));
+        check_memory(memory_estimate, 1, memory_limit)?;
         let model = match &mut bundle.model {
             ModelSpec::Network { config, weights } => LoadedModel::Network(
                 network_from_vec(config, core::mem::take(weights), device)
@@ -231,6 +283,8 @@ impl Sampler {
             bundle,
             model,
             device: device.clone(),
+            memory_limit,
+            memory_estimate,
         })
     }
 
@@ -321,6 +375,7 @@ impl Sampler {
     ) -> Result<Images, SamplerError> {
         let d = self.bundle.image.values();
         let labels = self.labels(label, first, count)?;
+        check_memory(self.memory_estimate, count, self.memory_limit)?;
         let shape = self.bundle.image;
         if count == 0 {
             return Ok(Images {

@@ -121,3 +121,44 @@ fn the_estimate_bounds_the_measured_peak() {
         }
     }
 }
+
+/// The library refuses what sampler-cli refuses: a bundle whose attention would need tens
+/// of GiB is an error from `Sampler::new`, not an abort on allocation, and a caller-set limit
+/// holds for every batch `generate` is asked for.
+#[test]
+fn the_library_refuses_what_does_not_fit_instead_of_aborting() {
+    // Self-attention at 256x256: a (256*256)^2 f32 score matrix, 16 GiB, for one image.
+    let huge = unet_bundle(
+        UNetConfig::new(256, 1, 1)
+            .with_model_channels(4)
+            .with_channel_mult(vec![1])
+            .with_num_blocks(1)
+            .with_attn_resolutions(vec![256]),
+    );
+    assert!(huge.memory_bytes(1) > 16 << 30);
+    match Sampler::new(huge, &Device::flex()) {
+        Err(sampler_core::SamplerError::Memory { need, batch, limit }) => {
+            assert_eq!(
+                (batch, limit),
+                (1, sampler_core::sampler::DEFAULT_MEMORY_LIMIT)
+            );
+            assert!(need > 16 << 30, "{need}");
+        }
+        Err(e) => panic!("refused for another reason: {e}"),
+        Ok(_) => panic!("accepted a bundle that needs over 16 GiB"),
+    }
+    // A small bundle under a limit between its batch-2 and batch-3 estimates.
+    let small = unet_bundle(
+        UNetConfig::new(8, 1, 1)
+            .with_model_channels(4)
+            .with_channel_mult(vec![1])
+            .with_num_blocks(1),
+    );
+    let limit = (small.memory_bytes(2) + small.memory_bytes(3)) / 2;
+    let s = Sampler::with_memory_limit(small, &Device::flex(), limit).unwrap();
+    assert_eq!(s.generate(0, 2, None).unwrap().count, 2);
+    assert!(matches!(
+        s.generate(0, 3, None),
+        Err(sampler_core::SamplerError::Memory { batch: 3, .. })
+    ));
+}
