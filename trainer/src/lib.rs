@@ -52,7 +52,8 @@ pub fn device(name: &str) -> anyhow::Result<burn::tensor::Device> {
         ),
         #[cfg(not(feature = "cuda"))]
         "cuda" => anyhow::bail!(
-            "this trainer was built without the 'cuda' feature; rebuild with --features cuda"
+            "this trainer was built without the 'cuda' feature; run `python3 scripts/fetch_llvm.py` \
+             once (LLVM for its kernel compiler), then rebuild with --features cuda"
         ),
         other => anyhow::bail!("unknown device '{other}': expected flex, vulkan or cuda"),
     };
