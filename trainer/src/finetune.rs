@@ -32,7 +32,7 @@ use crate::losses::{
     paper_terms,
 };
 use crate::model::{Base, ScheduleLogits, update_ema};
-use crate::run::{Checkpoint, RunDir};
+use crate::run::{Checkpoint, ResumeState, RunDir, TrajectoryState};
 
 /// Which rows of paper Table 1 to run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -390,8 +390,10 @@ impl Finetune {
         let mut schedule_optim = AdamConfig::new().with_epsilon(1e-8).init();
         let mut net_optim = AdamConfig::new().with_epsilon(1e-8).init();
         let mut step = 0;
+        let mut resume = None;
         if let Some(ck) = checkpoint {
             step = ck.step;
+            resume = Some(ck.resume.clone());
             if let Some(v) = &ck.logits {
                 if v.len() != t - 2 {
                     bail!(
@@ -427,7 +429,7 @@ impl Finetune {
                 }
             }
         }
-        Ok(Finetune {
+        let mut ft = Finetune {
             config,
             base_bundle,
             base,
@@ -439,7 +441,11 @@ impl Finetune {
             device: device.clone(),
             pool: None,
             trajectories: None,
-        })
+        };
+        if let Some(state) = resume {
+            ft.restore(&state)?;
+        }
+        Ok(ft)
     }
 
     /// The current levels in f64.
@@ -497,7 +503,82 @@ impl Finetune {
             net_optim: Some(self.net_optim.into_bytes()?.to_vec()),
             logits: Some(self.logits.values()),
             schedule_optim: Some(self.schedule_optim.into_bytes()?.to_vec()),
+            resume: self.resume_state()?,
         })
+    }
+
+    /// The teacher pool's targets and the trajectory cache, as values.
+    fn resume_state(&self) -> Result<ResumeState> {
+        let values = |t: &Tensor<2>| -> Result<Vec<f32>> {
+            t.clone()
+                .into_data()
+                .try_to_vec::<f32>()
+                .map_err(|e| anyhow::anyhow!("{e:?}"))
+        };
+        let teacher_targets = match &self.pool {
+            Some((round, _, target, _)) => Some((*round, values(target)?)),
+            None => None,
+        };
+        let trajectories = match &self.trajectories {
+            Some(tr) => Some(TrajectoryState {
+                round: tr.round,
+                states: tr
+                    .states
+                    .iter()
+                    .chain(std::iter::once(&tr.last))
+                    .map(values)
+                    .collect::<Result<_>>()?,
+                cursor: tr.cursor as u64,
+            }),
+            None => None,
+        };
+        Ok(ResumeState {
+            teacher_targets,
+            trajectories,
+        })
+    }
+
+    /// Puts back what [`Finetune::resume_state`] saved, checking its shapes.
+    fn restore(&mut self, state: &ResumeState) -> Result<()> {
+        let (n, d) = (self.config.teacher_pool, self.base.dim());
+        let plain = self.device.clone().without_autodiff();
+        let tensor = |v: &[f32]| -> Result<Tensor<2>> {
+            if v.len() != n * d {
+                bail!(
+                    "the checkpoint's teacher pool has {} values, this run's needs {n} x {d}",
+                    v.len()
+                );
+            }
+            Ok(Tensor::from_data(
+                TensorData::new(v.to_vec(), [n, d]),
+                &plain,
+            ))
+        };
+        if let Some((round, target)) = &state.teacher_targets {
+            let (x0, labels) = self.pool_inputs(*round);
+            self.pool = Some((*round, x0, tensor(target)?, labels));
+        }
+        if let Some(tr) = &state.trajectories {
+            if tr.states.len() != self.config.t || tr.cursor as usize >= n.max(1) {
+                bail!(
+                    "the checkpoint's trajectory cache does not fit T = {}",
+                    self.config.t
+                );
+            }
+            let mut states = tr
+                .states
+                .iter()
+                .map(|v| tensor(v))
+                .collect::<Result<Vec<_>>>()?;
+            let last = states.pop().context("empty trajectory cache")?;
+            self.trajectories = Some(Trajectories {
+                round: tr.round,
+                states,
+                last,
+                cursor: tr.cursor as usize,
+            });
+        }
+        Ok(())
     }
 
     /// (x_0, teacher target, labels) pool of `round`, computed with the network
@@ -511,11 +592,27 @@ impl Finetune {
         {
             return Ok((x0.clone(), target.clone(), labels.clone()));
         }
+        let (x0, labels) = self.pool_inputs(round);
+        let target = self.teacher_solution(&x0, &labels)?;
+        self.pool = Some((round, x0.clone(), target.clone(), labels.clone()));
+        Ok((x0, target, labels))
+    }
+
+    /// The teacher pool's noises `x_0` (`[pool, d]`, times `s_max`) and labels of `round`,
+    /// on the device without autodiff: a function of the seed and the round alone.
+    fn pool_inputs(&self, round: u64) -> (Tensor<2>, Option<Tensor<2>>) {
         let c = &self.config;
-        let d = self.base.dim();
         let n = c.teacher_pool;
         let device = self.device.clone().without_autodiff();
-        let x0 = noise(c.seed, purpose::POOL_NOISE, round, n, d, &device).mul_scalar(c.s_max);
+        let x0 = noise(
+            c.seed,
+            purpose::POOL_NOISE,
+            round,
+            n,
+            self.base.dim(),
+            &device,
+        )
+        .mul_scalar(c.s_max);
         let labels = one_hot_labels(
             &uniform_indices(
                 c.seed,
@@ -527,12 +624,22 @@ impl Finetune {
             self.data.label_count,
             &device,
         );
+        (x0, labels)
+    }
+
+    /// The teacher target of `x0`: the `teacher_steps`-level Heun solution of the network
+    /// `config.teacher` names (the frozen base, or the weights being fine-tuned). The one
+    /// place that choice is made, for the pool and for [`Finetune::objective`] alike.
+    fn teacher_solution(&self, x0: &Tensor<2>, labels: &Option<Tensor<2>>) -> Result<Tensor<2>> {
+        let c = &self.config;
+        let device = x0.device();
         let reference = Schedule::edm(c.teacher_steps, c.s_min, c.s_max)?.to_tensor(&device);
         let frozen = match c.teacher {
             Teacher::Shipped => None,
             Teacher::Base => Some(Base::from_bundle(&self.base_bundle, &self.device)?),
         };
-        let target = frozen.as_ref().unwrap_or(&self.base).with_shipped(|den| {
+        let n = x0.dims()[0];
+        Ok(frozen.as_ref().unwrap_or(&self.base).with_shipped(|den| {
             // Chunks bound the memory of large networks.
             let mut parts = Vec::new();
             let chunk = 64;
@@ -548,9 +655,7 @@ impl Finetune {
                 ));
             }
             Tensor::cat(parts, 0)
-        });
-        self.pool = Some((round, x0.clone(), target.clone(), labels.clone()));
-        Ok((x0, target, labels))
+        }))
     }
 
     /// The `disc_batch` rows of the teacher pool drawn at `step`: their indices (on the
@@ -766,7 +871,12 @@ impl Finetune {
             let grads = objective.backward();
             let l_bound_v = scalar(&l_bound);
             let disc_v = scalar(&disc);
-            let loss = l_bound_v + c.gamma * disc_v;
+            // The logged loss is the one optimized: L_disc alone for solvers without a bound.
+            let loss = if c.solver == SolverKind::Euler {
+                l_bound_v + c.gamma * disc_v
+            } else {
+                c.gamma * disc_v
+            };
             check_finite(loss, step, 1)?;
             let gp = GradientsParams::from_grads(grads, &self.logits);
             let logits =
@@ -880,6 +990,15 @@ impl Finetune {
             &device,
         );
         let precond = self.base_bundle.precond;
+        let teacher_pair = match c.disc_target {
+            DiscTarget::Data => None,
+            DiscTarget::Teacher => {
+                let x0 =
+                    noise(eval_seed, purpose::POOL_NOISE, 0, rows, d, &device).mul_scalar(c.s_max);
+                let target = self.teacher_solution(&x0, &labels)?;
+                Some((x0, target))
+            }
+        };
         self.base.with_shipped(|den| -> Result<(f64, f64)> {
             let l_bound = bound_loss(
                 den,
@@ -892,21 +1011,14 @@ impl Finetune {
                 Weighting::Lambda,
                 precond,
             );
-            let (x0, target) = match c.disc_target {
-                DiscTarget::Data => {
+            let (x0, target) = match teacher_pair {
+                Some(pair) => pair,
+                None => {
                     let eval = FinetuneConfig {
                         seed: eval_seed,
                         ..c.clone()
                     };
                     data_disc_pair(&eval, x.clone(), 0, &device)
-                }
-                DiscTarget::Teacher => {
-                    let x0 = noise(eval_seed, purpose::POOL_NOISE, 0, rows, d, &device)
-                        .mul_scalar(c.s_max);
-                    let reference =
-                        Schedule::edm(c.teacher_steps, c.s_min, c.s_max)?.to_tensor(&device);
-                    let target = heun_to_min(den, x0.clone(), reference, labels.clone(), |_| {});
-                    (x0, target)
                 }
             };
             let l_disc = disc_loss_exact(c.solver, den, x0, labels.clone(), sigmas.clone(), target);

@@ -191,6 +191,7 @@ impl Pretrain {
             net_optim: Some(self.optim.into_bytes()?.to_vec()),
             logits: None,
             schedule_optim: None,
+            resume: Default::default(),
         })
     }
 

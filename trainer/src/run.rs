@@ -32,6 +32,33 @@ pub struct Checkpoint {
     pub logits: Option<Vec<f64>>,
     /// Schedule optimizer state (burnpack).
     pub schedule_optim: Option<Vec<u8>>,
+    /// Fine-tuning state that is not weights but still decides the next steps (written after
+    /// the fields above, so checkpoints from before it existed still load, without it).
+    #[serde(skip)]
+    pub resume: ResumeState,
+}
+
+/// What a fine-tuning run computed from weights it no longer has: restoring it makes a
+/// resumed run bit-exact where recomputing would not be.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct ResumeState {
+    /// The teacher pool's round and its targets (`[pool, d]`, row-major). With `--teacher
+    /// shipped` they are solutions of the weights at the start of the round, which stage 2
+    /// has changed since.
+    pub teacher_targets: Option<(u64, Vec<f32>)>,
+    /// The trajectory cache (`--traj-refresh`): states simulated under earlier levels.
+    pub trajectories: Option<TrajectoryState>,
+}
+
+/// The trajectory cache as plain values.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct TrajectoryState {
+    /// Round of the teacher pool the states belong to.
+    pub round: u64,
+    /// `x_0 .. x_{T-2}` then `x_{T-1}`, each `[pool, d]` row-major.
+    pub states: Vec<Vec<f32>>,
+    /// Next entry to re-simulate.
+    pub cursor: u64,
 }
 
 /// The loss or the weights of a run became NaN or infinite.
@@ -334,7 +361,8 @@ impl RunDir {
     /// Saves a checkpoint atomically.
     pub fn save_checkpoint(&self, ck: &Checkpoint) -> Result<()> {
         let mut bytes = CHECKPOINT_MAGIC.to_vec();
-        let body = postcard::to_allocvec(ck)?;
+        let mut body = postcard::to_allocvec(ck)?;
+        body.extend_from_slice(&postcard::to_allocvec(&ck.resume)?);
         bytes.extend_from_slice(&sampler_core::bundle::crc32(&body).to_le_bytes());
         bytes.extend_from_slice(&body);
         write_atomic(&self.checkpoint_path(), &bytes)
@@ -355,9 +383,14 @@ impl RunDir {
         if crc != sampler_core::bundle::crc32(&bytes[12..]) {
             bail!("{} is corrupted (checksum mismatch)", path.display());
         }
-        Ok(Some(postcard::from_bytes(&bytes[12..]).with_context(
-            || format!("{} is malformed", path.display()),
-        )?))
+        let malformed = || format!("{} is malformed", path.display());
+        let (mut ck, rest): (Checkpoint, &[u8]) =
+            postcard::take_from_bytes(&bytes[12..]).with_context(malformed)?;
+        // Checkpoints written before `resume` existed end here.
+        if !rest.is_empty() {
+            ck.resume = postcard::from_bytes(rest).with_context(malformed)?;
+        }
+        Ok(Some(ck))
     }
 
     /// Keeps the log lines of steps `< step` (after a resume, later lines would be repeated).

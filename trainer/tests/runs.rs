@@ -312,3 +312,35 @@ fn inputs_that_would_allocate_without_bound_are_refused() {
     assert_eq!(o.status.code(), Some(2), "{}", err(&o));
     assert!(err(&o).contains("in no class folder"), "{}", err(&o));
 }
+
+/// Checkpoints written before the fine-tuning resume state existed (the same header, a
+/// body that ends after the schedule optimizer) still load, with an empty resume state; new
+/// ones round-trip it.
+#[test]
+fn checkpoints_without_the_resume_state_still_load() {
+    use trainer::run::{Checkpoint, ResumeState, RunDir, TrajectoryState};
+    let dir = tempfile::tempdir().unwrap();
+    let run = RunDir::create(&dir.path().join("run")).unwrap();
+    let mut ck = Checkpoint {
+        step: 7,
+        logits: Some(vec![0.5, -1.0]),
+        ..Default::default()
+    };
+    let old_body = postcard::to_allocvec(&ck).unwrap();
+    let mut old = b"FEWSTCK1".to_vec();
+    old.extend_from_slice(&sampler_core::bundle::crc32(&old_body).to_le_bytes());
+    old.extend_from_slice(&old_body);
+    std::fs::write(run.checkpoint_path(), &old).unwrap();
+    assert_eq!(run.load_checkpoint().unwrap(), Some(ck.clone()));
+
+    ck.resume = ResumeState {
+        teacher_targets: Some((2, vec![1.0, 2.5])),
+        trajectories: Some(TrajectoryState {
+            round: 2,
+            states: vec![vec![0.25; 2], vec![-3.0; 2]],
+            cursor: 1,
+        }),
+    };
+    run.save_checkpoint(&ck).unwrap();
+    assert_eq!(run.load_checkpoint().unwrap(), Some(ck));
+}

@@ -135,7 +135,16 @@ fn stage1_learns_levels_for_the_higher_order_solvers() {
         let mut ft = Finetune::new(c, None, None, &device).unwrap();
         let (_, before) = ft.objective(999, 256).unwrap();
         while ft.step < ft.config.total_steps() {
-            ft.step_once().unwrap();
+            let rec = ft.step_once().unwrap();
+            // The logged loss is the optimized one: L_bound + gamma L_disc for Euler, and
+            // gamma L_disc for the solvers without a bound (L_bound is still reported).
+            let disc = rec.l_disc.unwrap();
+            let optimized = match solver {
+                SolverKind::Euler => rec.l_bound + disc,
+                _ => disc,
+            };
+            assert_eq!(rec.loss, optimized, "{}: step {}", solver.name(), rec.step);
+            assert!(rec.l_bound > 0.0);
         }
         let (_, after) = ft.objective(999, 256).unwrap();
         let levels = ft.schedule().unwrap();

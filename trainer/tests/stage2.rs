@@ -170,37 +170,52 @@ fn without_time(bytes: &[u8]) -> Bundle {
     b
 }
 
+/// A run stopped and resumed gives the same log and the same bundle as one that never
+/// stopped, for every kind of state a run carries between steps: Euler two-stage (weights,
+/// levels, optimizers); iPNDM two-stage with `--teacher shipped`, whose teacher pool of a
+/// round comes from the weights at the round's start (stopped in stage 2, those weights are
+/// gone); and the paper gradient's trajectory cache (`--traj-refresh 2`, stopped in stage 1,
+/// its states were simulated under earlier levels).
 #[test]
 fn resumed_run_equals_uninterrupted_run() {
     let dir = tempfile::tempdir().unwrap();
     let (base, data) = common::mlp_base(dir.path());
-    let c = two_stage_config(base);
+    let euler = two_stage_config(base);
+    let mut ipndm = euler.clone();
+    ipndm.solver = SolverKind::Ipndm;
+    ipndm.teacher = Teacher::Shipped;
+    let mut cached = euler.clone();
+    cached.disc_grad = trainer::finetune::DiscGrad::Paper;
+    cached.traj_refresh = 2;
+    for (name, c) in [("euler", euler), ("ipndm", ipndm), ("traj-cache", cached)] {
+        resumes_bit_exactly(dir.path(), name, c, &data);
+    }
+}
 
-    let whole = RunDir::create(&dir.path().join("whole")).unwrap();
+fn resumes_bit_exactly(
+    dir: &std::path::Path,
+    name: &str,
+    c: FinetuneConfig,
+    data: &trainer::data::Dataset,
+) {
+    let whole = RunDir::create(&dir.join(format!("{name}-whole"))).unwrap();
     let a = trainer::finetune::run(&whole, c.clone(), Some(data.clone()), &device(), None, true)
         .unwrap();
 
-    // Stop mid-stage-2 of round 0 (step 5; last checkpoint at step 4), then resume twice.
-    let parts = RunDir::create(&dir.path().join("parts")).unwrap();
-    trainer::finetune::run(
-        &parts,
-        c.clone(),
-        Some(data.clone()),
-        &device(),
-        Some(5),
-        true,
-    )
-    .unwrap();
-    trainer::finetune::run(
-        &parts,
-        c.clone(),
-        Some(data.clone()),
-        &device(),
-        Some(8),
-        true,
-    )
-    .unwrap();
-    let b = trainer::finetune::run(&parts, c, Some(data), &device(), None, true).unwrap();
+    // Stop in stage 2 of round 0 (step 5), then in stage 1 of round 1 (step 7), then finish.
+    let parts = RunDir::create(&dir.join(format!("{name}-parts"))).unwrap();
+    for stop in [5, 7] {
+        trainer::finetune::run(
+            &parts,
+            c.clone(),
+            Some(data.clone()),
+            &device(),
+            Some(stop),
+            true,
+        )
+        .unwrap();
+    }
+    let b = trainer::finetune::run(&parts, c, Some(data.clone()), &device(), None, true).unwrap();
 
     let (la, lb) = (log_losses(&whole), log_losses(&parts));
     assert_eq!(la.len(), 12);
@@ -209,14 +224,63 @@ fn resumed_run_equals_uninterrupted_run() {
         lb.iter().map(|x| x.0).collect::<Vec<_>>()
     );
     for ((s, x), (_, y)) in la.iter().zip(&lb) {
-        assert!(
-            (x - y).abs() <= 1e-6 * x.abs().max(1.0),
-            "step {s}: {x} vs {y}"
-        );
+        assert_eq!(x, y, "{name}: step {s}");
     }
     let ea = a.export("t", "").unwrap().to_bytes().unwrap();
     let eb = b.export("t", "").unwrap().to_bytes().unwrap();
-    assert_eq!(without_time(&ea), without_time(&eb));
+    assert_eq!(without_time(&ea), without_time(&eb), "{name}");
+}
+
+/// `objective()` reports L_disc against the teacher the run optimizes: with `--teacher base`
+/// the frozen base network's solution, not the solution of the weights stage 2 has moved.
+#[test]
+fn objective_measures_against_the_runs_teacher() {
+    let dir = tempfile::tempdir().unwrap();
+    let (base, data) = common::mlp_base(dir.path());
+    let mut c = FinetuneConfig::new(base, 5);
+    c.solver = SolverKind::Ipndm;
+    c.mode = Mode::TwoStage;
+    c.rounds = 1;
+    c.stage1_steps = 0;
+    c.stage2_steps = 15;
+    c.lr_weights = 1e-2;
+    c.ema_decay = 0.0;
+    c.disc_batch = 16;
+    c.teacher_pool = 32;
+    c.teacher_steps = 16;
+    c.teacher = Teacher::Base;
+    let start = Finetune::new(c.clone(), Some(data.clone()), None, &device()).unwrap();
+    let mut ft = Finetune::new(c.clone(), Some(data), None, &device()).unwrap();
+    for _ in 0..15 {
+        ft.step_once().unwrap();
+    }
+    let (eval_seed, rows) = (7, 32);
+    let (_, reported) = ft.objective(eval_seed, rows).unwrap();
+
+    // Independently: the pool noise stream (purpose 5) of the evaluation seed, the trained
+    // network's iPNDM end point on the run's levels, against either network's Heun solution.
+    let plain = Device::flex();
+    let x0 = noise(eval_seed, 5, 0, rows, 16, &plain).mul_scalar(c.s_max);
+    let reference = Schedule::edm(16, c.s_min, c.s_max)
+        .unwrap()
+        .to_tensor(&plain);
+    let heun = |f: &Finetune| {
+        f.with_shipped(|d| heun_to_min(d, x0.clone(), reference.clone(), None, |_| {}))
+    };
+    let levels = ft.schedule().unwrap().to_tensor(&plain);
+    let end =
+        ft.with_shipped(|d| solve_to_min(SolverKind::Ipndm, d, x0.clone(), levels, None, |_| {}));
+    let mse = |t: Tensor<2>| scalar(&(end.clone() - t).powf_scalar(2.0).mean());
+    let (frozen, moving) = (mse(heun(&start)), mse(heun(&ft)));
+    assert!(
+        (frozen - moving).abs() > 1e-2 * frozen,
+        "stage 2 barely moved the teacher: {frozen} vs {moving}"
+    );
+    assert!(
+        (reported - frozen).abs() <= 1e-4 * frozen,
+        "objective's L_disc {reported}, against the frozen base {frozen}, against the moved \
+         weights {moving}"
+    );
 }
 
 #[test]
