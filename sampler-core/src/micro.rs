@@ -251,21 +251,47 @@ fn norm_affine(
     let mut beta = [0.0f32; 1];
     for g in 0..groups {
         let count = (per * n) as f32;
-        let mut sum = 0.0f32;
-        for ch in g * per..(g + 1) * per {
-            for i in 0..n {
-                sum += value(ch, i);
+        // Sums over the group of `value * scale`; `scale` a power of two, so scaling is
+        // exact and changes nothing while the sums stay finite.
+        let moments = |scale: f32| {
+            let mut sum = 0.0f32;
+            for ch in g * per..(g + 1) * per {
+                for i in 0..n {
+                    sum += value(ch, i) * scale;
+                }
+            }
+            let mean = sum / count;
+            let mut sq = 0.0f32;
+            for ch in g * per..(g + 1) * per {
+                for i in 0..n {
+                    let d = value(ch, i) * scale - mean;
+                    sq += d * d;
+                }
+            }
+            (mean, sq / count)
+        };
+        let (mut mean, mut var) = moments(1.0);
+        let mut unscale = 1.0f32;
+        if !(mean.is_finite() && var.is_finite()) {
+            // Finite activations whose f32 sums overflow (burn accumulates in f64 and
+            // samples such a network): recompute on values scaled below 1 by a power of
+            // two, then undo the scale on the mean and the standard deviation.
+            let mut amax = 0.0f32;
+            for ch in g * per..(g + 1) * per {
+                for i in 0..n {
+                    amax = amax.max(libm::fabsf(value(ch, i)));
+                }
+            }
+            if amax.is_finite() && amax > 0.0 {
+                let exponent = libm::ilogbf(amax) + 1;
+                let scale = libm::ldexpf(1.0, -exponent);
+                unscale = libm::ldexpf(1.0, exponent);
+                (mean, var) = moments(scale);
+                mean *= unscale;
             }
         }
-        let mean = sum / count;
-        let mut sq = 0.0f32;
-        for ch in g * per..(g + 1) * per {
-            for i in 0..n {
-                let d = value(ch, i) - mean;
-                sq += d * d;
-            }
-        }
-        let rstd = 1.0 / libm::sqrtf(sq / count + NORM_EPS);
+        // sqrt(var_true + eps) with var_true = var * unscale^2, kept finite.
+        let rstd = 1.0 / (unscale * libm::sqrtf(var + NORM_EPS / (unscale * unscale)));
         for (ch, o) in out.iter_mut().enumerate().skip(g * per).take(per) {
             norm.gamma.read(ch, &mut gamma);
             norm.beta.read(ch, &mut beta);

@@ -289,3 +289,44 @@ fn version_1_bundles_are_refused_with_the_conversion_command() {
     let err = MicroSampler::new(&v1).err().unwrap().to_string();
     assert!(err.contains("trainer export --weights"), "{err}");
 }
+
+/// Both engines accept the same extreme-but-finite weights and give the same image: with
+/// the first convolution scaled by 2^64 the first GroupNorm sees activations near 1e19,
+/// whose f32 sum of squares overflows; burn accumulates in f64, and the micro runtime
+/// rescales that group by a power of two instead of refusing the image as non-finite.
+#[test]
+fn engines_agree_where_groupnorm_sums_overflow_f32() {
+    use sampler_core::pack::{PackTensor, PackView, encode};
+    let mut b = Bundle::from_bytes(&shipped("digits8.bin")).unwrap();
+    let ModelSpec::Network { weights, .. } = &mut b.model else {
+        panic!("digits8 is a network");
+    };
+    let view = PackView::parse(weights).unwrap();
+    let dtype = view.tensors()[0].dtype;
+    let scale = 2.0f32.powi(64);
+    let tensors: Vec<PackTensor> = view
+        .tensors()
+        .iter()
+        .map(|t| {
+            let mut values = t.to_vec();
+            if t.name.starts_with("UNet.conv_in.") {
+                values.iter_mut().for_each(|v| *v *= scale);
+            }
+            PackTensor {
+                name: t.name.to_string(),
+                shape: t.shape().to_vec(),
+                values,
+            }
+        })
+        .collect();
+    assert!(tensors.iter().any(|t| t.name == "UNet.conv_in.weight"));
+    *weights = encode(&tensors, dtype).unwrap();
+    let bytes = b.to_bytes().unwrap();
+    for index in 0..2 {
+        let host = burn_image(&bytes, 7, index);
+        let micro = micro_image(&bytes, 7, index, Activations::F32);
+        let d = max_diff(&host, &micro);
+        eprintln!("scaled conv_in, image {index}: max |micro - burn| = {d:.3e}");
+        assert!(d <= 1e-3, "image {index}: {d}");
+    }
+}
