@@ -1,9 +1,11 @@
 //! d(L_disc)/dv and d(L_bound)/dv from autodiff against central finite differences, in
 //! float64 (this test binary configures the flex device to f64 before making any tensor),
-//! on a small mixture and a tiny network; and the paper's Eq. 14 estimator against the
-//! exact gradient.
+//! on a small mixture and a tiny network, with L_disc unrolled through every solver stage 1
+//! can learn levels for (Euler, Heun, DPM-Solver++(2M), iPNDM); and the paper's Eq. 14
+//! estimator against the exact gradient.
 
 use burn::tensor::{Device, FloatDType, Tensor};
+use sampler_core::bundle::SolverKind;
 use sampler_core::gmm::Mixture;
 use sampler_core::model::{MlpConfig, NetConfig, Preconditioned};
 use sampler_core::precond::Precond;
@@ -55,8 +57,18 @@ fn case(d: usize, rows: usize, device: &Device) -> Case {
     }
 }
 
-/// (L_bound, L_disc) at logits `v`; autodiff when the device is.
+/// (L_bound, L_disc through Euler) at logits `v`; autodiff when the device is.
 fn losses(den: &dyn Denoiser, c: &Case, logits: &ScheduleLogits) -> (Tensor<1>, Tensor<1>) {
+    losses_with(SolverKind::Euler, den, c, logits)
+}
+
+/// (L_bound, L_disc through `solver`'s unroll) at logits `v`.
+fn losses_with(
+    solver: SolverKind,
+    den: &dyn Denoiser,
+    c: &Case,
+    logits: &ScheduleLogits,
+) -> (Tensor<1>, Tensor<1>) {
     let sigmas = logits.sigmas(S_MIN, S_MAX, Warp::Rho7);
     let lambdas = lambda_weights(sigmas.clone());
     let lb = bound_loss(
@@ -71,7 +83,7 @@ fn losses(den: &dyn Denoiser, c: &Case, logits: &ScheduleLogits) -> (Tensor<1>, 
         Precond::default(),
     );
     let ld = disc_loss_exact(
-        sampler_core::bundle::SolverKind::Euler,
+        solver,
         den,
         c.x0.clone(),
         None,
@@ -82,6 +94,25 @@ fn losses(den: &dyn Denoiser, c: &Case, logits: &ScheduleLogits) -> (Tensor<1>, 
 }
 
 fn check(make_den: &dyn Fn(&Device) -> Box<dyn Denoiser>, d: usize, what: &str) {
+    for solver in [
+        SolverKind::Euler,
+        SolverKind::Heun,
+        SolverKind::DpmPp2m,
+        SolverKind::Ipndm,
+    ] {
+        check_solver(make_den, d, &format!("{what} {}", solver.name()), solver);
+    }
+}
+
+fn check_solver(
+    make_den: &dyn Fn(&Device) -> Box<dyn Denoiser>,
+    d: usize,
+    what: &str,
+    solver: SolverKind,
+) {
+    let losses = |den: &dyn Denoiser, c: &Case, logits: &ScheduleLogits| {
+        losses_with(solver, den, c, logits)
+    };
     let plain = f64_device();
     let ad = plain.clone().autodiff();
     let v0 = [0.3, -0.2, 0.5];
