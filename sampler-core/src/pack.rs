@@ -686,6 +686,59 @@ mod tests {
         }
     }
 
+    /// int8 scales per output channel: axis 0 of a convolution `[out, in, kh, kw]`, the last
+    /// axis of a Linear `[in, out]`. Output channels whose ranges differ by 10^3 steps keep
+    /// each its own relative precision (half a step of max |w| / 127 of that channel,
+    /// computed here in f64 from the layouts, not from the encoder's axis function); scaled
+    /// along any other axis, the small channels would round to zero.
+    #[test]
+    fn int8_scales_along_the_output_channels() {
+        let (o, i) = (3usize, 4usize);
+        let magnitude = |c: usize| 1000f64.powi(c as i32) * 1e-3; // 1e-3, 1, 1e3
+        let value =
+            |c: usize, k: usize| magnitude(c) * (0.3 + 0.7 * ((k * 7 + 3) % 11) as f64 / 10.0);
+        // conv [o, i, 2, 2]: element (c, rest) at c * 16 + rest.
+        let conv: Vec<f32> = (0..o * i * 4)
+            .map(|e| value(e / 16, e % 16) as f32)
+            .collect();
+        // linear [i, o]: element (row, c) at row * o + c.
+        let linear: Vec<f32> = (0..i * o).map(|e| value(e % o, e / o) as f32).collect();
+        let tensors = alloc::vec![
+            PackTensor {
+                name: "conv".into(),
+                shape: alloc::vec![o, i, 2, 2],
+                values: conv
+            },
+            PackTensor {
+                name: "lin".into(),
+                shape: alloc::vec![i, o],
+                values: linear
+            },
+        ];
+        let bytes = encode(&tensors, WeightDtype::I8).unwrap();
+        let pack = PackView::parse(&bytes).unwrap();
+        for (t, channel_of) in tensors.iter().zip([
+            &(|e: usize| e / 16) as &dyn Fn(usize) -> usize,
+            &(|e: usize| e % o) as &dyn Fn(usize) -> usize,
+        ]) {
+            let got = pack.get(&t.name).unwrap().to_vec();
+            let mut max = [0.0f64; 3];
+            for (e, &w) in t.values.iter().enumerate() {
+                max[channel_of(e)] = max[channel_of(e)].max((w as f64).abs());
+            }
+            for (e, (&g, &w)) in got.iter().zip(&t.values).enumerate() {
+                let half_step = max[channel_of(e)] / 127.0 / 2.0;
+                let err = (g as f64 - w as f64).abs();
+                assert!(
+                    err <= half_step * 1.0001,
+                    "{} [{e}] (channel {}): {g} vs {w}, error {err:e} > half a step {half_step:e}",
+                    t.name,
+                    channel_of(e)
+                );
+            }
+        }
+    }
+
     #[test]
     fn int8_is_smaller_and_check_against_lists_the_problems() {
         let tensors = sample();

@@ -82,14 +82,7 @@ fn losses_with(
         Weighting::Lambda,
         Precond::default(),
     );
-    let ld = disc_loss_exact(
-        solver,
-        den,
-        c.x0.clone(),
-        None,
-        sigmas,
-        c.target.clone(),
-    );
+    let ld = disc_loss_exact(solver, den, c.x0.clone(), None, sigmas, c.target.clone());
     (lb, ld)
 }
 
@@ -110,9 +103,8 @@ fn check_solver(
     what: &str,
     solver: SolverKind,
 ) {
-    let losses = |den: &dyn Denoiser, c: &Case, logits: &ScheduleLogits| {
-        losses_with(solver, den, c, logits)
-    };
+    let losses =
+        |den: &dyn Denoiser, c: &Case, logits: &ScheduleLogits| losses_with(solver, den, c, logits);
     let plain = f64_device();
     let ad = plain.clone().autodiff();
     let v0 = [0.3, -0.2, 0.5];
