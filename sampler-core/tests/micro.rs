@@ -166,6 +166,36 @@ fn micro_runs_every_solver_as_burn_does() {
     assert!(max_diff(&image(SolverKind::Euler), &image(SolverKind::Ipndm)) > 1e-3);
 }
 
+/// Every solver on every weight encoding, against burn on the same (dequantized) weights:
+/// with f32 activations the two engines agree to rounding; with f16 activations (the
+/// default for f16 and int8 weights) to the half-precision storage of the activations.
+#[test]
+fn micro_matches_burn_for_every_solver_and_weight_type() {
+    let v2 = shipped("digits8.bin");
+    for kind in SolverKind::ALL {
+        let mut b = Bundle::from_bytes(&v2).unwrap();
+        b.solver = kind;
+        let f32_bytes = b.to_bytes().unwrap();
+        for dtype in [WeightDtype::F32, WeightDtype::F16, WeightDtype::I8] {
+            let bytes = as_version2(&f32_bytes, dtype);
+            let host = burn_image(&bytes, 5, 2);
+            // Heun's steps divide by s_{i+1}, down to s_min: rounding grows with them.
+            let heun = kind == SolverKind::Heun;
+            for (act, bound) in [
+                (Activations::F32, if heun { 5e-5 } else { 1e-5 }),
+                (Activations::F16, if heun { 1e-2 } else { 3e-3 }),
+            ] {
+                let d = max_diff(&host, &micro_image(&bytes, 5, 2, act));
+                eprintln!(
+                    "{} {dtype:?} {act:?}: max |micro - burn| = {d:.3e}",
+                    kind.name()
+                );
+                assert!(d <= bound, "{} {dtype:?} {act:?}: {d}", kind.name());
+            }
+        }
+    }
+}
+
 #[test]
 fn micro_matches_burn_on_networks_the_bundles_do_not_cover() {
     let unet = |label_dim, attn: Vec<usize>, mult: Vec<usize>, blocks| {
