@@ -928,6 +928,42 @@ pub fn plot_results(
 mod tests {
     use super::*;
 
+    /// FD-pixel as eval computes it (real moments, then a sample set's), against the
+    /// closed form of two Gaussians with diagonal covariances: |m1 - m2|^2 +
+    /// sum_i (sqrt(v1_i) - sqrt(v2_i))^2. Real rows: the four points m1 +- (a, 0), m1 +-
+    /// (0, b) twice over (covariance n/(n-1) diag(a^2/2, b^2/2)); samples the same with m2, a', b'.
+    #[test]
+    fn fd_pixel_is_the_closed_form_of_two_gaussians() {
+        let cross = |m: [f64; 2], a: f64, b: f64| -> Vec<f32> {
+            let pts = [[a, 0.0], [-a, 0.0], [0.0, b], [0.0, -b]];
+            (0..2)
+                .flat_map(|_| pts)
+                .flat_map(|p| [(m[0] + p[0]) as f32, (m[1] + p[1]) as f32])
+                .collect()
+        };
+        // Values exactly representable in f32, so the f64 closed form is exact.
+        let (m1, a1, b1) = ([0.25, -0.5], 0.5, 0.25);
+        let (m2, a2, b2) = ([-0.125, 0.375], 0.75, 0.125);
+        let real = RealSet {
+            pixels: FrechetReference::new(Moments::from_rows(&cross(m1, a1, b1), 2).unwrap()),
+            features: None,
+            inception: None,
+            count: 8,
+        };
+        let (fd, cls, acc) =
+            frechet_and_accuracy(&cross(m2, a2, b2), 2, Some(&real), None, 0, &Device::flex())
+                .unwrap();
+        // Sample covariance of the 8 points: sum of squares / (n - 1) per axis.
+        let var = |a: f64| 4.0 * a * a / 7.0;
+        let want = (m1[0] - m2[0]).powi(2)
+            + (m1[1] - m2[1]).powi(2)
+            + (var(a1).sqrt() - var(a2).sqrt()).powi(2)
+            + (var(b1).sqrt() - var(b2).sqrt()).powi(2);
+        let fd = fd.unwrap();
+        assert!((fd - want).abs() <= 1e-9 * want, "{fd} vs {want}");
+        assert_eq!((cls, acc), (None, None));
+    }
+
     #[test]
     fn heun_gets_the_levels_that_fit_the_budget() {
         assert_eq!(levels_for(SolverKind::Heun, 5), (3, 5));
