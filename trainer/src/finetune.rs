@@ -510,9 +510,9 @@ impl Finetune {
     /// The teacher pool's targets and the trajectory cache, as values.
     fn resume_state(&self) -> Result<ResumeState> {
         let values = |t: &Tensor<2>| -> Result<Vec<f32>> {
+            // Converted: the device may compute in f64.
             t.clone()
-                .into_data()
-                .try_to_vec::<f32>()
+                .try_into_vec_as::<f32>()
                 .map_err(|e| anyhow::anyhow!("{e:?}"))
         };
         let teacher_targets = match &self.pool {
