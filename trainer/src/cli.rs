@@ -214,6 +214,11 @@ pub struct RunArgs {
     /// Compute device: flex (CPU), vulkan or cuda (the latter two need cargo features).
     #[arg(long, default_value = "flex")]
     device: String,
+    /// Data parallelism: split each step's batch (pre-training, stage 2) over N devices of
+    /// --device's kind and sum their gradients; the result equals one device's within f32
+    /// round-off. On flex the N shards run side by side on the CPU's threads.
+    #[arg(long, default_value_t = 1, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=64))]
+    devices: u64,
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
@@ -771,13 +776,13 @@ fn pretrain(a: PretrainArgs) -> Result<()> {
         data.values.len() as u64 * 4,
         a.run.max_memory,
     )?;
-    let device = crate::device(&a.run.device)?;
+    let devices = crate::devices(&a.run.device, a.run.devices as usize)?;
     let run_dir = RunDir::create(&a.run.run)?;
     let pt = crate::pretrain::run(
         &run_dir,
         config,
         &data,
-        &device,
+        &devices,
         a.run.stop_after,
         a.run.quiet,
     )?;
@@ -838,9 +843,9 @@ fn finetune(a: FinetuneArgs) -> Result<()> {
         data.as_ref().map_or(0, |d| d.values.len() as u64 * 4),
         a.run.max_memory,
     )?;
-    let device = crate::device(&a.run.device)?;
+    let devices = crate::devices(&a.run.device, a.run.devices as usize)?;
     let run_dir = RunDir::create(&a.run.run)?;
-    let ft = crate::finetune::run(&run_dir, c, data, &device, a.run.stop_after, a.run.quiet)?;
+    let ft = crate::finetune::run(&run_dir, c, data, &devices, a.run.stop_after, a.run.quiet)?;
     let s = ft.schedule()?;
     println!(
         "fine-tuning: {} of {} steps done; levels {:?}; run directory {}",

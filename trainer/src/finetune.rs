@@ -323,6 +323,8 @@ pub struct Finetune {
     /// Steps done.
     pub step: u64,
     device: Device,
+    /// Devices stage 2's batch is split over (`--devices`); the first is `device`.
+    replicas: Vec<Device>,
     pool: Option<(u64, Tensor<2>, Tensor<2>, Option<Tensor<2>>)>,
     trajectories: Option<Trajectories>,
 }
@@ -343,6 +345,17 @@ struct Trajectories {
 }
 
 impl Finetune {
+    /// Splits stage 2's batch over `devices` (data parallel, [`crate::parallel`]); the first
+    /// must be the run's device. Stage 1 (a few hundred schedule parameters, whose cost is
+    /// the unrolled sampler) runs on the first device.
+    pub fn with_replicas(mut self, devices: Vec<Device>) -> Result<Self> {
+        if devices.first() != Some(&self.device) {
+            bail!("the first of --devices must be the run's device");
+        }
+        self.replicas = devices;
+        Ok(self)
+    }
+
     /// Prepares a run from its config, its data and (when resuming) a checkpoint.
     pub fn new(
         config: FinetuneConfig,
@@ -439,6 +452,7 @@ impl Finetune {
             net_optim,
             step,
             device: device.clone(),
+            replicas: vec![device.clone()],
             pool: None,
             trajectories: None,
         };
@@ -923,22 +937,42 @@ impl Finetune {
             } else {
                 Weighting::Lambda
             };
-            let den = Preconditioned {
-                net,
-                precond: *precond,
-                dim: config.dim(),
+            let rows = match &disc_rows {
+                Some((x0, _, _)) => x0.dims()[0],
+                None => c.batch,
             };
-            let loss_t = match disc_rows {
-                Some((x0, target, disc_labels)) => {
-                    disc_loss_exact(c.solver, &den, x0, disc_labels, sigmas, target)
-                }
-                None => bound_loss(
-                    &den, x, labels, sigmas, lambdas, &levels, eps, weighting, *precond,
-                ),
-            };
-            let loss = scalar(&loss_t);
+            let (loss, gp) =
+                crate::parallel::loss_and_grads(&*net, &self.replicas, rows, |net, r, dev| {
+                    let den = Preconditioned {
+                        net,
+                        precond: *precond,
+                        dim: config.dim(),
+                    };
+                    let on = |t: &Tensor<2>| crate::parallel::rows_on(t, r.clone(), dev);
+                    let sigmas = sigmas.clone().to_device(dev);
+                    Ok(match &disc_rows {
+                        Some((x0, target, disc_labels)) => disc_loss_exact(
+                            c.solver,
+                            &den,
+                            on(x0),
+                            disc_labels.as_ref().map(on),
+                            sigmas,
+                            on(target),
+                        ),
+                        None => bound_loss(
+                            &den,
+                            on(&x),
+                            labels.as_ref().map(on),
+                            sigmas,
+                            lambdas.clone().to_device(dev),
+                            &levels[r.clone()],
+                            on(&eps),
+                            weighting,
+                            *precond,
+                        ),
+                    })
+                })?;
             check_finite(loss, step, 2)?;
-            let gp = GradientsParams::from_grads(loss_t.backward(), &*net);
             let taken = std::mem::replace(net, config.init(&plain));
             *net = self.net_optim.step(c.lr_weights, taken, gp);
             let decay = c.ema_decay.min((1.0 + n as f64) / (10.0 + n as f64));
@@ -1125,14 +1159,16 @@ pub fn run(
     run_dir: &RunDir,
     config: FinetuneConfig,
     data: Option<Dataset>,
-    device: &Device,
+    devices: &[Device],
     stop_after: Option<u64>,
     quiet: bool,
 ) -> Result<Finetune> {
     let started = run_dir.start(&config)?;
     let mut checkpoints =
         crate::run::Checkpoints::new(run_dir, started.checkpoint.as_ref().map(|c| c.step));
-    let mut ft = Finetune::new(config, data, started.checkpoint.clone(), device)?;
+    let device = devices.first().context("no device to train on")?;
+    let mut ft = Finetune::new(config, data, started.checkpoint.clone(), device)?
+        .with_replicas(devices.to_vec())?;
     run_dir.accept(&ft.config, &started)?;
     let total = ft.config.total_steps();
     let end = stop_after.map_or(total, |s| s.min(total));

@@ -16,6 +16,7 @@ pub mod interop;
 pub mod losses;
 pub mod memory;
 pub mod model;
+pub mod parallel;
 pub mod plots;
 pub mod pretrain;
 pub mod run;
@@ -58,4 +59,31 @@ pub fn device(name: &str) -> anyhow::Result<burn::tensor::Device> {
         other => anyhow::bail!("unknown device '{other}': expected flex, vulkan or cuda"),
     };
     Ok(base.autodiff())
+}
+
+/// `count` devices of the kind `name` for data-parallel training (`--devices`): CUDA devices
+/// 0 .. count, or the discrete GPUs 0 .. count through Vulkan. The CPU has one device, so on
+/// `flex` the shards are replicas on it, differentiated in parallel by the CPU's threads: the
+/// same arithmetic as separate devices, which is how CI tests data parallelism.
+pub fn devices(name: &str, count: usize) -> anyhow::Result<Vec<burn::tensor::Device>> {
+    if count == 0 {
+        anyhow::bail!("--devices must be at least 1");
+    }
+    let first = device(name)?;
+    if count == 1 {
+        return Ok(vec![first]);
+    }
+    Ok(match name {
+        #[cfg(feature = "cuda")]
+        "cuda" => (0..count)
+            .map(|i| burn::tensor::Device::cuda(i).autodiff())
+            .collect(),
+        #[cfg(feature = "vulkan")]
+        "vulkan" => (0..count)
+            .map(|i| {
+                burn::tensor::Device::vulkan(burn::tensor::DeviceKind::DiscreteGpu(i)).autodiff()
+            })
+            .collect(),
+        _ => vec![first; count],
+    })
 }

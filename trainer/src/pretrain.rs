@@ -20,7 +20,6 @@ use sampler_core::rng;
 use sampler_core::schedule::Schedule;
 
 use crate::data::{Dataset, noise};
-use crate::finetune::scalar;
 use crate::losses::edm_loss;
 use crate::model::{init_network, update_ema};
 use crate::run::{Checkpoint, RunDir};
@@ -77,6 +76,9 @@ pub struct Pretrain {
     /// Steps done.
     pub step: u64,
     device: Device,
+    /// Devices the batch is split over (`--devices`); the first is `device`, where the
+    /// weights and the optimizer live.
+    replicas: Vec<Device>,
 }
 
 impl Pretrain {
@@ -128,7 +130,54 @@ impl Pretrain {
             optim,
             step,
             device: device.clone(),
+            replicas: vec![device.clone()],
         })
+    }
+
+    /// Splits each step's batch over `devices` (data parallel, [`crate::parallel`]); the
+    /// first must be the run's device. The result equals one device's within f32 round-off.
+    pub fn with_replicas(mut self, devices: Vec<Device>) -> Result<Self> {
+        if devices.first() != Some(&self.device) {
+            bail!("the first of --devices must be the run's device");
+        }
+        self.replicas = devices;
+        Ok(self)
+    }
+
+    /// The global batch's loss at the current weights and its gradient (one step's, before
+    /// the optimizer), over every replica.
+    pub fn loss_and_grads(&self, data: &Dataset) -> Result<(f64, GradientsParams)> {
+        sampler_core::model::flex_ops::on_cpu_workers(|| self.loss_and_grads_inner(data))
+    }
+
+    fn loss_and_grads_inner(&self, data: &Dataset) -> Result<(f64, GradientsParams)> {
+        let c = &self.config;
+        let d = data.dim();
+        let (x, labels) = data.batch(c.seed, self.step, c.batch, &self.device);
+        let eps = noise(c.seed, 11, self.step, c.batch, d, &self.device);
+        let ln_sigma = ln_sigma_draw(c.seed, self.step, c.batch);
+        let ln_sigma = Tensor::<1>::from_data(TensorData::new(ln_sigma, [c.batch]), &self.device);
+        crate::parallel::loss_and_grads(&self.net, &self.replicas, c.batch, |net, rows, dev| {
+            let den = Preconditioned {
+                net,
+                precond: c.precond,
+                dim: d,
+            };
+            let on = |t: &Tensor<2>| crate::parallel::rows_on(t, rows.clone(), dev);
+            Ok(edm_loss(
+                &den,
+                on(&x),
+                labels.as_ref().map(on),
+                crate::parallel::rows_on(&ln_sigma, rows.clone(), dev),
+                on(&eps),
+                c.precond,
+            ))
+        })
+    }
+
+    /// The weights being trained.
+    pub fn network(&self) -> &Network {
+        &self.net
     }
 
     /// Whether the trained and the EMA weights are all finite (checked before every
@@ -143,19 +192,7 @@ impl Pretrain {
     }
 
     fn step_inner(&mut self, data: &Dataset) -> Result<f64> {
-        let c = &self.config;
-        let d = data.dim();
-        let (x, labels) = data.batch(c.seed, self.step, c.batch, &self.device);
-        let eps = noise(c.seed, 11, self.step, c.batch, d, &self.device);
-        let ln_sigma = ln_sigma_draw(c.seed, self.step, c.batch);
-        let ln_sigma = Tensor::<1>::from_data(TensorData::new(ln_sigma, [c.batch]), &self.device);
-        let den = Preconditioned {
-            net: &self.net,
-            precond: c.precond,
-            dim: d,
-        };
-        let loss_t = edm_loss(&den, x, labels, ln_sigma, eps, c.precond);
-        let loss = scalar(&loss_t);
+        let (loss, gp) = self.loss_and_grads_inner(data)?;
         if !loss.is_finite() {
             return Err(crate::run::Diverged(format!(
                 "the loss became {loss} at step {}",
@@ -163,7 +200,6 @@ impl Pretrain {
             ))
             .into());
         }
-        let gp = GradientsParams::from_grads(loss_t.backward(), &self.net);
         let placeholder = self
             .config
             .net
@@ -250,7 +286,7 @@ pub fn run(
     run_dir: &RunDir,
     config: PretrainConfig,
     data: &Dataset,
-    device: &Device,
+    devices: &[Device],
     stop_after: Option<u64>,
     quiet: bool,
 ) -> Result<Pretrain> {
@@ -274,7 +310,9 @@ pub fn run(
     let started = run_dir.start(&config)?;
     let mut checkpoints =
         crate::run::Checkpoints::new(run_dir, started.checkpoint.as_ref().map(|c| c.step));
-    let mut pt = Pretrain::new(config, started.checkpoint.clone(), device)?;
+    let device = devices.first().context("no device to train on")?;
+    let mut pt = Pretrain::new(config, started.checkpoint.clone(), device)?
+        .with_replicas(devices.to_vec())?;
     run_dir.accept(&pt.config, &started)?;
     let total = pt.config.steps;
     let end = stop_after.map_or(total, |s| s.min(total));

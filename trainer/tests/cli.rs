@@ -208,6 +208,18 @@ fn bad_input_is_one_line_and_exit_code_2() {
         ),
         (vec!["pretrain", "--run", &p("r3")], "needs --data"),
         (
+            vec![
+                "pretrain",
+                "--run",
+                &p("r6"),
+                "--data",
+                "digits",
+                "--devices",
+                "0",
+            ],
+            "--devices",
+        ),
+        (
             vec!["pretrain", "--run", &p("r4"), "--data", &p("imgs")],
             "broken.png",
         ),
@@ -308,6 +320,9 @@ fn conditional_unet_on_shipped_digits_through_the_cli() {
         "1,2",
         "--num-blocks",
         "1",
+        // Labels split over two replicas (data parallel) with the images they belong to.
+        "--devices",
+        "2",
         "--quiet",
     ]));
     assert!(out.contains("3 of 3 steps"), "{out}");

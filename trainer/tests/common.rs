@@ -51,14 +51,18 @@ pub fn mlp_base(dir: &Path) -> (PathBuf, Dataset) {
     )
 }
 
-pub fn unet_base(dir: &Path) -> (PathBuf, Dataset) {
-    let config = NetConfig::UNet(
+pub fn unet_config() -> NetConfig {
+    NetConfig::UNet(
         UNetConfig::new(8, 1, 1)
             .with_model_channels(8)
             .with_channel_mult(vec![1, 2])
             .with_num_blocks(1)
             .with_attn_resolutions(vec![4]),
-    );
+    )
+}
+
+pub fn unet_base(dir: &Path) -> (PathBuf, Dataset) {
+    let config = unet_config();
     network_base(
         dir,
         config,

@@ -90,7 +90,7 @@ fn estimates_bound_the_measured_peaks() {
     };
     let run = |name: &str, c: PretrainConfig| {
         let dir = RunDir::create(&dir.path().join(name)).unwrap();
-        trainer::pretrain::run(&dir, c, &data, &device, None, true).unwrap();
+        trainer::pretrain::run(&dir, c, &data, std::slice::from_ref(&device), None, true).unwrap();
     };
     run("warm", pre.clone());
     let _ = warm;
@@ -124,8 +124,15 @@ fn estimates_bound_the_measured_peaks() {
         c.checkpoint_every = 1;
         let run_dir = RunDir::create(&dir.path().join(name)).unwrap();
         let peak = peak_of(|| {
-            trainer::finetune::run(&run_dir, c.clone(), Some(data.clone()), &device, None, true)
-                .unwrap();
+            trainer::finetune::run(
+                &run_dir,
+                c.clone(),
+                Some(data.clone()),
+                std::slice::from_ref(&device),
+                None,
+                true,
+            )
+            .unwrap();
         });
         let estimate = trainer::memory::finetune_bytes(&c, Some(&unet()), 64);
         eprintln!("{name}: peak {peak} estimate {estimate}");

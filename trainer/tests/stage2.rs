@@ -57,7 +57,7 @@ fn stage2_of_ipndm_moves_its_endpoint_toward_the_teacher() {
     c.teacher_pool = 128;
     c.teacher_steps = 32;
     let run = RunDir::create(&dir.path().join("run")).unwrap();
-    let ft = trainer::finetune::run(&run, c, Some(data), &device(), None, true).unwrap();
+    let ft = trainer::finetune::run(&run, c, Some(data), &[device()], None, true).unwrap();
     let mut fresh = ft.config.clone();
     fresh.stage2_steps = 0;
     let start = Finetune::new(fresh, Some(ft.data().clone()), None, &device()).unwrap();
@@ -199,8 +199,15 @@ fn resumes_bit_exactly(
     data: &trainer::data::Dataset,
 ) {
     let whole = RunDir::create(&dir.join(format!("{name}-whole"))).unwrap();
-    let a = trainer::finetune::run(&whole, c.clone(), Some(data.clone()), &device(), None, true)
-        .unwrap();
+    let a = trainer::finetune::run(
+        &whole,
+        c.clone(),
+        Some(data.clone()),
+        &[device()],
+        None,
+        true,
+    )
+    .unwrap();
 
     // Stop in stage 2 of round 0 (step 5), then in stage 1 of round 1 (step 7), then finish.
     let parts = RunDir::create(&dir.join(format!("{name}-parts"))).unwrap();
@@ -209,13 +216,13 @@ fn resumes_bit_exactly(
             &parts,
             c.clone(),
             Some(data.clone()),
-            &device(),
+            &[device()],
             Some(stop),
             true,
         )
         .unwrap();
     }
-    let b = trainer::finetune::run(&parts, c, Some(data.clone()), &device(), None, true).unwrap();
+    let b = trainer::finetune::run(&parts, c, Some(data.clone()), &[device()], None, true).unwrap();
 
     let (la, lb) = (log_losses(&whole), log_losses(&parts));
     assert_eq!(la.len(), 12);
@@ -290,7 +297,7 @@ fn exported_bundle_denoises_like_the_trainer() {
     let mut c = two_stage_config(base);
     c.rounds = 1;
     let run = RunDir::create(&dir.path().join("run")).unwrap();
-    let ft = trainer::finetune::run(&run, c, Some(data), &device(), None, true).unwrap();
+    let ft = trainer::finetune::run(&run, c, Some(data), &[device()], None, true).unwrap();
     let bytes = ft.export("unet", "").unwrap().to_bytes().unwrap();
     let plain = Device::flex();
     let sampler = Sampler::from_bundle(&bytes, &plain).unwrap();
@@ -324,7 +331,7 @@ fn nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint() {
         &run,
         c.clone(),
         Some(data.clone()),
-        &device(),
+        &[device()],
         Some(4),
         true,
     )
@@ -334,7 +341,7 @@ fn nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint() {
     // The same run continued on data that has gone bad.
     let mut poisoned = data;
     poisoned.values.iter_mut().for_each(|v| *v = f32::NAN);
-    let err = trainer::finetune::run(&run, c, Some(poisoned), &device(), None, true)
+    let err = trainer::finetune::run(&run, c, Some(poisoned), &[device()], None, true)
         .err()
         .expect("a NaN loss must stop the run");
     let msg = format!("{err:#}");
