@@ -6,6 +6,7 @@
 use std::time::Instant;
 
 use anyhow::Result;
+use burn::module::Module;
 use clap::Args;
 use sampler_core::bundle::ImageShape;
 use sampler_core::model::{NetConfig, UNetConfig};
@@ -31,9 +32,18 @@ pub struct BenchArgs {
     /// estimator's states); default: the batch size. `scripts/results.sh` trains with half.
     #[arg(long, value_name = "N")]
     disc_batch: Option<usize>,
-    /// Image resolution of the U-Net.
+    /// Image resolution of the default U-Net (16 channels, mult 1,2, one block per
+    /// resolution, one color); ignored with --preset.
     #[arg(long, default_value_t = 16)]
     resolution: usize,
+    /// A named network at its own image size instead: mnist (28x28x1, the shipped MNIST
+    /// base) or cifar10 (32x32x3, EDM's DDPM++ CIFAR-10 network with dropout 0.13).
+    #[arg(long, value_enum)]
+    preset: Option<crate::model::Preset>,
+    /// Split each pre-training and stage-2 batch over N devices of --device's kind (data
+    /// parallel, as `--devices` in training).
+    #[arg(long, default_value_t = 1, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=64))]
+    devices: u64,
     /// Trajectory-cache rows: every pool entry (pool = one batch) re-simulated once every N
     /// steps; 0 leaves those rows out.
     #[arg(long, default_value_t = 8, value_name = "N")]
@@ -84,25 +94,40 @@ pub fn run(a: BenchArgs) -> Result<()> {
     if let Some(n) = a.inception {
         return inception(n, a.inception_batch);
     }
-    let device = crate::device(&a.device)?;
+    let devices = crate::devices(&a.device, a.devices as usize)?;
+    let device = devices[0].clone();
     let disc_batch = a.disc_batch.unwrap_or(a.batch);
     if disc_batch == 0 || disc_batch > a.batch {
         anyhow::bail!("--disc-batch must be between 1 and --batch ({})", a.batch);
     }
-    let r = a.resolution;
-    let shape = ImageShape {
-        channels: 1,
-        height: r as u32,
-        width: r as u32,
+    let (shape, net, dropout, what) = match a.preset {
+        Some(p) => {
+            let (shape, _) = p.data_shape();
+            let (side, colors) = (shape.height as usize, shape.channels as usize);
+            let net = NetConfig::UNet(p.unet(side, colors, 0));
+            let what = format!("preset {p:?}, {side}x{side}x{colors}").to_lowercase();
+            (shape, net, p.dropout(), what)
+        }
+        None => {
+            let r = a.resolution;
+            let shape = ImageShape {
+                channels: 1,
+                height: r as u32,
+                width: r as u32,
+            };
+            let net = NetConfig::UNet(
+                UNetConfig::new(r, 1, 1)
+                    .with_model_channels(16)
+                    .with_channel_mult(vec![1, 2])
+                    .with_num_blocks(1),
+            );
+            let what = format!("U-Net {r}x{r}, 16 channels, mult [1, 2], 1 block/level");
+            (shape, net, 0.0, what)
+        }
     };
-    let mixture = crate::cli::random_mixture(8, r * r, 1);
+    let params = net.init(&burn::tensor::Device::flex()).num_params(); // lazy: no weights
+    let mixture = crate::cli::random_mixture(8, shape.values(), 1);
     let data = Dataset::from_mixture(&mixture, 256, 2, shape);
-    let net = NetConfig::UNet(
-        UNetConfig::new(r, 1, 1)
-            .with_model_channels(16)
-            .with_channel_mult(vec![1, 2])
-            .with_num_blocks(1),
-    );
     let pretrain_config = PretrainConfig {
         net,
         precond: Precond::default(),
@@ -115,8 +140,9 @@ pub fn run(a: BenchArgs) -> Result<()> {
         dataset: "bench".into(),
         image: shape,
         label_count: 0,
+        dropout,
     };
-    let mut pt = Pretrain::new(pretrain_config, None, &device)?;
+    let mut pt = Pretrain::new(pretrain_config, None, &device)?.with_replicas(devices.clone())?;
     let mut rows: Vec<(String, f64)> = Vec::new();
     rows.push((
         "pretrain (EDM loss)".into(),
@@ -139,7 +165,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         c.teacher_pool = a.batch;
         c.teacher_steps = 8;
         c.traj_refresh = refresh;
-        Finetune::new(c, Some(data.clone()), None, &device)
+        Finetune::new(c, Some(data.clone()), None, &device)?.with_replicas(devices.clone())
     };
     let mut ft = finetune(Mode::Stage2Only, 8, DiscGrad::Exact, 0)?;
     rows.push((
@@ -172,8 +198,8 @@ pub fn run(a: BenchArgs) -> Result<()> {
 
     let base = rows[0].1;
     println!(
-        "U-Net {r}x{r}, 16 channels, mult [1, 2], 1 block/level; batch {}, stage-1 disc batch {}; device {}",
-        a.batch, disc_batch, a.device
+        "{what}, {params} parameters; batch {}, stage-1 disc batch {}; device {} x {}",
+        a.batch, disc_batch, a.device, a.devices
     );
     println!("| step | s/step | x pretrain step |");
     println!("| --- | ---: | ---: |");

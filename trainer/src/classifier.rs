@@ -206,9 +206,7 @@ impl TrainedClassifier {
             data.label_count as usize,
         );
         let mut model = {
-            let _guard = crate::model::INIT_LOCK
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
+            let _guard = crate::model::device_rng_lock();
             device.seed(seed);
             let m = config.init(device);
             // Materialize the lazy initializers while the seeded generator is ours.

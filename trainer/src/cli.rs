@@ -237,6 +237,14 @@ struct PretrainArgs {
     /// Network: unet (EDM's DDPM++) or mlp.
     #[arg(long, default_value = "unet", value_parser = ["unet", "mlp"])]
     net: String,
+    /// Named U-Net settings instead of the U-Net flags below: mnist (the shipped MNIST
+    /// base: 16 channels, mult 1,2, one block) or cifar10 (EDM's DDPM++ CIFAR-10 network:
+    /// 128 channels, mult 2,2,2, four blocks, attention at 16x16, dropout 0.13).
+    #[arg(long, value_enum, conflicts_with_all = ["model_channels", "channel_mult", "num_blocks", "attn", "dropout"])]
+    preset: Option<crate::model::Preset>,
+    /// U-Net dropout before each block's second convolution (training only).
+    #[arg(long, default_value_t = 0.0)]
+    dropout: f64,
     /// U-Net base channels.
     #[arg(long, default_value_t = 32)]
     model_channels: usize,
@@ -741,20 +749,22 @@ fn pretrain(a: PretrainArgs) -> Result<()> {
                     data.shape.height
                 );
             }
-            NetConfig::UNet(
-                UNetConfig::new(
-                    data.shape.height as usize,
-                    data.shape.channels as usize,
-                    data.shape.channels as usize,
-                )
-                .with_label_dim(data.label_count as usize)
-                .with_model_channels(a.model_channels)
-                .with_channel_mult(a.channel_mult)
-                .with_num_blocks(a.num_blocks)
-                .with_attn_resolutions(a.attn),
-            )
+            let (side, colors) = (data.shape.height as usize, data.shape.channels as usize);
+            NetConfig::UNet(match a.preset {
+                Some(p) => p.unet(side, colors, data.label_count as usize),
+                None => UNetConfig::new(side, colors, colors)
+                    .with_label_dim(data.label_count as usize)
+                    .with_model_channels(a.model_channels)
+                    .with_channel_mult(a.channel_mult)
+                    .with_num_blocks(a.num_blocks)
+                    .with_attn_resolutions(a.attn),
+            })
         }
     };
+    if a.net == "mlp" && a.preset.is_some() {
+        bail!("--preset names U-Net settings; it does not apply to --net mlp");
+    }
+    let dropout = a.preset.map_or(a.dropout, |p| p.dropout());
     net.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
     let config = PretrainConfig {
         net,
@@ -770,6 +780,7 @@ fn pretrain(a: PretrainArgs) -> Result<()> {
         dataset: data.name.clone(),
         image: data.shape,
         label_count: data.label_count,
+        dropout,
     };
     crate::memory::check(
         crate::memory::pretrain_bytes(&config),

@@ -9,7 +9,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 use sampler_core::bundle::{Bundle, ModelSpec};
 use sampler_core::gmm::{Mixture, MixtureDenoiser};
 use sampler_core::model::{
-    NetConfig, Network, Preconditioned, network_from_bytes, weights_to_bytes,
+    NetConfig, Network, Preconditioned, UNetConfig, network_from_bytes, weights_to_bytes,
 };
 use sampler_core::precond::Precond;
 use sampler_core::schedule::{Warp, sigmas_from_logits};
@@ -46,13 +46,19 @@ impl ScheduleLogits {
     }
 }
 
-/// Flex draws initial weights from one global RNG: seed, build and materialize under one
+/// Flex draws initial weights and dropout masks from one global RNG: seed and draw under one
 /// lock so concurrent runs in one process cannot interleave their draws.
-pub(crate) static INIT_LOCK: Mutex<()> = Mutex::new(());
+static INIT_LOCK: Mutex<()> = Mutex::new(());
+
+/// Holds the device generators for a seed and the draws that follow it (initialization,
+/// dropout).
+pub fn device_rng_lock() -> std::sync::MutexGuard<'static, ()> {
+    INIT_LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 /// A freshly initialized network, identical for the same `seed`.
 pub fn init_network(config: &NetConfig, seed: u64, device: &Device) -> Network {
-    let _guard = INIT_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let _guard = device_rng_lock();
     device.seed(seed);
     let net = config.init(device);
     // Initializers are lazy: touch every parameter now, while the seed is ours.
@@ -176,4 +182,55 @@ pub fn update_ema(ema: Network, net: &Network, decay: f64) -> Network {
     let mut c = Collect(HashMap::new());
     net.visit(&mut c);
     ema.map(&mut Blend(c.0, decay))
+}
+
+/// Named network settings (`trainer pretrain --preset`, `trainer bench --preset`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Preset {
+    /// The shipped MNIST base: 16 channels, mult 1,2, one block per resolution.
+    Mnist,
+    /// EDM's DDPM++ CIFAR-10 network (`edm/train.py --arch=ddpmpp`, 55.7M parameters at
+    /// 32x32x3): 128 channels, mult 2,2,2, four blocks, attention at 16x16, dropout 0.13.
+    Cifar10,
+}
+
+impl Preset {
+    /// The U-Net for square images of `resolution` with `channels` colors and `labels`
+    /// classes.
+    pub fn unet(self, resolution: usize, channels: usize, labels: usize) -> UNetConfig {
+        let c = UNetConfig::new(resolution, channels, channels).with_label_dim(labels);
+        match self {
+            Preset::Mnist => c
+                .with_model_channels(16)
+                .with_channel_mult(vec![1, 2])
+                .with_num_blocks(1),
+            Preset::Cifar10 => c
+                .with_model_channels(128)
+                .with_channel_mult(vec![2, 2, 2])
+                .with_num_blocks(4)
+                .with_attn_resolutions(vec![16]),
+        }
+    }
+
+    /// Training dropout.
+    pub fn dropout(self) -> f64 {
+        match self {
+            Preset::Mnist => 0.0,
+            Preset::Cifar10 => 0.13,
+        }
+    }
+
+    /// The image shape and classes the preset was made for (the benchmark's data).
+    pub fn data_shape(self) -> (sampler_core::bundle::ImageShape, usize) {
+        let (side, channels, labels) = match self {
+            Preset::Mnist => (28, 1, 10),
+            Preset::Cifar10 => (32, 3, 0),
+        };
+        let shape = sampler_core::bundle::ImageShape {
+            channels,
+            height: side,
+            width: side,
+        };
+        (shape, labels)
+    }
 }

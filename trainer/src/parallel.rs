@@ -59,19 +59,31 @@ where
         let value = scalar(&loss);
         return Ok((value, GradientsParams::from_grads(loss.backward(), module)));
     }
-    let per_shard: Vec<Result<(f64, GradientsParams)>> = parts
-        .into_par_iter()
-        .zip(replicas.par_iter())
-        .map(|(range, device)| {
-            let replica = module.clone().fork(device);
-            let share = range.len() as f64 / rows as f64;
-            let loss = shard_loss(&replica, range, device)?.mul_scalar(share);
-            let value = scalar(&loss);
-            let grads =
-                GradientsParams::from_grads(loss.backward(), &replica).to_device(main, &replica);
-            Ok((value, grads))
-        })
-        .collect();
+    let shard = |(range, device): (Range<usize>, &Device)| -> Result<(f64, GradientsParams)> {
+        let replica = module.clone().fork(device);
+        let share = range.len() as f64 / rows as f64;
+        let loss = shard_loss(&replica, range, device)?.mul_scalar(share);
+        let value = scalar(&loss);
+        let grads =
+            GradientsParams::from_grads(loss.backward(), &replica).to_device(main, &replica);
+        Ok((value, grads))
+    };
+    // Replicas on distinct devices run side by side. Replicas sharing one device (the CPU)
+    // run one after the other: its ops already use every core, and random draws (dropout)
+    // then come in a fixed order.
+    let distinct = replicas
+        .iter()
+        .enumerate()
+        .all(|(i, d)| !replicas[..i].contains(d));
+    let per_shard: Vec<Result<(f64, GradientsParams)>> = if distinct {
+        parts
+            .into_par_iter()
+            .zip(replicas.par_iter())
+            .map(shard)
+            .collect()
+    } else {
+        parts.into_iter().zip(replicas.iter()).map(shard).collect()
+    };
     // Summed in shard order, so a step is reproducible whatever the threads' timing.
     let mut total = 0.0;
     let mut accumulator = GradientsAccumulator::<M>::new();

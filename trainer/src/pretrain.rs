@@ -64,6 +64,10 @@ pub struct PretrainConfig {
     pub image: sampler_core::bundle::ImageShape,
     /// Number of classes of the data (0: unconditional).
     pub label_count: u32,
+    /// U-Net dropout before each block's second convolution (EDM's CIFAR-10 setting 0.13);
+    /// masks from the device's generator, seeded from `seed` and the step.
+    #[serde(default)]
+    pub dropout: f64,
 }
 
 /// A pre-training run in memory.
@@ -96,8 +100,12 @@ impl Pretrain {
             || config.lr.is_nan()
             || config.lr <= 0.0
             || !(0.0..1.0).contains(&config.ema_decay)
+            || !(0.0..1.0).contains(&config.dropout)
         {
-            bail!("--batch must be positive, --lr > 0 and --ema-decay in [0, 1)");
+            bail!("--batch must be positive, --lr > 0, --ema-decay and --dropout in [0, 1)");
+        }
+        if config.dropout > 0.0 && matches!(config.net, NetConfig::Mlp(_)) {
+            bail!("--dropout applies to the U-Net only");
         }
         let mut net = init_network(&config.net, config.seed, device);
         let mut ema = net.valid();
@@ -123,6 +131,7 @@ impl Pretrain {
                 optim = optim.from_bytes(burn::tensor::Bytes::from_bytes_vec(b))?;
             }
         }
+        let net = net.with_dropout(config.dropout);
         Ok(Pretrain {
             config,
             net,
@@ -157,6 +166,14 @@ impl Pretrain {
         let eps = noise(c.seed, 11, self.step, c.batch, d, &self.device);
         let ln_sigma = ln_sigma_draw(c.seed, self.step, c.batch);
         let ln_sigma = Tensor::<1>::from_data(TensorData::new(ln_sigma, [c.batch]), &self.device);
+        // Dropout's masks come from the devices' generators: seeded per step (and per
+        // replica), so a resumed run draws the same masks.
+        let _rng = (c.dropout > 0.0).then(crate::model::device_rng_lock);
+        if c.dropout > 0.0 {
+            for (k, device) in self.replicas.iter().enumerate() {
+                device.seed(rng::random_u64(c.seed ^ 13, self.step).wrapping_add(k as u64));
+            }
+        }
         crate::parallel::loss_and_grads(&self.net, &self.replicas, c.batch, |net, rows, dev| {
             let den = Preconditioned {
                 net,

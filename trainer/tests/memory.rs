@@ -87,6 +87,7 @@ fn estimates_bound_the_measured_peaks() {
         dataset: "mixture".into(),
         image: shape,
         label_count: 0,
+        dropout: 0.0,
     };
     let run = |name: &str, c: PretrainConfig| {
         let dir = RunDir::create(&dir.path().join(name)).unwrap();

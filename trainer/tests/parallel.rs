@@ -83,6 +83,7 @@ fn pretrain_config(net: NetConfig, shape: ImageShape, batch: usize) -> PretrainC
         dataset: "mixture".into(),
         image: shape,
         label_count: 0,
+        dropout: 0.0,
     }
 }
 

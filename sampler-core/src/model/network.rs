@@ -54,6 +54,15 @@ impl Network {
             Network::Mlp(n) => n.forward(x, c_noise, labels),
         }
     }
+
+    /// The U-Net with training dropout `p` ([`SongUNet::with_dropout`]); the MLP has none
+    /// and is returned as it is.
+    pub fn with_dropout(self, p: f64) -> Self {
+        match self {
+            Network::UNet(n) => Network::UNet(n.with_dropout(p)),
+            mlp => mlp,
+        }
+    }
 }
 
 /// The network with its preconditioning: the denoiser

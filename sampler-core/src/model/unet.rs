@@ -122,6 +122,10 @@ pub struct UNetBlock {
     /// Whether the decoder concatenates a skip connection before this block.
     #[module(skip)]
     pub takes_skip: bool,
+    /// Dropout probability before `conv1` (EDM's `dropout`; training only): a training
+    /// setting, not part of the bundle, set by [`SongUNet::with_dropout`].
+    #[module(skip)]
+    pub dropout: f64,
 }
 
 impl UNetBlock {
@@ -146,6 +150,7 @@ impl UNetBlock {
             proj: attention.then(|| conv(cout, cout, 1, device)),
             resample,
             takes_skip: false,
+            dropout: 0.0,
         }
     }
 
@@ -161,6 +166,15 @@ impl UNetBlock {
         let [b, c, h, w] = x.dims();
         let params = self.affine.forward(emb); // [B, Cout]
         let x = group_norm_shifted(&self.norm1, x, params, true);
+        // EDM applies dropout in training only; here that is a device that records
+        // gradients, so sampling, teachers and exported weights never see it.
+        let x = if self.dropout > 0.0 && x.device().is_autodiff() {
+            let keep = 1.0 - self.dropout;
+            let mask = x.random_like(burn::tensor::Distribution::Bernoulli(keep));
+            (x * mask).div_scalar(keep)
+        } else {
+            x
+        };
         let residual = match &self.skip {
             Some(skip) => conv2d(skip, resample(orig, self.resample)),
             None => orig,
@@ -218,6 +232,16 @@ pub struct SongUNet {
 }
 
 impl SongUNet {
+    /// The same network with dropout `p` before each block's second convolution (EDM's
+    /// DDPM++ CIFAR-10 setting: 0.13). Active only on a device that records gradients; its
+    /// masks come from the device's generator (`Device::seed`).
+    pub fn with_dropout(mut self, p: f64) -> Self {
+        for block in self.enc.iter_mut().chain(self.dec.iter_mut()) {
+            block.dropout = p;
+        }
+        self
+    }
+
     /// # Shapes
     /// `x`: `[B, C, H, W]`, `c_noise`: `[B]`, `labels`: `[B, L]` -> `[B, C_out, H, W]`.
     pub fn forward(
