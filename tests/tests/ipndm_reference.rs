@@ -46,7 +46,9 @@ fn ipndm_matches_the_diff_solvers_reference() {
         };
         let to_min = ipndm_to_min(&gaussian, x0(), schedule.to_tensor(&device), None, |_| {});
         let full = ipndm(&gaussian, x0(), schedule.to_tensor(&device), None, |_| {});
-        let s_min = schedule.to_tensor(&device).slice(levels.len() - 1..levels.len());
+        let s_min = schedule
+            .to_tensor(&device)
+            .slice(levels.len() - 1..levels.len());
         let denoised = gaussian.denoise(to_min.clone(), s_min, None);
         for (name, got, want) in [
             ("to s_min", to_min, list(&case["to_min"])),
