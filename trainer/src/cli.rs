@@ -216,7 +216,7 @@ pub struct RunArgs {
     device: String,
     /// Data parallelism: split each step's batch (pre-training, stage 2) over N devices of
     /// --device's kind and sum their gradients; the result equals one device's within f32
-    /// round-off. On flex the N shards run side by side on the CPU's threads.
+    /// round-off. On flex (one CPU device) the N shards run one after the other.
     #[arg(long, default_value_t = 1, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=64))]
     devices: u64,
     /// No progress bar.

@@ -63,8 +63,8 @@ pub fn device(name: &str) -> anyhow::Result<burn::tensor::Device> {
 
 /// `count` devices of the kind `name` for data-parallel training (`--devices`): CUDA devices
 /// 0 .. count, or the discrete GPUs 0 .. count through Vulkan. The CPU has one device, so on
-/// `flex` the shards are replicas on it, differentiated in parallel by the CPU's threads: the
-/// same arithmetic as separate devices, which is how CI tests data parallelism.
+/// `flex` the shards are replicas on it, differentiated one after the other: the same
+/// arithmetic as separate devices, which is how CI tests data parallelism.
 pub fn devices(name: &str, count: usize) -> anyhow::Result<Vec<burn::tensor::Device>> {
     if count == 0 {
         anyhow::bail!("--devices must be at least 1");
