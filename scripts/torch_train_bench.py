@@ -13,7 +13,8 @@ checkout the caller gives (its code is never copied into this repository), in ea
   a fixed target, backward to the T - 2 logits (network frozen), Adam on the logits.
 
 One warm-up step, then the mean of --steps timed steps (CUDA synchronized). Prints a table
-in the shape of `trainer bench`. `--count` prints the network's parameter count and exits.
+in the shape of `trainer bench`. `--count` prints the network's parameter count and its
+multiply-accumulates per evaluation (PyTorch's flop counter) and exits.
 
     python3 -m venv /tmp/torchvenv && /tmp/torchvenv/bin/pip install torch numpy requests
     /tmp/torchvenv/bin/python scripts/torch_train_bench.py /path/to/edm --device cuda
@@ -52,7 +53,15 @@ def main():
                      augment_dim=0).to(dev)
     params = sum(p.numel() for p in net.parameters())
     if a.count:
-        print(params)
+        # Parameters, and multiply-accumulates of one evaluation of one image as PyTorch's
+        # flop counter sees them (convolutions, linear layers, attention's matrix products;
+        # two flops per MAC).
+        from torch.utils.flop_counter import FlopCounterMode
+        net.eval()
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            net(torch.zeros(1, 3, 32, 32, device=dev), torch.ones(1, device=dev))
+        print(f"parameters {params}")
+        print(f"macs_per_evaluation {counter.get_total_flops() // 2}")
         return
     b, t = a.batch, a.t
     disc_b = a.disc_batch or b

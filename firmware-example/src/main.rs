@@ -237,7 +237,21 @@ fn run() -> Result<(), sampler_core::SamplerError> {
     hprintln!("statics_bytes {}", statics);
     hprintln!("arena_bytes {}", ARENA_WORDS * 4);
     hprint!("heap_high_water {}\n", HEAP.peak.load(Ordering::Relaxed));
-    hprintln!("instructions_per_image {}", elapsed * 40);
+    let instructions = elapsed * 40;
+    hprintln!("instructions_per_image {}", instructions);
+    if let Some(macs) = bundle.macs_per_image() {
+        hprintln!("macs_per_image {}", macs);
+        // Hundredths, as integers: the figures a reader compares with CMSIS-NN's.
+        let per_mac = instructions * 100 / macs.max(1);
+        hprintln!(
+            "instructions_per_mac {}.{:02}",
+            per_mac / 100,
+            per_mac % 100
+        );
+        // At 168 MHz (an STM32F4), for 1.0 and 1.5 cycles per instruction.
+        let ms = instructions / 168_000;
+        hprintln!("ms_at_168mhz {} to {}", ms, ms * 3 / 2);
+    }
     match stack_high_water() {
         Some(n) => hprintln!("stack_high_water {}", n),
         None => {

@@ -410,6 +410,8 @@ fn info_json(b: &Bundle, version: u16) -> serde_json::Value {
             "config": config,
             "weights_bytes": weights.len(),
             "weights_format": weights_format(weights, version),
+            "macs_per_evaluation": config.macs_per_evaluation(),
+            "macs_per_image": b.macs_per_image(),
         }),
         ModelSpec::Mixture(m) => json!({
             "kind": "mixture",
@@ -477,6 +479,12 @@ fn info_text(b: &Bundle, version: u16) -> String {
                 "model:       {kind}, {} bytes of weights ({})",
                 weights.len(),
                 weights_format(weights, version)
+            );
+            let _ = writeln!(
+                s,
+                "compute:     {} MACs per evaluation, {} per image",
+                config.macs_per_evaluation(),
+                b.macs_per_image().unwrap_or(0)
             );
         }
         ModelSpec::Mixture(m) => {

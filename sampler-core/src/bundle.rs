@@ -264,6 +264,20 @@ pub fn crc32(bytes: &[u8]) -> u32 {
 }
 
 impl Bundle {
+    /// Multiply-accumulates of one image with the bundle's solver and levels
+    /// ([`NetConfig::macs_per_evaluation`](crate::model::NetConfig::macs_per_evaluation)
+    /// times the evaluations); `None` for a mixture, which has no network.
+    pub fn macs_per_image(&self) -> Option<u64> {
+        match &self.model {
+            ModelSpec::Network { config, .. } => Some(
+                config
+                    .macs_per_evaluation()
+                    .saturating_mul(self.solver.nfe(self.schedule.len()) as u64),
+            ),
+            ModelSpec::Mixture(_) => None,
+        }
+    }
+
     /// Checks that the parts agree: image shape vs. model, labels, mixture sizes.
     pub fn validate(&self) -> Result<(), BundleError> {
         let bad = |m: String| Err(BundleError::Inconsistent(m));

@@ -38,6 +38,7 @@ struct FirmwareRun {
     heap_high_water: usize,
     stack_high_water: usize,
     instructions: u64,
+    macs: u64,
     wall: f64,
 }
 
@@ -92,6 +93,7 @@ fn parse(stdout: &str, wall: f64) -> FirmwareRun {
         heap_high_water: number("heap_high_water ") as usize,
         stack_high_water: number("stack_high_water ") as usize,
         instructions: number("instructions_per_image "),
+        macs: number("macs_per_image "),
         wall,
     }
 }
@@ -139,6 +141,12 @@ fn build_and_run(bundle: &Path) -> FirmwareRun {
         String::from_utf8_lossy(&out.stderr)
     );
     let run = parse(&stdout, wall);
+    let host = Bundle::from_bytes(&std::fs::read(bundle).unwrap()).unwrap();
+    assert_eq!(
+        Some(run.macs),
+        host.macs_per_image(),
+        "the firmware counts other MACs than the host"
+    );
     let mut reported = crc32fast::Hasher::new();
     reported.update(&run.pixels);
     assert_eq!(
@@ -178,7 +186,8 @@ fn max_diff(a: &[u8], b: &[u8]) -> u8 {
 fn report(name: &str, r: &FirmwareRun) {
     eprintln!(
         "firmware {name}: flash {} B, RAM {} B (statics {} incl. arena {}, heap high-water {}, \
-         stack high-water {}), {} instructions per image, qemu wall {:.1} s",
+         stack high-water {}), {} instructions per image, {} MACs, {:.2} instructions per MAC, \
+         qemu wall {:.1} s",
         r.flash,
         r.statics + r.stack_high_water,
         r.statics,
@@ -186,6 +195,8 @@ fn report(name: &str, r: &FirmwareRun) {
         r.heap_high_water,
         r.stack_high_water,
         r.instructions,
+        r.macs,
+        r.instructions as f64 / r.macs as f64,
         r.wall
     );
 }

@@ -18,6 +18,18 @@ pub enum NetConfig {
 }
 
 impl NetConfig {
+    /// Multiply-accumulates of one denoiser evaluation of one sample: every weight of a
+    /// linear layer once, every weight of a convolution once per output pixel, and
+    /// attention's two products (`C N^2` each for `N` pixels). Normalization, activations
+    /// and the preconditioning are left out (a few per value). Saturates instead of
+    /// overflowing; call [`NetConfig::validate`] first.
+    pub fn macs_per_evaluation(&self) -> u64 {
+        match self {
+            NetConfig::UNet(c) => c.macs_per_evaluation(),
+            NetConfig::Mlp(c) => c.macs_per_evaluation(),
+        }
+    }
+
     /// Checks the hyper-parameters; `Err` says which one is wrong.
     pub fn validate(&self) -> Result<(), String> {
         match self {
@@ -293,12 +305,13 @@ impl UNetConfig {
     /// architecture that [`UNetConfig::init`] builds and [`UNetConfig::validate`] checks.
     /// Returns them with the channels of the output head.
     pub(crate) fn topology(&self) -> (Vec<BlockSpec>, Vec<BlockSpec>, usize) {
-        let spec = |cin, cout, attention, resample, takes_skip, edm_name| BlockSpec {
+        let spec = |cin, cout, attention, resample, takes_skip, res, edm_name| BlockSpec {
             cin,
             cout,
             attention,
             resample,
             takes_skip,
+            res,
             edm_name,
         };
         // Encoder, in SongUNet's order.
@@ -309,7 +322,7 @@ impl UNetConfig {
             let res = self.img_resolution >> level;
             if level > 0 {
                 let name = alloc::format!("{res}x{res}_down");
-                enc.push(spec(cout, cout, false, Resample::Down, false, name));
+                enc.push(spec(cout, cout, false, Resample::Down, false, res, name));
                 skips.push(cout);
             }
             for idx in 0..self.num_blocks {
@@ -317,7 +330,7 @@ impl UNetConfig {
                 cout = self.model_channels.saturating_mul(mult);
                 let attn = self.attn_resolutions.contains(&res);
                 let name = alloc::format!("{res}x{res}_block{idx}");
-                enc.push(spec(cin, cout, attn, Resample::None, false, name));
+                enc.push(spec(cin, cout, attn, Resample::None, false, res, name));
                 skips.push(cout);
             }
         }
@@ -331,21 +344,56 @@ impl UNetConfig {
                     alloc::format!("{res}x{res}_in0"),
                     alloc::format!("{res}x{res}_in1"),
                 );
-                dec.push(spec(cout, cout, true, Resample::None, false, in0));
-                dec.push(spec(cout, cout, false, Resample::None, false, in1));
+                dec.push(spec(cout, cout, true, Resample::None, false, res, in0));
+                dec.push(spec(cout, cout, false, Resample::None, false, res, in1));
             } else {
                 let name = alloc::format!("{res}x{res}_up");
-                dec.push(spec(cout, cout, false, Resample::Up, false, name));
+                dec.push(spec(cout, cout, false, Resample::Up, false, res, name));
             }
             for idx in 0..=self.num_blocks {
                 let cin = cout.saturating_add(skips.pop().unwrap_or(0));
                 cout = self.model_channels.saturating_mul(mult);
                 let attn = idx == self.num_blocks && self.attn_resolutions.contains(&res);
                 let name = alloc::format!("{res}x{res}_block{idx}");
-                dec.push(spec(cin, cout, attn, Resample::None, true, name));
+                dec.push(spec(cin, cout, attn, Resample::None, true, res, name));
             }
         }
         (enc, dec, cout)
+    }
+
+    /// See [`NetConfig::macs_per_evaluation`].
+    pub fn macs_per_evaluation(&self) -> u64 {
+        let m = |a: usize, b: usize| (a as u64).saturating_mul(b as u64);
+        let conv = |cin: usize, cout: usize, k: usize, res: usize| {
+            m(cin, cout).saturating_mul(m(k * k, res.saturating_mul(res)))
+        };
+        let emb = self.model_channels.saturating_mul(self.channel_mult_emb);
+        let noise = self.model_channels.saturating_mul(self.channel_mult_noise);
+        let r = self.img_resolution;
+        let (enc, dec, cout) = self.topology();
+        let mut total = m(self.label_dim, noise)
+            .saturating_add(m(noise, emb))
+            .saturating_add(m(emb, emb))
+            .saturating_add(conv(self.in_channels, self.model_channels, 3, r))
+            .saturating_add(conv(cout, self.out_channels, 3, r));
+        for b in enc.iter().chain(&dec) {
+            let pixels = m(b.res, b.res);
+            let mut block = conv(b.cin, b.cout, 3, b.res)
+                .saturating_add(m(emb, b.cout))
+                .saturating_add(conv(b.cout, b.cout, 3, b.res));
+            if b.has_skip() {
+                block = block.saturating_add(conv(b.cin, b.cout, 1, b.res));
+            }
+            if b.attention {
+                let products = m(b.cout, 2).saturating_mul(pixels.saturating_mul(pixels));
+                block = block
+                    .saturating_add(conv(b.cout, 3 * b.cout, 1, b.res))
+                    .saturating_add(products)
+                    .saturating_add(conv(b.cout, b.cout, 1, b.res));
+            }
+            total = total.saturating_add(block);
+        }
+        total
     }
 
     /// Every layer of the network as (our path prefix, NVlabs/edm's `SongUNet` path prefix):
@@ -427,6 +475,8 @@ pub(crate) struct BlockSpec {
     pub(crate) attention: bool,
     pub(crate) resample: Resample,
     pub(crate) takes_skip: bool,
+    /// Resolution of the block's output (after its resampling).
+    pub(crate) res: usize,
     /// The block's key in SongUNet's `enc`/`dec` dictionaries (`16x16_block0`).
     pub(crate) edm_name: String,
 }
@@ -504,6 +554,15 @@ impl MlpConfig {
 }
 
 impl MlpConfig {
+    /// See [`NetConfig::macs_per_evaluation`].
+    pub fn macs_per_evaluation(&self) -> u64 {
+        let m = |a: usize, b: usize| (a as u64).saturating_mul(b as u64);
+        m(self.label_dim, self.noise_channels)
+            .saturating_add(m(self.noise_channels, self.hidden))
+            .saturating_add(m(self.dim, self.hidden).saturating_mul(2))
+            .saturating_add(m(self.hidden, self.hidden).saturating_mul(self.depth as u64))
+    }
+
     /// Checks the sizes.
     pub fn validate(&self) -> Result<(), String> {
         if self.dim == 0 || self.hidden == 0 {
