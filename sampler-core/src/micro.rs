@@ -251,26 +251,8 @@ fn norm_affine(
     let mut beta = [0.0f32; 1];
     for g in 0..groups {
         let count = (per * n) as f32;
-        // Sums over the group of `value * scale`; `scale` a power of two, so scaling is
-        // exact and changes nothing while the sums stay finite.
-        let moments = |scale: f32| {
-            let mut sum = 0.0f32;
-            for ch in g * per..(g + 1) * per {
-                for i in 0..n {
-                    sum += value(ch, i) * scale;
-                }
-            }
-            let mean = sum / count;
-            let mut sq = 0.0f32;
-            for ch in g * per..(g + 1) * per {
-                for i in 0..n {
-                    let d = value(ch, i) * scale - mean;
-                    sq += d * d;
-                }
-            }
-            (mean, sq / count)
-        };
-        let (mut mean, mut var) = moments(1.0);
+        let chans = g * per..(g + 1) * per;
+        let (mut mean, mut var) = group_moments(&value, chans.clone(), n, count, 1.0);
         let mut unscale = 1.0f32;
         if !(mean.is_finite() && var.is_finite()) {
             // Finite activations whose f32 sums overflow (burn accumulates in f64 and
@@ -286,7 +268,7 @@ fn norm_affine(
                 let exponent = libm::ilogbf(amax) + 1;
                 let scale = libm::ldexpf(1.0, -exponent);
                 unscale = libm::ldexpf(1.0, exponent);
-                (mean, var) = moments(scale);
+                (mean, var) = group_moments(&value, chans, n, count, scale);
                 mean *= unscale;
             }
         }
@@ -299,6 +281,35 @@ fn norm_affine(
             *o = (scale, beta[0] - mean * scale);
         }
     }
+}
+
+/// Mean and variance of `value * scale` over the channels `chans` (`n` values each);
+/// `scale` a power of two, so scaling is exact and changes nothing while the sums stay
+/// finite. Always inlined, so the common call with `scale = 1.0` multiplies by nothing
+/// (a multiply there cost 3-8% of an image's instructions on the M4).
+#[inline(always)]
+fn group_moments(
+    value: &impl Fn(usize, usize) -> f32,
+    chans: core::ops::Range<usize>,
+    n: usize,
+    count: f32,
+    scale: f32,
+) -> (f32, f32) {
+    let mut sum = 0.0f32;
+    for ch in chans.clone() {
+        for i in 0..n {
+            sum += value(ch, i) * scale;
+        }
+    }
+    let mean = sum / count;
+    let mut sq = 0.0f32;
+    for ch in chans {
+        for i in 0..n {
+            let d = value(ch, i) * scale - mean;
+            sq += d * d;
+        }
+    }
+    (mean, sq / count)
 }
 
 #[inline(always)]
