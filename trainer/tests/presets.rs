@@ -111,6 +111,16 @@ fn pretraining_with_dropout_resumes_bit_exactly() {
                 .unwrap();
         }
         let pt = trainer::pretrain::run(&run, config.clone(), &data, &devices, None, true).unwrap();
+        // Still dropping after the optimizer's steps and a resume.
+        let Network::UNet(unet) = pt.network() else {
+            panic!("a U-Net")
+        };
+        assert!(
+            unet.enc
+                .iter()
+                .chain(&unet.dec)
+                .all(|b| b.dropout == config.dropout)
+        );
         values(pt.network())
     };
     let whole = trained("whole", &config, &[]);
