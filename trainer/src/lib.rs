@@ -58,7 +58,33 @@ pub fn device(name: &str) -> anyhow::Result<burn::tensor::Device> {
         ),
         other => anyhow::bail!("unknown device '{other}': expected flex, vulkan or cuda"),
     };
+    if name != "flex" && name != "cpu" {
+        answers(&base, name)?;
+    }
     Ok(base.autodiff())
+}
+
+/// Whether a GPU device runs one tiny op. burn's GPU runtimes panic, from a worker thread
+/// and with a page of library names, when the driver is missing (cudarc cannot load
+/// libcuda); the user gets one line instead.
+fn answers(device: &burn::tensor::Device, name: &str) -> anyhow::Result<()> {
+    let quiet = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let ran = std::panic::catch_unwind(|| {
+        burn::tensor::Tensor::<1>::zeros([1], device)
+            .into_data()
+            .try_to_vec::<f32>()
+            .is_ok()
+    });
+    std::panic::set_hook(quiet);
+    match ran {
+        Ok(true) => Ok(()),
+        _ => anyhow::bail!(
+            "--device {name}: no usable GPU (the {} driver did not answer); check `nvidia-smi` \
+             (CUDA) or `vulkaninfo` (Vulkan), or train on the CPU with --device flex",
+            if name == "cuda" { "CUDA" } else { "Vulkan" }
+        ),
+    }
 }
 
 /// `count` devices of the kind `name` for data-parallel training (`--devices`): CUDA devices
