@@ -220,6 +220,32 @@ fn bad_input_is_one_line_and_exit_code_2() {
             "--devices",
         ),
         (
+            vec![
+                "pretrain",
+                "--run",
+                &p("r7"),
+                "--data",
+                "digits",
+                "--dropout",
+                "1.5",
+            ],
+            "--dropout in [0, 1)",
+        ),
+        (
+            vec![
+                "pretrain",
+                "--run",
+                &p("r8"),
+                "--data",
+                "digits",
+                "--preset",
+                "cifar10",
+                "--num-blocks",
+                "2",
+            ],
+            "--num-blocks",
+        ),
+        (
             vec!["pretrain", "--run", &p("r4"), "--data", &p("imgs")],
             "broken.png",
         ),

@@ -92,3 +92,20 @@ pub fn ok(o: &std::process::Output) -> String {
     );
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
+
+/// Every float parameter's values of `net`, in visiting order.
+pub fn values(net: &sampler_core::model::Network) -> Vec<f32> {
+    struct Values(Vec<f32>);
+    impl burn::module::ModuleVisitor for Values {
+        fn visit_float<const D: usize>(
+            &mut self,
+            param: &burn::module::Param<burn::tensor::Tensor<D>>,
+        ) {
+            self.0
+                .extend(param.val().into_data().try_to_vec::<f32>().unwrap());
+        }
+    }
+    let mut v = Values(Vec::new());
+    burn::module::Module::visit(net, &mut v);
+    v.0
+}

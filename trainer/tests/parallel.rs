@@ -9,7 +9,7 @@ use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
 use burn::tensor::{Device, Tensor};
 use sampler_core::bundle::{ImageShape, SolverKind};
-use sampler_core::model::{NetConfig, Network};
+use sampler_core::model::NetConfig;
 use sampler_core::precond::Precond;
 use trainer::finetune::{FinetuneConfig, Mode};
 use trainer::pretrain::{Pretrain, PretrainConfig};
@@ -52,22 +52,6 @@ impl ModuleVisitor for GradDiff<'_> {
         }
         self.params += 1;
     }
-}
-
-/// Every float parameter's values, in visiting order.
-struct Values(Vec<f32>);
-
-impl ModuleVisitor for Values {
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-        self.0
-            .extend(param.val().into_data().try_to_vec::<f32>().unwrap());
-    }
-}
-
-fn values(net: &Network) -> Vec<f32> {
-    let mut v = Values(Vec::new());
-    net.visit(&mut v);
-    v.0
 }
 
 fn pretrain_config(net: NetConfig, shape: ImageShape, batch: usize) -> PretrainConfig {
@@ -153,7 +137,7 @@ fn pretraining_on_two_devices_lands_on_the_same_weights() {
     };
     let one = run("one", vec![device()]);
     let two = run("two", vec![device(), device()]);
-    let (a, b) = (values(one.network()), values(two.network()));
+    let (a, b) = (common::values(one.network()), common::values(two.network()));
     assert_eq!(a.len(), b.len());
     // Adam divides by the gradient's running magnitude, so round-off in tiny gradients can
     // grow to a fraction of the step (lr = 1e-3): compare with the step size.
@@ -164,7 +148,7 @@ fn pretraining_on_two_devices_lands_on_the_same_weights() {
         .fold(0.0f32, f32::max);
     eprintln!("pre-training, 3 steps: max |weight diff| {max:.3e}");
     assert!(max <= 1e-4, "{max}");
-    let init = values(
+    let init = common::values(
         &Pretrain::new(config, None, &device())
             .unwrap()
             .network()

@@ -121,7 +121,7 @@ fn pretraining_with_dropout_resumes_bit_exactly() {
                 .chain(&unet.dec)
                 .all(|b| b.dropout == config.dropout)
         );
-        values(pt.network())
+        common::values(pt.network())
     };
     let whole = trained("whole", &config, &[]);
     let parts = trained("parts", &config, &[1, 3]);
@@ -130,20 +130,4 @@ fn pretraining_with_dropout_resumes_bit_exactly() {
     let mut no_dropout = config.clone();
     no_dropout.dropout = 0.0;
     assert!(whole != trained("none", &no_dropout, &[]));
-}
-
-/// Every float parameter's values, in visiting order.
-struct Values(Vec<f32>);
-
-impl burn::module::ModuleVisitor for Values {
-    fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<D>>) {
-        self.0
-            .extend(param.val().into_data().try_to_vec::<f32>().unwrap());
-    }
-}
-
-fn values(net: &Network) -> Vec<f32> {
-    let mut v = Values(Vec::new());
-    net.visit(&mut v);
-    v.0
 }
