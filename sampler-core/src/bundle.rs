@@ -115,58 +115,8 @@ impl ImageShape {
     }
 }
 
-/// The sampler a bundle is meant for. New kinds are appended: the encoding of the older
-/// ones (Euler is 0) never changes, so older bundles still read.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum SolverKind {
-    /// First-order Euler over the bundle's levels (docs/method.md §2): T evaluations.
-    Euler,
-    /// EDM's Heun: two evaluations per level but the last (2T - 1).
-    Heun,
-    /// DPM-Solver++(2M), as k-diffusion: T evaluations.
-    DpmPp2m,
-    /// iPNDM (Adams-Bashforth with a lower-order warm start): T evaluations.
-    Ipndm,
-}
-
-impl SolverKind {
-    /// Every kind, in encoding order.
-    pub const ALL: [SolverKind; 4] = [
-        SolverKind::Euler,
-        SolverKind::Heun,
-        SolverKind::DpmPp2m,
-        SolverKind::Ipndm,
-    ];
-
-    /// The name on command lines.
-    pub fn name(self) -> &'static str {
-        match self {
-            SolverKind::Euler => "euler",
-            SolverKind::Heun => "heun",
-            SolverKind::DpmPp2m => "dpmpp2m",
-            SolverKind::Ipndm => "ipndm",
-        }
-    }
-
-    /// Denoiser evaluations for `t` levels.
-    pub fn nfe(self, t: usize) -> usize {
-        match self {
-            SolverKind::Heun => 2 * t - 1,
-            _ => t,
-        }
-    }
-}
-
-impl core::str::FromStr for SolverKind {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        SolverKind::ALL
-            .into_iter()
-            .find(|k| k.name() == s)
-            .ok_or_else(|| alloc::format!("unknown solver '{s}': euler, heun, dpmpp2m or ipndm"))
-    }
-}
+/// The solver a bundle names (defined beside the solvers; part of the bundle format).
+pub use crate::solver::SolverKind;
 
 /// The denoiser of a bundle.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

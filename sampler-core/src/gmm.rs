@@ -18,7 +18,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 #[cfg(feature = "burn")]
-use crate::solver::Denoiser;
+use crate::denoiser::Denoiser;
 
 /// Why mixture parameters are unusable.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -58,6 +58,27 @@ pub struct Mixture {
     pub stds: Vec<f32>,
     /// Mixture weights `pi_k`, `[K]` (normalized on use).
     pub weights: Vec<f32>,
+}
+
+impl Mixture {
+    /// A random mixture of `k` components in `d` dimensions, for tests and benchmarks: means
+    /// uniform in `[-1, 1]^d`, stds in `[0.05, 0.3]`, weights in `[0.5, 1.5]` (normalized on
+    /// use), all drawn from the portable generator (`crate::rng`) under `seed`.
+    pub fn random(k: usize, d: usize, seed: u64) -> Mixture {
+        let u = |i: u64| (crate::rng::random_u64(seed, i) >> 11) as f64 / (1u64 << 53) as f64;
+        Mixture {
+            dim: d,
+            means: (0..k * d)
+                .map(|i| (2.0 * u(i as u64) - 1.0) as f32)
+                .collect(),
+            stds: (0..k)
+                .map(|i| (0.05 + 0.25 * u(1_000_000 + i as u64)) as f32)
+                .collect(),
+            weights: (0..k)
+                .map(|i| (0.5 + u(2_000_000 + i as u64)) as f32)
+                .collect(),
+        }
+    }
 }
 
 impl Mixture {

@@ -12,6 +12,10 @@ extern crate std;
 
 pub mod bundle;
 #[cfg(feature = "std")]
+pub mod cpu;
+#[cfg(feature = "burn")]
+pub mod denoiser;
+#[cfg(feature = "std")]
 pub mod fs;
 pub mod gmm;
 pub mod micro;

@@ -16,13 +16,14 @@ use burn::tensor::{Device, Tensor, TensorData};
 use crate::bundle::{Bundle, ModelSpec};
 use crate::bundle::{BundleError, ImageShape};
 #[cfg(feature = "burn")]
+use crate::denoiser::{Denoiser, Step, one_hot};
+#[cfg(feature = "burn")]
 use crate::gmm::MixtureDenoiser;
 #[cfg(feature = "burn")]
 use crate::model::{Network, Preconditioned, network_from_vec};
 #[cfg(feature = "burn")]
 use crate::rng;
-#[cfg(feature = "burn")]
-use crate::solver::{Denoiser, Step, solve};
+use crate::solver::{Stop, solve};
 
 /// Why sampling failed.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -339,17 +340,12 @@ impl Sampler {
                 label,
                 reason: alloc::format!("this bundle has labels 0..={}", l - 1),
             }),
-            (label, l) => {
-                let mut one_hot = alloc::vec![0.0f32; count * l as usize];
-                for k in 0..count {
-                    let y = label.unwrap_or(((first + k as u64) % l as u64) as u32);
-                    one_hot[k * l as usize + y as usize] = 1.0;
-                }
-                Ok(Some(Tensor::from_data(
-                    TensorData::new(one_hot, [count, l as usize]),
-                    &self.device,
-                )))
-            }
+            (label, l) => Ok(Some(one_hot(
+                (0..count)
+                    .map(|k| label.unwrap_or(((first + k as u64) % l as u64) as u32) as usize),
+                l as usize,
+                &self.device,
+            ))),
         }
     }
 
@@ -390,9 +386,10 @@ impl Sampler {
         );
         let sigmas = self.bundle.schedule.to_tensor(&self.device);
         let kind = self.bundle.solver;
-        let run = || self.with_denoiser(|den| solve(kind, den, x0, sigmas, labels, on_step));
+        let run =
+            || self.with_denoiser(|den| solve(kind, den, x0, sigmas, labels, Stop::Zero, on_step));
         #[cfg(feature = "std")]
-        let out = crate::model::flex_ops::on_cpu_workers(run);
+        let out = crate::cpu::on_cpu_workers(run);
         #[cfg(not(feature = "std"))]
         let out = run();
         let mut data = out

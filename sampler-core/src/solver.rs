@@ -1,5 +1,7 @@
-//! Solvers of the probability-flow ODE `dx/ds = (x - D(x, s)) / s` over one [`Denoiser`]
-//! trait that the network and the exact mixture both implement.
+//! Solvers of the probability-flow ODE `dx/ds = (x - D(x, s)) / s` over one
+//! [`Denoiser`](crate::denoiser::Denoiser) trait that the network and the exact mixture both
+//! implement. Each solver is one function; a [`Stop`] says whether it ends with the image at
+//! `s = 0` or at the state at `s_min` that stage 1 compares with the teacher.
 //!
 //! - [`euler`]: the paper's few-step sampler, docs/method.md §2 (paper Eq. 7):
 //!   `x_{i+1} = (s_{i+1}/s_i) x_i + (1 - s_{i+1}/s_i) D(x_i, s_i)`, `s_T = 0`.
@@ -11,35 +13,79 @@
 //!   their tables.
 //!
 //! Levels come as a tensor so the trainer can differentiate the sampler's output with
-//! respect to them (method.md §5, `exact` gradient).
+//! respect to them (method.md §5, `exact` gradient). The micro runtime (`crate::micro`)
+//! computes the same four on slices.
+
+use alloc::string::String;
+use serde::{Deserialize, Serialize};
 
 #[cfg(feature = "burn")]
 use burn::tensor::Tensor;
 
 #[cfg(feature = "burn")]
-/// A denoiser `D(x, s)`: the network with its preconditioning, or an exact mixture.
-pub trait Denoiser {
-    /// Dimension `d` of one flattened sample.
-    fn dim(&self) -> usize;
+pub use crate::denoiser::{Denoiser, Step};
 
-    /// The denoised estimate of `x` at noise level `sigma`.
-    ///
-    /// # Shapes
-    /// `x`: `[B, d]`, `sigma`: `[B]`, `labels`: one-hot `[B, L]` -> `[B, d]`.
-    fn denoise(&self, x: Tensor<2>, sigma: Tensor<1>, labels: Option<Tensor<2>>) -> Tensor<2>;
+/// The sampler a bundle is meant for. New kinds are appended: the encoding of the older
+/// ones (Euler is 0) never changes, so older bundles still read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SolverKind {
+    /// First-order Euler over the bundle's levels (docs/method.md §2): T evaluations.
+    Euler,
+    /// EDM's Heun: two evaluations per level but the last (2T - 1).
+    Heun,
+    /// DPM-Solver++(2M), as k-diffusion: T evaluations.
+    DpmPp2m,
+    /// iPNDM (Adams-Bashforth with a lower-order warm start): T evaluations.
+    Ipndm,
 }
 
-#[cfg(feature = "burn")]
-/// What a solver reports after each denoiser evaluation.
-pub struct Step<'a> {
-    /// Index `i` of the level just used (0-based).
-    pub index: usize,
-    /// Number of steps of the solve.
-    pub steps: usize,
-    /// The state `x_i` the denoiser was evaluated at.
-    pub x: &'a Tensor<2>,
-    /// `D(x_i, s_i)`.
-    pub denoised: &'a Tensor<2>,
+impl SolverKind {
+    /// Every kind, in encoding order.
+    pub const ALL: [SolverKind; 4] = [
+        SolverKind::Euler,
+        SolverKind::Heun,
+        SolverKind::DpmPp2m,
+        SolverKind::Ipndm,
+    ];
+
+    /// The name on command lines.
+    pub fn name(self) -> &'static str {
+        match self {
+            SolverKind::Euler => "euler",
+            SolverKind::Heun => "heun",
+            SolverKind::DpmPp2m => "dpmpp2m",
+            SolverKind::Ipndm => "ipndm",
+        }
+    }
+
+    /// Denoiser evaluations for `t` levels.
+    pub fn nfe(self, t: usize) -> usize {
+        match self {
+            SolverKind::Heun => 2 * t - 1,
+            _ => t,
+        }
+    }
+}
+
+impl core::str::FromStr for SolverKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        SolverKind::ALL
+            .into_iter()
+            .find(|k| k.name() == s)
+            .ok_or_else(|| alloc::format!("unknown solver '{s}': euler, heun, dpmpp2m or ipndm"))
+    }
+}
+
+/// Where a solve over the levels `s_0 > ... > s_{T-1}` ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stop {
+    /// At `s_T = 0`: the image, the sampler's output.
+    Zero,
+    /// At `s_min = s_{T-1}`, before the step to 0: the state of the paper's discretization
+    /// loss (Eq. 9-10), which stage 1 compares with the teacher's (docs/method.md §4).
+    Min,
 }
 
 #[cfg(feature = "burn")]
@@ -49,32 +95,25 @@ fn level(sigmas: &Tensor<1>, i: usize, b: usize) -> Tensor<1> {
 }
 
 #[cfg(feature = "burn")]
-/// First-order Euler over the levels `s_0 > ... > s_{T-1}` (then `s_T = 0`): `T` denoiser
-/// evaluations, output `x_T = D(x_{T-1}, s_{T-1})`.
-///
-/// # Shapes
-/// `x0`: `[B, d]` (already scaled: `s_0 * eps`), `sigmas`: `[T]` -> `[B, d]`.
-pub fn euler<D: Denoiser + ?Sized>(
-    denoiser: &D,
-    x0: Tensor<2>,
-    sigmas: Tensor<1>,
-    labels: Option<Tensor<2>>,
-    mut on_step: impl FnMut(Step<'_>),
-) -> Tensor<2> {
-    let x = euler_to_min(denoiser, x0, sigmas.clone(), labels.clone(), &mut on_step);
-    last_step(denoiser, x, &sigmas, labels, on_step)
+/// `s_i` of `sigmas` as `[1, 1]`, to broadcast over a batch of states.
+fn scalar_level(sigmas: &Tensor<1>, i: usize) -> Tensor<2> {
+    sigmas.clone().slice(i..i + 1).reshape([1, 1])
 }
 
 #[cfg(feature = "burn")]
-/// The step from `s_{T-1}` to `s_T = 0`, the same in every solver here:
-/// `x_T = D(x_{T-1}, s_min)`.
-fn last_step<D: Denoiser + ?Sized>(
+/// The step from `s_{T-1}` to `s_T = 0` of Euler, Heun and DPM-Solver++:
+/// `x_T = D(x_{T-1}, s_min)`; with [`Stop::Min`], `x_{T-1}` itself.
+fn finish<D: Denoiser + ?Sized>(
     denoiser: &D,
     x: Tensor<2>,
     sigmas: &Tensor<1>,
     labels: Option<Tensor<2>>,
+    stop: Stop,
     mut on_step: impl FnMut(Step<'_>),
 ) -> Tensor<2> {
+    if stop == Stop::Min {
+        return x;
+    }
     let b = x.dims()[0];
     let t = sigmas.dims()[0];
     let denoised = denoiser.denoise(x.clone(), level(sigmas, t - 1, b), labels);
@@ -88,16 +127,18 @@ fn last_step<D: Denoiser + ?Sized>(
 }
 
 #[cfg(feature = "burn")]
-/// The first `T - 1` Euler steps: the state `x_{T-1}` at `s_min`, before the final
-/// denoising (the quantity of the paper's discretization loss, Eq. 9-10).
+/// First-order Euler over the levels `s_0 > ... > s_{T-1}` (then `s_T = 0`): `T` denoiser
+/// evaluations, output `x_T = D(x_{T-1}, s_{T-1})`; with [`Stop::Min`], the first `T - 1`
+/// steps and the state `x_{T-1}` at `s_min`.
 ///
 /// # Shapes
-/// `x0`: `[B, d]`, `sigmas`: `[T]` -> `[B, d]`.
-pub fn euler_to_min<D: Denoiser + ?Sized>(
+/// `x0`: `[B, d]` (already scaled: `s_0 * eps`), `sigmas`: `[T]` -> `[B, d]`.
+pub fn euler<D: Denoiser + ?Sized>(
     denoiser: &D,
     x0: Tensor<2>,
     sigmas: Tensor<1>,
     labels: Option<Tensor<2>>,
+    stop: Stop,
     mut on_step: impl FnMut(Step<'_>),
 ) -> Tensor<2> {
     let b = x0.dims()[0];
@@ -116,12 +157,14 @@ pub fn euler_to_min<D: Denoiser + ?Sized>(
             (sigmas.clone().slice(i + 1..i + 2) / sigmas.clone().slice(i..i + 1)).reshape([1, 1]);
         x = x * ratio.clone() + denoised * ratio.neg().add_scalar(1.0);
     }
-    x
+    finish(denoiser, x, &sigmas, labels, stop, on_step)
 }
 
 #[cfg(feature = "burn")]
 /// EDM's Heun sampler over the levels `s_0 > ... > s_{T-1}` (then `s_T = 0`, reached by a
-/// plain Euler step): `2T - 1` denoiser evaluations.
+/// plain Euler step): `2T - 1` denoiser evaluations. With [`Stop::Min`] (`2T - 2`
+/// evaluations), the reference solution of the `teacher` discretization target
+/// (docs/method.md §4).
 ///
 /// # Shapes
 /// `x0`: `[B, d]`, `sigmas`: `[T]` -> `[B, d]`.
@@ -130,30 +173,14 @@ pub fn heun<D: Denoiser + ?Sized>(
     x0: Tensor<2>,
     sigmas: Tensor<1>,
     labels: Option<Tensor<2>>,
-    mut on_step: impl FnMut(Step<'_>),
-) -> Tensor<2> {
-    let x = heun_to_min(denoiser, x0, sigmas.clone(), labels.clone(), &mut on_step);
-    last_step(denoiser, x, &sigmas, labels, on_step)
-}
-
-#[cfg(feature = "burn")]
-/// The first `T - 1` Heun steps: the state at `s_min` (`2T - 2` evaluations), the
-/// reference solution of the `teacher` discretization target (docs/method.md §4).
-///
-/// # Shapes
-/// `x0`: `[B, d]`, `sigmas`: `[T]` -> `[B, d]`.
-pub fn heun_to_min<D: Denoiser + ?Sized>(
-    denoiser: &D,
-    x0: Tensor<2>,
-    sigmas: Tensor<1>,
-    labels: Option<Tensor<2>>,
+    stop: Stop,
     mut on_step: impl FnMut(Step<'_>),
 ) -> Tensor<2> {
     let b = x0.dims()[0];
     let t = sigmas.dims()[0];
     let mut x = x0;
     for i in 0..t - 1 {
-        let s_cur = sigmas.clone().slice(i..i + 1).reshape([1, 1]);
+        let s_cur = scalar_level(&sigmas, i);
         let denoised = denoiser.denoise(x.clone(), level(&sigmas, i, b), labels.clone());
         on_step(Step {
             index: i,
@@ -161,7 +188,7 @@ pub fn heun_to_min<D: Denoiser + ?Sized>(
             x: &x,
             denoised: &denoised,
         });
-        let s_next = sigmas.clone().slice(i + 1..i + 2).reshape([1, 1]);
+        let s_next = scalar_level(&sigmas, i + 1);
         let h = s_next.clone() - s_cur.clone();
         let d_cur = (x.clone() - denoised) / s_cur; // dx/ds at (x_i, s_i)
         let x_euler = x.clone() + d_cur.clone() * h.clone();
@@ -170,7 +197,7 @@ pub fn heun_to_min<D: Denoiser + ?Sized>(
         let d_next = (x_euler - denoised_next) / s_next;
         x = x + (d_cur + d_next) * h.mul_scalar(0.5);
     }
-    x
+    finish(denoiser, x, &sigmas, labels, stop, on_step)
 }
 
 #[cfg(feature = "burn")]
@@ -187,27 +214,12 @@ pub fn dpmpp_2m<D: Denoiser + ?Sized>(
     x0: Tensor<2>,
     sigmas: Tensor<1>,
     labels: Option<Tensor<2>>,
-    mut on_step: impl FnMut(Step<'_>),
-) -> Tensor<2> {
-    let x = dpmpp_2m_to_min(denoiser, x0, sigmas.clone(), labels.clone(), &mut on_step);
-    last_step(denoiser, x, &sigmas, labels, on_step)
-}
-
-#[cfg(feature = "burn")]
-/// The first `T - 1` DPM-Solver++(2M) steps: the state at `s_min`.
-///
-/// # Shapes
-/// `x0`: `[B, d]`, `sigmas`: `[T]` -> `[B, d]`.
-pub fn dpmpp_2m_to_min<D: Denoiser + ?Sized>(
-    denoiser: &D,
-    x0: Tensor<2>,
-    sigmas: Tensor<1>,
-    labels: Option<Tensor<2>>,
+    stop: Stop,
     mut on_step: impl FnMut(Step<'_>),
 ) -> Tensor<2> {
     let b = x0.dims()[0];
     let t = sigmas.dims()[0];
-    let s = |i: usize| sigmas.clone().slice(i..i + 1).reshape([1, 1]);
+    let s = |i: usize| scalar_level(&sigmas, i);
     let mut x = x0;
     let mut previous: Option<Tensor<2>> = None;
     for i in 0..t - 1 {
@@ -231,7 +243,7 @@ pub fn dpmpp_2m_to_min<D: Denoiser + ?Sized>(
         x = x * ratio.clone() + target * ratio.neg().add_scalar(1.0);
         previous = Some(denoised);
     }
-    x
+    finish(denoiser, x, &sigmas, labels, stop, on_step)
 }
 
 /// The Adams-Bashforth weights of iPNDM for the `k`-th step (0-based) from the newest
@@ -251,7 +263,8 @@ pub fn ipndm_weights(k: usize) -> &'static [f64] {
 /// iPNDM over the levels `s_0 > ... > s_{T-1}` and `s_T = 0`: `T` evaluations, each step
 /// `x_{i+1} = x_i + (s_{i+1} - s_i) sum_j w_j d_{i-j}` with `d_i = (x_i - D(x_i, s_i)) / s_i`
 /// and the weights of [`ipndm_weights`]; the step to `s_T = 0` uses the multistep formula
-/// too (unlike Euler and DPM-Solver++, whose last step is `D(x_{T-1}, s_min)`).
+/// too (unlike Euler and DPM-Solver++, whose last step is `D(x_{T-1}, s_min)`). With
+/// [`Stop::Min`], the first `T - 1` steps.
 ///
 /// # Shapes
 /// `x0`: `[B, d]`, `sigmas`: `[T]` -> `[B, d]`.
@@ -260,38 +273,16 @@ pub fn ipndm<D: Denoiser + ?Sized>(
     x0: Tensor<2>,
     sigmas: Tensor<1>,
     labels: Option<Tensor<2>>,
-    on_step: impl FnMut(Step<'_>),
-) -> Tensor<2> {
-    let t = sigmas.dims()[0];
-    ipndm_steps(denoiser, x0, sigmas, labels, t, on_step)
-}
-
-#[cfg(feature = "burn")]
-/// The first `T - 1` iPNDM steps: the state at `s_min` (what stage 1 compares with the
-/// teacher).
-pub fn ipndm_to_min<D: Denoiser + ?Sized>(
-    denoiser: &D,
-    x0: Tensor<2>,
-    sigmas: Tensor<1>,
-    labels: Option<Tensor<2>>,
-    on_step: impl FnMut(Step<'_>),
-) -> Tensor<2> {
-    let t = sigmas.dims()[0];
-    ipndm_steps(denoiser, x0, sigmas, labels, t - 1, on_step)
-}
-
-#[cfg(feature = "burn")]
-fn ipndm_steps<D: Denoiser + ?Sized>(
-    denoiser: &D,
-    x0: Tensor<2>,
-    sigmas: Tensor<1>,
-    labels: Option<Tensor<2>>,
-    steps: usize,
+    stop: Stop,
     mut on_step: impl FnMut(Step<'_>),
 ) -> Tensor<2> {
     let b = x0.dims()[0];
     let t = sigmas.dims()[0];
-    let s = |i: usize| sigmas.clone().slice(i..i + 1).reshape([1, 1]);
+    let steps = match stop {
+        Stop::Zero => t,
+        Stop::Min => t - 1,
+    };
+    let s = |i: usize| scalar_level(&sigmas, i);
     let mut x = x0;
     // Newest first.
     let mut history: alloc::vec::Vec<Tensor<2>> = alloc::vec::Vec::new();
@@ -323,46 +314,24 @@ fn ipndm_steps<D: Denoiser + ?Sized>(
 }
 
 #[cfg(feature = "burn")]
-/// The solver a bundle names, over its levels.
+/// The solver a bundle names, over its levels, ending where `stop` says (with
+/// [`Stop::Min`]: what stage 1 compares with the teacher, differentiable in the levels).
 ///
 /// # Shapes
 /// `x0`: `[B, d]`, `sigmas`: `[T]` -> `[B, d]`.
 pub fn solve<D: Denoiser + ?Sized>(
-    kind: crate::bundle::SolverKind,
+    kind: SolverKind,
     denoiser: &D,
     x0: Tensor<2>,
     sigmas: Tensor<1>,
     labels: Option<Tensor<2>>,
+    stop: Stop,
     on_step: impl FnMut(Step<'_>),
 ) -> Tensor<2> {
-    use crate::bundle::SolverKind;
     match kind {
-        SolverKind::Euler => euler(denoiser, x0, sigmas, labels, on_step),
-        SolverKind::Heun => heun(denoiser, x0, sigmas, labels, on_step),
-        SolverKind::DpmPp2m => dpmpp_2m(denoiser, x0, sigmas, labels, on_step),
-        SolverKind::Ipndm => ipndm(denoiser, x0, sigmas, labels, on_step),
-    }
-}
-
-/// The state at `s_min` (before the step to `s = 0`) of the solver a bundle names: what
-/// stage 1 compares with the teacher's (docs/method.md §4), differentiable in the levels.
-///
-/// # Shapes
-/// `x0`: `[B, d]`, `sigmas`: `[T]` -> `[B, d]`.
-#[cfg(feature = "burn")]
-pub fn solve_to_min<D: Denoiser + ?Sized>(
-    kind: crate::bundle::SolverKind,
-    denoiser: &D,
-    x0: Tensor<2>,
-    sigmas: Tensor<1>,
-    labels: Option<Tensor<2>>,
-    on_step: impl FnMut(Step<'_>),
-) -> Tensor<2> {
-    use crate::bundle::SolverKind;
-    match kind {
-        SolverKind::Euler => euler_to_min(denoiser, x0, sigmas, labels, on_step),
-        SolverKind::Heun => heun_to_min(denoiser, x0, sigmas, labels, on_step),
-        SolverKind::DpmPp2m => dpmpp_2m_to_min(denoiser, x0, sigmas, labels, on_step),
-        SolverKind::Ipndm => ipndm_to_min(denoiser, x0, sigmas, labels, on_step),
+        SolverKind::Euler => euler(denoiser, x0, sigmas, labels, stop, on_step),
+        SolverKind::Heun => heun(denoiser, x0, sigmas, labels, stop, on_step),
+        SolverKind::DpmPp2m => dpmpp_2m(denoiser, x0, sigmas, labels, stop, on_step),
+        SolverKind::Ipndm => ipndm(denoiser, x0, sigmas, labels, stop, on_step),
     }
 }

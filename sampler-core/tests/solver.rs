@@ -5,7 +5,7 @@ use sampler_core::burn;
 use sampler_core::gmm::Mixture;
 use sampler_core::rng;
 use sampler_core::schedule::Schedule;
-use sampler_core::solver::{Denoiser, dpmpp_2m, euler, heun, ipndm};
+use sampler_core::solver::{Denoiser, Stop, dpmpp_2m, euler, heun, ipndm};
 
 fn tensor2(v: Vec<f32>, rows: usize, cols: usize, device: &Device) -> Tensor<2> {
     Tensor::from_data(TensorData::new(v, [rows, cols]), device)
@@ -65,10 +65,38 @@ fn single_component_errors(ts: &[usize], solver: Solver) -> Vec<f64> {
             };
             let x0t = tensor2(x0.clone(), b, d, &device);
             match solver {
-                Solver::Euler => euler(&den, x0t, sched.to_tensor(&device), None, on_step),
-                Solver::Heun => heun(&den, x0t, sched.to_tensor(&device), None, on_step),
-                Solver::DpmPp2m => dpmpp_2m(&den, x0t, sched.to_tensor(&device), None, on_step),
-                Solver::Ipndm => ipndm(&den, x0t, sched.to_tensor(&device), None, on_step),
+                Solver::Euler => euler(
+                    &den,
+                    x0t,
+                    sched.to_tensor(&device),
+                    None,
+                    Stop::Zero,
+                    on_step,
+                ),
+                Solver::Heun => heun(
+                    &den,
+                    x0t,
+                    sched.to_tensor(&device),
+                    None,
+                    Stop::Zero,
+                    on_step,
+                ),
+                Solver::DpmPp2m => dpmpp_2m(
+                    &den,
+                    x0t,
+                    sched.to_tensor(&device),
+                    None,
+                    Stop::Zero,
+                    on_step,
+                ),
+                Solver::Ipndm => ipndm(
+                    &den,
+                    x0t,
+                    sched.to_tensor(&device),
+                    None,
+                    Stop::Zero,
+                    on_step,
+                ),
             };
             let got = to_vec(last.unwrap());
             let scale = ((c * c + s_min * s_min) / (c * c + s_max * s_max)).sqrt();
@@ -182,6 +210,7 @@ fn dpmpp_2m_matches_a_hand_computed_run() {
         tensor2(vec![x0 as f32], 1, 1, &device),
         sched.to_tensor(&device),
         None,
+        Stop::Zero,
         |_| {},
     ))[0] as f64;
     eprintln!("DPM-Solver++(2M) by hand {x_final:.7}, library {got:.7}");
@@ -223,6 +252,7 @@ fn unrolled_euler_equals_the_loop() {
         tensor2(x0.clone(), b, d, &device),
         sched.to_tensor(&device),
         None,
+        Stop::Zero,
         |st| {
             states.push(to_vec(st.x.clone()));
             denoised.push(to_vec(st.denoised.clone()));

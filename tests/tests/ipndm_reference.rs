@@ -1,17 +1,17 @@
 //! iPNDM against the diff-solvers reference (zju-pi/diff-sampler's `ipndm_sampler`, run in
 //! float64 by `scripts/make_ipndm_fixture.py`, values in `tests/fixtures/ipndm/`), on the
 //! exact linear denoiser of one Gaussian and the reference's own levels: the T - 1 multistep
-//! updates to s_min (`ipndm_to_min`), and fewstep's full `ipndm`, whose last step carries the
+//! updates to s_min (`ipndm` with `Stop::Min`), and fewstep's full `ipndm`, whose last step carries the
 //! multistep update to s = 0 (the reference on the levels followed by 0). The reference's
 //! other ending, `x_T = D(x_{T-1}, s_min)` (`denoise_to_zero`), is held to the same
-//! `ipndm_to_min` plus one denoiser call, the variant docs/method.md §2 measured against
+//! `Stop::Min` plus one denoiser call, the variant docs/method.md §2 measured against
 //! ours. An independent implementation, so a wrong Adams-Bashforth weight, a history kept in
 //! the wrong order or a different last step shows here.
 
 use sampler_core::burn::tensor::{Device, Tensor, TensorData};
 use sampler_core::gmm::Mixture;
 use sampler_core::schedule::Schedule;
-use sampler_core::solver::{Denoiser, ipndm, ipndm_to_min};
+use sampler_core::solver::{Denoiser, Stop, ipndm};
 
 #[test]
 fn ipndm_matches_the_diff_solvers_reference() {
@@ -44,8 +44,22 @@ fn ipndm_matches_the_diff_solvers_reference() {
                 &device,
             )
         };
-        let to_min = ipndm_to_min(&gaussian, x0(), schedule.to_tensor(&device), None, |_| {});
-        let full = ipndm(&gaussian, x0(), schedule.to_tensor(&device), None, |_| {});
+        let to_min = ipndm(
+            &gaussian,
+            x0(),
+            schedule.to_tensor(&device),
+            None,
+            Stop::Min,
+            |_| {},
+        );
+        let full = ipndm(
+            &gaussian,
+            x0(),
+            schedule.to_tensor(&device),
+            None,
+            Stop::Zero,
+            |_| {},
+        );
         let s_min = schedule
             .to_tensor(&device)
             .slice(levels.len() - 1..levels.len());
