@@ -491,7 +491,8 @@ impl<'a> MicroSampler<'a> {
             ModelSpec::Network { config, .. } => config.clone(),
             ModelSpec::Mixture(_) => unreachable!("refused above"),
         };
-        view.check_against(&config)
+        config
+            .check_pack(&view)
             .map_err(|e| SamplerError::Weights(e.to_string()))?;
         let weight_dtype = view
             .tensors()

@@ -1,4 +1,4 @@
-//! The fast CPU paths of `model::flex_ops` against burn's own ops evaluated in float64:
+//! The fast CPU paths of `sampler_core::cpu` against burn's own ops evaluated in float64:
 //! convolution (3x3 padded, 1x1) and GroupNorm with and without SiLU, forward and every
 //! gradient, on odd shapes and batch sizes 1 and 3; then a whole U-Net (attention, labels)
 //! on the fast path against the same weights in float64 through burn's modules. The fused
@@ -13,7 +13,8 @@ use burn::tensor::module::conv2d as burn_conv2d;
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{DType, Device, Tensor, TensorData};
 use sampler_core::burn;
-use sampler_core::model::flex_ops::{self, FastOps};
+use sampler_core::cpu::FastOps;
+use sampler_core::model::ops;
 use sampler_core::model::{NetConfig, UNetConfig};
 use sampler_core::rng;
 
@@ -204,11 +205,11 @@ fn module_wrappers_agree_with_the_modules() {
         .init(&device());
     let norm = burn::nn::GroupNormConfig::new(2, 6).init(&device());
     let x = t32(&values(9, 2 * 3 * 6 * 5), [2, 3, 6, 5]);
-    let fast = flex_ops::conv2d(&conv, x.clone());
+    let fast = ops::conv2d(&conv, x.clone());
     let plain = conv.forward(x);
     assert_close(&read(fast), &read(plain), "conv2d wrapper");
     let x2 = t32(&values(10, 2 * 6 * 6 * 5), [2, 6, 6, 5]);
-    let fast2 = flex_ops::group_norm(&norm, x2.clone(), true);
+    let fast2 = ops::group_norm(&norm, x2.clone(), true);
     let plain2 = burn::tensor::activation::silu(norm.forward(x2));
     assert_close(&read(fast2), &read(plain2), "group_norm wrapper");
 }
@@ -414,8 +415,8 @@ fn resampling_matches_burn_in_f64() {
         let (oh, ow) = if up { (2 * h, 2 * w) } else { (h / 2, w / 2) };
         let r = values(42, b * c * oh * ow);
         let (x32, x64) = (t32(&x, [b, c, h, w]), t64(&x, [b, c, h, w]));
-        let y32 = flex_ops::resample2(x32.clone(), up);
-        let y64 = flex_ops::resample2(x64.clone(), up);
+        let y32 = ops::resample2(x32.clone(), up);
+        let y64 = ops::resample2(x64.clone(), up);
         assert_eq!(y32.dims(), [b, c, oh, ow], "{what}: shape");
         assert_close(
             &read(y32.clone()),
@@ -436,8 +437,8 @@ fn softmax_matches_burn_in_f64() {
         let x: Vec<f32> = values(51, b * q * k).iter().map(|v| 8.0 * v).collect();
         let r = values(52, b * q * k);
         let (x32, x64) = (t32(&x, [b, q, k]), t64(&x, [b, q, k]));
-        let y32 = flex_ops::softmax_last(x32.clone());
-        let y64 = flex_ops::softmax_last(x64.clone());
+        let y32 = ops::softmax_last(x32.clone());
+        let y64 = ops::softmax_last(x64.clone());
         assert_close(
             &read(y32.clone()),
             &read(y64.clone()),

@@ -10,7 +10,7 @@
 use anyhow::{Context, Result};
 use burn::tensor::{Device, Tensor, TensorData};
 use sampler_core::bundle::SolverKind;
-use sampler_core::solver::{Denoiser, ipndm, ipndm_to_min, solve};
+use sampler_core::solver::{Denoiser, Stop, ipndm, solve};
 use sampler_core::{Sampler, Schedule};
 
 const TRUNC_ROWS: usize = 200;
@@ -36,7 +36,7 @@ fn generate(sampler: &Sampler, n: usize, f: &SamplerRun) -> Result<Vec<f32>> {
             one_hot[k * l + (first + k) % l] = 1.0;
         }
         let labels = Tensor::<2>::from_data(TensorData::new(one_hot, [count, l]), &device);
-        let x = sampler_core::model::flex_ops::on_cpu_workers(|| {
+        let x = sampler_core::cpu::on_cpu_workers(|| {
             sampler.with_denoiser(|den| f(den, x0, Some(labels)))
         });
         out.extend(
@@ -65,7 +65,15 @@ fn main() -> Result<()> {
     };
     let reference = Schedule::edm(256, s_min, s_max)?.to_tensor(&device);
     let exact = generate(&sampler, TRUNC_ROWS, &|den, x0, lab| {
-        solve(SolverKind::Heun, den, x0, reference.clone(), lab, |_| {})
+        solve(
+            SolverKind::Heun,
+            den,
+            x0,
+            reference.clone(),
+            lab,
+            Stop::Zero,
+            |_| {},
+        )
     })?;
     let real = if fid_n > 0 {
         let inception = trainer::inception::Inception::load_default()?;
@@ -81,10 +89,11 @@ fn main() -> Result<()> {
     println!("| ---: | --- | ---: | ---: |");
     for t in [5usize, 8, 10] {
         let levels = Schedule::edm(t, s_min, s_max)?.to_tensor(&device);
-        let multistep = |den: &dyn Denoiser, x0, lab| ipndm(den, x0, levels.clone(), lab, |_| {});
+        let multistep =
+            |den: &dyn Denoiser, x0, lab| ipndm(den, x0, levels.clone(), lab, Stop::Zero, |_| {});
         let plain_last = |den: &dyn Denoiser, x0: Tensor<2>, lab: Option<Tensor<2>>| {
             let b = x0.dims()[0];
-            let x = ipndm_to_min(den, x0, levels.clone(), lab.clone(), |_| {});
+            let x = ipndm(den, x0, levels.clone(), lab.clone(), Stop::Min, |_| {});
             let s = levels.clone().slice(t - 1..t).expand([b]);
             den.denoise(x, s, lab)
         };

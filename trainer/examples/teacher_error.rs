@@ -9,7 +9,7 @@
 use anyhow::Result;
 use burn::tensor::{Device, Tensor, TensorData};
 use sampler_core::bundle::SolverKind;
-use sampler_core::solver::{heun_to_min, solve_to_min};
+use sampler_core::solver::{Stop, heun, solve};
 use sampler_core::{Sampler, Schedule};
 
 const ROWS: usize = 200;
@@ -35,12 +35,25 @@ fn main() -> Result<()> {
     let labels = Tensor::<2>::from_data(TensorData::new(one_hot, [ROWS, l]), &device);
     let at_min = |solver: Option<SolverKind>, levels: usize| -> Result<Vec<f32>> {
         let sigmas = Schedule::edm(levels, s_min, s_max)?.to_tensor(&device);
-        let x = sampler_core::model::flex_ops::on_cpu_workers(|| {
+        let x = sampler_core::cpu::on_cpu_workers(|| {
             sampler.with_denoiser(|den| match solver {
-                None => heun_to_min(den, x0.clone(), sigmas, Some(labels.clone()), |_| {}),
-                Some(kind) => {
-                    solve_to_min(kind, den, x0.clone(), sigmas, Some(labels.clone()), |_| {})
-                }
+                None => heun(
+                    den,
+                    x0.clone(),
+                    sigmas,
+                    Some(labels.clone()),
+                    Stop::Min,
+                    |_| {},
+                ),
+                Some(kind) => solve(
+                    kind,
+                    den,
+                    x0.clone(),
+                    sigmas,
+                    Some(labels.clone()),
+                    Stop::Min,
+                    |_| {},
+                ),
             })
         });
         x.try_into_vec_as::<f32>()

@@ -2,7 +2,6 @@
 //! configs by `into_config`, then handed to the library.
 
 use std::path::PathBuf;
-use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
@@ -450,26 +449,10 @@ struct MixtureArgs {
     out: PathBuf,
 }
 
-/// Entry point of the `trainer` binary.
-pub fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
-        Ok(c) => c,
-        Err(e) => {
-            let _ = e.print();
-            return if e.use_stderr() {
-                ExitCode::from(2)
-            } else {
-                ExitCode::SUCCESS
-            };
-        }
-    };
-    match dispatch(cli.command) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::from(2)
-        }
-    }
+/// Runs the command the user asked for (the binary parses the command line with
+/// `fewstep_host::parse` and maps errors to exit codes).
+pub fn run(cli: Cli) -> Result<()> {
+    dispatch(cli.command)
 }
 
 fn dispatch(command: Command) -> Result<()> {

@@ -15,7 +15,7 @@ use sampler_core::bundle::SolverKind;
 use sampler_core::gmm::MixtureDenoiser;
 use sampler_core::rng;
 use sampler_core::schedule::Schedule;
-use sampler_core::solver::{Denoiser, euler, heun};
+use sampler_core::solver::{Denoiser, Stop, euler, heun};
 use sampler_core::{Images, Sampler};
 
 use crate::classifier::TrainedClassifier;
@@ -54,6 +54,7 @@ pub fn evaluate_schedule(
         x0.clone(),
         schedule.to_tensor(device),
         labels.clone(),
+        Stop::Zero,
         |_| {},
     );
     let reference_levels = Schedule::edm(
@@ -61,7 +62,14 @@ pub fn evaluate_schedule(
         schedule.s_min() as f64,
         schedule.s_max() as f64,
     )?;
-    let reference = heun(den, x0, reference_levels.to_tensor(device), labels, |_| {});
+    let reference = heun(
+        den,
+        x0,
+        reference_levels.to_tensor(device),
+        labels,
+        Stop::Zero,
+        |_| {},
+    );
     let trunc_rmse = crate::finetune::scalar(&row_mse(out.clone(), reference).mean()).sqrt();
     let mean_loglik = truth.map(|m| {
         let zero = Tensor::<1>::zeros([n], device);
@@ -258,6 +266,7 @@ fn generate(
             x0,
             schedule.to_tensor(device),
             labels,
+            Stop::Zero,
             |_| {},
         );
         out.extend(

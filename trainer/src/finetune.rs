@@ -24,7 +24,7 @@ use sampler_core::bundle::Bundle;
 use sampler_core::bundle::SolverKind;
 use sampler_core::model::{Preconditioned, network_from_bytes, weights_to_bytes};
 use sampler_core::schedule::{Schedule, Warp, lambda_weights};
-use sampler_core::solver::{Denoiser, heun_to_min};
+use sampler_core::solver::{Denoiser, Stop, heun};
 
 use crate::data::{Dataset, noise, uniform_indices};
 use crate::losses::{
@@ -660,11 +660,12 @@ impl Finetune {
             for start in (0..n).step_by(chunk) {
                 let end = (start + chunk).min(n);
                 let lab = labels.clone().map(|l| l.slice(start..end));
-                parts.push(heun_to_min(
+                parts.push(heun(
                     den,
                     x0.clone().slice(start..end),
                     reference.clone(),
                     lab,
+                    Stop::Min,
                     |_| {},
                 ));
             }
@@ -768,7 +769,7 @@ impl Finetune {
 
     /// One optimization step; returns its record.
     pub fn step_once(&mut self) -> Result<StepRecord> {
-        sampler_core::model::flex_ops::on_cpu_workers(|| self.step_inner())
+        sampler_core::cpu::on_cpu_workers(|| self.step_inner())
     }
 
     fn step_inner(&mut self) -> Result<StepRecord> {

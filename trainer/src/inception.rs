@@ -11,7 +11,7 @@
 //!
 //! One description of the architecture ([`architecture`]) drives two executors: the host
 //! one ([`Inception::features`]: one image per thread through the kernels of
-//! `sampler_core::model::feature_kernels`) and burn modules ([`InceptionV3`]), which run it
+//! `sampler_core::cpu::inception`) and burn modules ([`InceptionV3`]), which run it
 //! on any burn device; a test holds the two to each other.
 
 use std::collections::HashMap;
@@ -26,7 +26,7 @@ use burn::tensor::ops::{AvgPoolOptions, MaxPoolOptions};
 use burn::tensor::{Device, Tensor, TensorData};
 use indicatif::ProgressBar;
 use rayon::prelude::*;
-use sampler_core::model::feature_kernels::{self as fk, ConvShape};
+use sampler_core::cpu::inception::{self as fk, ConvShape};
 
 /// The file `scripts/fetch_inception.py` writes.
 pub const WEIGHTS_FILE: &str = "inception-2015-12-05.safetensors";

@@ -21,19 +21,9 @@ pub mod plots;
 pub mod pretrain;
 pub mod run;
 
-use indicatif::{ProgressBar, ProgressStyle};
-
 /// A progress bar on stderr for `total` steps (hidden when `quiet` or not a terminal).
-pub fn progress(total: u64, quiet: bool) -> ProgressBar {
-    use std::io::IsTerminal;
-    if quiet || !std::io::stderr().is_terminal() {
-        return ProgressBar::hidden();
-    }
-    let bar = ProgressBar::new(total);
-    if let Ok(style) = ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} eta {eta}") {
-        bar.set_style(style);
-    }
-    bar
+pub fn progress(total: u64, quiet: bool) -> indicatif::ProgressBar {
+    fewstep_host::progress(total, "{bar:30} {pos}/{len} {msg} eta {eta}", quiet)
 }
 
 /// The compute device named on the command line: `flex` (CPU, default), or `vulkan` /

@@ -14,7 +14,7 @@
 use burn::tensor::{Int, Tensor, TensorData};
 use sampler_core::bundle::SolverKind;
 use sampler_core::precond::Precond;
-use sampler_core::solver::{Denoiser, euler_to_min, solve_to_min};
+use sampler_core::solver::{Denoiser, Stop, euler, solve};
 
 /// How the per-level diffusion losses are weighted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -191,7 +191,7 @@ pub fn disc_loss_exact(
         den,
         first: core::cell::Cell::new(true),
     };
-    let x_last = solve_to_min(solver, &den, x0.detach(), sigmas, labels, |_| {});
+    let x_last = solve(solver, &den, x0.detach(), sigmas, labels, Stop::Min, |_| {});
     row_mse(x_last, target).mean()
 }
 
@@ -233,7 +233,7 @@ pub fn euler_states(
 ) -> (Vec<Tensor<2>>, Tensor<2>) {
     let t = sigmas.dims()[0];
     let mut states = Vec::with_capacity(t);
-    let x_last = euler_to_min(den, x0.detach(), sigmas.detach(), labels, |st| {
+    let x_last = euler(den, x0.detach(), sigmas.detach(), labels, Stop::Min, |st| {
         states.push(st.x.clone().detach())
     });
     (states, x_last.detach())

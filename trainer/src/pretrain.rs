@@ -156,7 +156,7 @@ impl Pretrain {
     /// The global batch's loss at the current weights and its gradient (one step's, before
     /// the optimizer), over every replica.
     pub fn loss_and_grads(&self, data: &Dataset) -> Result<(f64, GradientsParams)> {
-        sampler_core::model::flex_ops::on_cpu_workers(|| self.loss_and_grads_inner(data))
+        sampler_core::cpu::on_cpu_workers(|| self.loss_and_grads_inner(data))
     }
 
     fn loss_and_grads_inner(&self, data: &Dataset) -> Result<(f64, GradientsParams)> {
@@ -205,7 +205,7 @@ impl Pretrain {
 
     /// One Adam step on a batch; returns the loss.
     pub fn step_once(&mut self, data: &Dataset) -> Result<f64> {
-        sampler_core::model::flex_ops::on_cpu_workers(|| self.step_inner(data))
+        sampler_core::cpu::on_cpu_workers(|| self.step_inner(data))
     }
 
     fn step_inner(&mut self, data: &Dataset) -> Result<f64> {

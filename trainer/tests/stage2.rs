@@ -6,7 +6,7 @@ mod common;
 
 use burn::tensor::{Device, Tensor};
 use sampler_core::bundle::SolverKind;
-use sampler_core::solver::{heun_to_min, solve_to_min};
+use sampler_core::solver::{Stop, heun, solve};
 use sampler_core::{Bundle, Sampler, Schedule};
 use trainer::data::noise;
 use trainer::finetune::{DiscTarget, Finetune, FinetuneConfig, Mode, Teacher, scalar};
@@ -67,15 +67,16 @@ fn stage2_of_ipndm_moves_its_endpoint_toward_the_teacher() {
     let x0 = noise(11, 1, 0, 256, 16, &plain).mul_scalar(s_max);
     let levels = Schedule::edm(5, s_min, s_max).unwrap().to_tensor(&plain);
     let reference = Schedule::edm(64, s_min, s_max).unwrap().to_tensor(&plain);
-    let teacher = start.with_shipped(|d| heun_to_min(d, x0.clone(), reference, None, |_| {}));
+    let teacher = start.with_shipped(|d| heun(d, x0.clone(), reference, None, Stop::Min, |_| {}));
     let disc = |f: &Finetune| {
         let x = f.with_shipped(|d| {
-            solve_to_min(
+            solve(
                 SolverKind::Ipndm,
                 d,
                 x0.clone(),
                 levels.clone(),
                 None,
+                Stop::Min,
                 |_| {},
             )
         });
@@ -114,7 +115,7 @@ fn frozen_teacher_keeps_the_base_networks_solution_after_stage2() {
         .unwrap()
         .to_tensor(&Device::flex());
     let heun = |f: &Finetune, x0: &Tensor<2>| {
-        f.with_shipped(|d| heun_to_min(d, x0.clone(), reference.clone(), None, |_| {}))
+        f.with_shipped(|d| heun(d, x0.clone(), reference.clone(), None, Stop::Min, |_| {}))
     };
     let max_diff = |a: &Tensor<2>, b: &Tensor<2>| scalar(&(a.clone() - b.clone()).abs().max());
     let start = Finetune::new(c.clone(), Some(data.clone()), None, &device()).unwrap();
@@ -272,11 +273,20 @@ fn objective_measures_against_the_runs_teacher() {
         .unwrap()
         .to_tensor(&plain);
     let heun = |f: &Finetune| {
-        f.with_shipped(|d| heun_to_min(d, x0.clone(), reference.clone(), None, |_| {}))
+        f.with_shipped(|d| heun(d, x0.clone(), reference.clone(), None, Stop::Min, |_| {}))
     };
     let levels = ft.schedule().unwrap().to_tensor(&plain);
-    let end =
-        ft.with_shipped(|d| solve_to_min(SolverKind::Ipndm, d, x0.clone(), levels, None, |_| {}));
+    let end = ft.with_shipped(|d| {
+        solve(
+            SolverKind::Ipndm,
+            d,
+            x0.clone(),
+            levels,
+            None,
+            Stop::Min,
+            |_| {},
+        )
+    });
     let mse = |t: Tensor<2>| scalar(&(end.clone() - t).powf_scalar(2.0).mean());
     let (frozen, moving) = (mse(heun(&start)), mse(heun(&ft)));
     assert!(

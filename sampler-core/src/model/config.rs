@@ -54,79 +54,6 @@ impl NetConfig {
         }
     }
 
-    /// Every parameter tensor of the network as (burn's path, shape), in burn's module
-    /// order: the names a weights pack holds (`crate::pack`). A test holds it to the
-    /// parameters of the burn module. Call [`NetConfig::validate`] first.
-    pub fn parameters(&self) -> Vec<(String, Vec<usize>)> {
-        let mut out = Vec::new();
-        self.visit_parameters(&mut |name, shape| out.push((name.into(), shape.to_vec())));
-        out
-    }
-
-    /// [`NetConfig::parameters`] one at a time, without holding the list (what a
-    /// microcontroller checks a weights pack against).
-    pub fn visit_parameters(&self, f: &mut dyn FnMut(&str, &[usize])) {
-        // Out-of-line helpers with plain string pushes: a format! per name inlined at every
-        // call site made this function 40 KB of a microcontroller's flash.
-        const LINEAR: [&str; 2] = ["weight", "bias"];
-        const NORM: [&str; 2] = ["gamma", "beta"];
-        let linear = |f: &mut dyn FnMut(&str, &[usize]), p: &str, name: &str, i, o| {
-            layer(f, p, name, LINEAR, [&[i, o], &[o]]);
-        };
-        let conv = |f: &mut dyn FnMut(&str, &[usize]), p: &str, name: &str, i, o, k| {
-            layer(f, p, name, LINEAR, [&[o, i, k, k], &[o]]);
-        };
-        let norm = |f: &mut dyn FnMut(&str, &[usize]), p: &str, name: &str, c| {
-            layer(f, p, name, NORM, [&[c], &[c]]);
-        };
-        match self {
-            NetConfig::UNet(c) => {
-                let noise = c.model_channels * c.channel_mult_noise;
-                let emb = c.model_channels * c.channel_mult_emb;
-                let p = "UNet.";
-                if c.label_dim > 0 {
-                    linear(f, p, "map_label", c.label_dim, noise);
-                }
-                linear(f, p, "map_layer0", noise, emb);
-                linear(f, p, "map_layer1", emb, emb);
-                conv(f, p, "conv_in", c.in_channels, c.model_channels, 3);
-                let (enc, dec, head) = c.topology();
-                for (part, blocks) in [("enc", &enc), ("dec", &dec)] {
-                    for (i, b) in blocks.iter().enumerate() {
-                        let p = &alloc::format!("UNet.{part}.{i}.");
-                        norm(f, p, "norm0", b.cin);
-                        conv(f, p, "conv0", b.cin, b.cout, 3);
-                        linear(f, p, "affine", emb, b.cout);
-                        norm(f, p, "norm1", b.cout);
-                        conv(f, p, "conv1", b.cout, b.cout, 3);
-                        if b.has_skip() {
-                            conv(f, p, "skip", b.cin, b.cout, 1);
-                        }
-                        if b.attention {
-                            norm(f, p, "norm2", b.cout);
-                            conv(f, p, "qkv", b.cout, 3 * b.cout, 1);
-                            conv(f, p, "proj", b.cout, b.cout, 1);
-                        }
-                    }
-                }
-                norm(f, p, "aux_norm", head);
-                conv(f, p, "aux_conv", head, c.out_channels, 3);
-            }
-            NetConfig::Mlp(c) => {
-                let p = "Mlp.";
-                if c.label_dim > 0 {
-                    linear(f, p, "map_label", c.label_dim, c.noise_channels);
-                }
-                linear(f, p, "map_layer0", c.noise_channels, c.hidden);
-                linear(f, p, "input", c.dim, c.hidden);
-                for i in 0..c.depth {
-                    linear(f, p, &alloc::format!("blocks.{i}"), c.hidden, c.hidden);
-                }
-                linear(f, p, "output", c.hidden, c.dim);
-            }
-        }
-    }
-
     /// An upper estimate of the activation bytes of one sample in a forward pass without
     /// gradients. Call [`NetConfig::validate`] first.
     pub fn activation_bytes(&self) -> u64 {
@@ -594,25 +521,5 @@ impl MlpConfig {
     pub fn activation_bytes(&self) -> u64 {
         let (dim, hidden) = (self.dim as u64, self.hidden as u64);
         2 * 4 * (4 * dim + (4 + 2 * self.depth as u64) * hidden + 2 * self.noise_channels as u64)
-    }
-}
-
-/// Visits the two tensors of one layer, `{prefix}{layer}.{field}`, with their shapes.
-#[inline(never)]
-fn layer(
-    f: &mut dyn FnMut(&str, &[usize]),
-    prefix: &str,
-    layer: &str,
-    fields: [&str; 2],
-    shapes: [&[usize]; 2],
-) {
-    let mut name = String::with_capacity(prefix.len() + layer.len() + 8);
-    for (field, shape) in fields.iter().zip(shapes) {
-        name.clear();
-        name.push_str(prefix);
-        name.push_str(layer);
-        name.push('.');
-        name.push_str(field);
-        f(&name, shape);
     }
 }

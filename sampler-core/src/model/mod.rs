@@ -4,28 +4,27 @@
 //! `D(x, s)` of docs/method.md §1.
 
 pub(crate) mod config;
+mod parameters;
 pub use config::{MlpConfig, NetConfig, Resample, UNetConfig};
 
-#[cfg(feature = "std")]
-pub mod feature_kernels;
-#[cfg(feature = "std")]
-pub mod flex_ops;
-#[cfg(feature = "std")]
-mod kernels;
 #[cfg(feature = "burn")]
 mod mlp;
 #[cfg(feature = "burn")]
 mod network;
+#[cfg(feature = "burn")]
+pub mod ops;
 #[cfg(feature = "burn")]
 mod unet;
 
 #[cfg(feature = "burn")]
 pub use mlp::Mlp;
 #[cfg(feature = "burn")]
+pub(crate) use network::embed;
+#[cfg(feature = "burn")]
 pub use network::*;
 #[cfg(feature = "burn")]
-pub(crate) use network::{
-    conv2d, conv2d_residual, embed, group_norm, group_norm_shifted, resample2, softmax_last,
+pub(crate) use ops::{
+    conv2d, conv2d_residual, group_norm, group_norm_shifted, resample2, softmax_last,
 };
 #[cfg(feature = "burn")]
 pub use unet::{SongUNet, UNetBlock};

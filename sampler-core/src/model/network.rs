@@ -13,8 +13,8 @@ use burn::nn::Linear;
 use burn::tensor::activation::silu;
 use burn::tensor::{Device, Tensor};
 
+use crate::denoiser::Denoiser;
 use crate::precond::Precond;
-use crate::solver::Denoiser;
 
 impl NetConfig {
     /// Builds the module with freshly initialized weights (burn's initializers, seeded by
@@ -88,77 +88,6 @@ impl Denoiser for Preconditioned<'_> {
         let f = self.net.forward(x.clone() * col(c.c_in), c.c_noise, labels);
         x * col(c.c_skip) + f * col(c.c_out)
     }
-}
-
-/// `conv.forward(x)`, through the fast CPU path of [`flex_ops`] on hosts.
-#[cfg(feature = "std")]
-pub(crate) use super::flex_ops::conv2d;
-/// `scale * (conv.forward(x) + residual)`, fused on the fast CPU path on hosts.
-#[cfg(feature = "std")]
-pub(crate) use super::flex_ops::conv2d_residual;
-/// `norm.forward(x)`, then SiLU when `silu`, fused on the fast CPU path on hosts.
-#[cfg(feature = "std")]
-pub(crate) use super::flex_ops::group_norm;
-/// `norm.forward(x + shift)` (`shift` `[B, C]`), then SiLU when `silu`, fused on hosts.
-#[cfg(feature = "std")]
-pub(crate) use super::flex_ops::group_norm_shifted;
-/// EDM's 2x resampling, through the fast CPU path on hosts.
-#[cfg(feature = "std")]
-pub(crate) use super::flex_ops::resample2;
-/// Softmax over the last axis, through the fast CPU path on hosts.
-#[cfg(feature = "std")]
-pub(crate) use super::flex_ops::softmax_last;
-
-/// EDM's 2x resampling (microcontrollers: burn's own ops).
-#[cfg(not(feature = "std"))]
-pub(crate) fn resample2(x: Tensor<4>, up: bool) -> Tensor<4> {
-    super::unet::resample2_burn(x, up)
-}
-
-/// Softmax over the last axis (microcontrollers: burn's own op).
-#[cfg(not(feature = "std"))]
-pub(crate) fn softmax_last(x: Tensor<3>) -> Tensor<3> {
-    burn::tensor::activation::softmax(x, 2)
-}
-
-/// `conv.forward(x)` (microcontrollers: burn's own convolution).
-#[cfg(not(feature = "std"))]
-pub(crate) fn conv2d(conv: &burn::nn::conv::Conv2d, x: Tensor<4>) -> Tensor<4> {
-    conv.forward(x)
-}
-
-/// `norm.forward(x)`, then SiLU when `silu` (microcontrollers: burn's own ops).
-#[cfg(not(feature = "std"))]
-pub(crate) fn group_norm(norm: &burn::nn::GroupNorm, x: Tensor<4>, silu: bool) -> Tensor<4> {
-    let y = norm.forward(x);
-    if silu {
-        burn::tensor::activation::silu(y)
-    } else {
-        y
-    }
-}
-
-/// `scale * (conv.forward(x) + residual)` (microcontrollers: burn's own ops).
-#[cfg(not(feature = "std"))]
-pub(crate) fn conv2d_residual(
-    conv: &burn::nn::conv::Conv2d,
-    x: Tensor<4>,
-    residual: Tensor<4>,
-    scale: f64,
-) -> Tensor<4> {
-    (conv2d(conv, x) + residual).mul_scalar(scale)
-}
-
-/// `norm.forward(x + shift)`, then SiLU when `silu` (microcontrollers: burn's own ops).
-#[cfg(not(feature = "std"))]
-pub(crate) fn group_norm_shifted(
-    norm: &burn::nn::GroupNorm,
-    x: Tensor<4>,
-    shift: Tensor<2>,
-    silu: bool,
-) -> Tensor<4> {
-    let [b, c, _, _] = x.dims();
-    group_norm(norm, x + shift.reshape([b, c, 1, 1]), silu)
 }
 
 /// EDM's `PositionalEmbedding` (endpoint = true, max_positions = 10000) followed by the
@@ -339,7 +268,7 @@ fn owned_parameters(net: Network) -> Network {
 /// pack's names and shapes are checked against `config` first.
 pub fn pack_to_burnpack(config: &NetConfig, pack: &[u8]) -> Result<Vec<u8>, String> {
     let view = crate::pack::PackView::parse(pack).map_err(|e| e.to_string())?;
-    view.check_against(config).map_err(|e| e.to_string())?;
+    config.check_pack(&view).map_err(|e| e.to_string())?;
     let tensors = view
         .tensors()
         .iter()
@@ -374,7 +303,7 @@ pub fn weights_to_pack(
     let mut values: Vec<(String, Vec<usize>, Vec<f32>)> = Vec::new();
     if weights.starts_with(&crate::pack::PACK_MAGIC) {
         let view = crate::pack::PackView::parse(weights).map_err(|e| e.to_string())?;
-        view.check_against(config).map_err(|e| e.to_string())?;
+        config.check_pack(&view).map_err(|e| e.to_string())?;
         for t in view.tensors() {
             values.push((t.name.into(), t.shape().to_vec(), t.to_vec()));
         }

@@ -78,23 +78,6 @@ fn resample(x: Tensor<4>, mode: Resample) -> Tensor<4> {
     }
 }
 
-/// EDM's 2x resampling with `resample_filter = [1, 1]` in burn's ops: nearest up when `up`,
-/// else the mean of each 2x2 block. The reference the fast CPU kernel is held to, and the
-/// path of GPUs, f64 and microcontrollers.
-pub(crate) fn resample2_burn(x: Tensor<4>, up: bool) -> Tensor<4> {
-    let [b, c, h, w] = x.dims();
-    if up {
-        x.reshape([b, c, h, 1, w, 1])
-            .expand([b, c, h, 2, w, 2])
-            .reshape([b, c, 2 * h, 2 * w])
-    } else {
-        x.reshape([b, c, h / 2, 2, w / 2, 2])
-            .mean_dim(5)
-            .mean_dim(3)
-            .reshape([b, c, h / 2, w / 2])
-    }
-}
-
 /// EDM's `UNetBlock` with DDPM++ settings: `skip_scale = sqrt(1/2)`, `resample_proj`,
 /// no adaptive scale, one attention head.
 #[derive(Module, Debug)]

@@ -3,12 +3,12 @@
 //! per-axis padding (BatchNorm folded into a bias, ReLU fused), 3x3 max and average
 //! pooling, PyTorch's bilinear resize and the global mean. One image at a time, on plain
 //! `f32` slices in `[C, H, W]` layout; the caller spreads images over threads. They live
-//! here, beside [`super::kernels`] (whose matrix product and scratch buffer they share),
+//! here, beside the U-Net kernels (whose matrix product and scratch buffer they share),
 //! because this crate is built optimized even in dev builds.
 
 use alloc::vec::Vec;
 
-use super::kernels::{Mat, matmul, with_scratch};
+use super::gemm::{Mat, matmul, with_scratch};
 
 /// Shape of an ungrouped, dilation-1 convolution of one `[cin, h, w]` image.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
