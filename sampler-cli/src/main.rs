@@ -4,27 +4,17 @@
 //! label out of range, unwritable output). Output files are written to a temporary file
 //! beside the target and renamed into place, so a failure never leaves half a PNG.
 
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use sampler_core::bundle::{Bundle, ModelSpec};
 use sampler_core::model::NetConfig;
 use sampler_core::sampler::Pixels;
 use sampler_core::{Images, Sampler};
-
-// Every denoiser step allocates and frees activations of the same sizes; glibc's malloc
-// hands large ones back to the kernel and faults them in again (a sixth of a batch-16
-// run went to page faults). mimalloc keeps them.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-/// mimalloc's `mi_option_purge_delay` (not among the constants `libmimalloc-sys` names).
-const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
 /// Generate images from a fewstep bundle (weights + learned noise levels) with the
 /// few-step Euler sampler.
@@ -107,35 +97,14 @@ struct Args {
     bench: Option<Vec<u32>>,
 }
 
+#[global_allocator]
+static GLOBAL: fewstep_host::Allocator = fewstep_host::Allocator;
+
 fn main() -> ExitCode {
-    // Never hand freed pages back to the kernel (mimalloc's default after 10 ms): each step
-    // would fault the same activations in again, zeroed.
-    // SAFETY: sets an integer option; called before any other thread exists.
-    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
-    let args = match Args::try_parse() {
-        Ok(a) => a,
-        Err(e) if !e.use_stderr() => {
-            // --help and --version.
-            let _ = e.print();
-            return ExitCode::SUCCESS;
-        }
-        Err(e) => {
-            // One line, as every other error: clap's first line, without its usage block.
-            let text = e.render().to_string();
-            let first = text
-                .lines()
-                .find(|l| !l.trim().is_empty())
-                .unwrap_or("error");
-            eprintln!("{}; see --help", first.trim_end());
-            return ExitCode::from(2);
-        }
-    };
-    match run(&args) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::from(2)
-        }
+    fewstep_host::init();
+    match fewstep_host::parse::<Args>() {
+        Ok(args) => fewstep_host::exit(run(&args)),
+        Err(code) => code,
     }
 }
 
@@ -364,16 +333,11 @@ fn check_memory(bundle: &Bundle, batch: usize, limit: u64) -> Result<()> {
 }
 
 fn progress_bar(count: usize) -> ProgressBar {
-    if count <= 16 || !std::io::stderr().is_terminal() {
-        return ProgressBar::hidden();
-    }
-    let bar = ProgressBar::new(count as u64);
-    if let Ok(style) =
-        ProgressStyle::with_template("{bar:40} {pos}/{len} images {per_sec} eta {eta}")
-    {
-        bar.set_style(style);
-    }
-    bar
+    fewstep_host::progress(
+        count as u64,
+        "{bar:40} {pos}/{len} images {per_sec} eta {eta}",
+        count <= 16,
+    )
 }
 
 /// How a network's weights are stored: `burnpack f32` (version 1) or `pack f32|f16|int8`
