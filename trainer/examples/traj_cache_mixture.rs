@@ -10,7 +10,7 @@ use anyhow::Result;
 use sampler_core::bundle::{Bundle, ImageShape, ModelSpec, SolverKind};
 use sampler_core::schedule::Schedule;
 use trainer::eval::evaluate_schedule;
-use trainer::finetune::{DiscGrad, DiscTarget, Finetune, FinetuneConfig, Mode};
+use trainer::two_stage::{DiscGrad, DiscTarget, Finetune, FinetuneConfig, Mode};
 
 const SEEDS: u64 = 8;
 /// The teacher pool = the disc batch: the cache re-simulates `POOL / refresh` entries a step,

@@ -9,17 +9,16 @@ pub mod cli;
 pub mod data;
 pub mod eval;
 pub mod fid;
-pub mod finetune;
 pub use fewstep_metrics::frechet;
 pub mod inception;
 pub mod interop;
-pub mod losses;
 pub mod memory;
 pub mod model;
 pub mod parallel;
 pub mod plots;
 pub mod pretrain;
 pub mod run;
+pub mod two_stage;
 
 use indicatif::{ProgressBar, ProgressStyle};
 

@@ -20,9 +20,9 @@ use sampler_core::rng;
 use sampler_core::schedule::Schedule;
 
 use crate::data::{Dataset, noise};
-use crate::losses::edm_loss;
 use crate::model::{init_network, update_ema};
 use crate::run::{Checkpoint, RunDir};
+use crate::two_stage::losses::edm_loss;
 
 /// EDM's `P_mean`.
 pub const P_MEAN: f64 = -1.2;

@@ -26,13 +26,15 @@ use sampler_core::model::{Preconditioned, network_from_bytes, weights_to_bytes};
 use sampler_core::schedule::{Schedule, Warp, lambda_weights};
 use sampler_core::solver::{Denoiser, heun_to_min};
 
+pub mod losses;
+
 use crate::data::{Dataset, noise, uniform_indices};
-use crate::losses::{
+use crate::model::{Base, ScheduleLogits, update_ema};
+use crate::run::{Checkpoint, ResumeState, RunDir, TrajectoryState};
+use losses::{
     Weighting, bound_loss, bound_terms, denoise_together, disc_loss_exact, euler_states,
     paper_terms,
 };
-use crate::model::{Base, ScheduleLogits, update_ema};
-use crate::run::{Checkpoint, ResumeState, RunDir, TrajectoryState};
 
 /// Which rows of paper Table 1 to run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
