@@ -21,8 +21,8 @@ use serde::{Deserialize, Serialize};
 use sampler_core::bundle::ImageShape;
 
 use crate::data::Dataset;
+use crate::run::scalar;
 use crate::run::write_atomic;
-use crate::two_stage::scalar;
 
 const MAGIC: &[u8; 8] = b"FEWSCLS1";
 

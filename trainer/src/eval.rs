@@ -62,10 +62,10 @@ pub fn evaluate_schedule(
         schedule.s_max() as f64,
     )?;
     let reference = heun(den, x0, reference_levels.to_tensor(device), labels, |_| {});
-    let trunc_rmse = crate::two_stage::scalar(&row_mse(out.clone(), reference).mean()).sqrt();
+    let trunc_rmse = crate::run::scalar(&row_mse(out.clone(), reference).mean()).sqrt();
     let mean_loglik = truth.map(|m| {
         let zero = Tensor::<1>::zeros([n], device);
-        crate::two_stage::scalar(&m.log_density(out, zero).mean())
+        crate::run::scalar(&m.log_density(out, zero).mean())
     });
     Ok(ScheduleEval {
         trunc_rmse,
@@ -519,7 +519,7 @@ pub fn run_eval(
                 let n = samples.len() / d;
                 let x = Tensor::<2>::from_data(TensorData::new(samples.clone(), [n, d]), &device);
                 let zero = Tensor::<1>::zeros([n], &device);
-                -crate::two_stage::scalar(&m.log_density(x, zero).mean())
+                -crate::run::scalar(&m.log_density(x, zero).mean())
             });
             let clamped: Vec<f32> = samples.iter().map(|v| v.clamp(-1.0, 1.0)).collect();
             let (fd_pixel, fd_cls, accuracy) =

@@ -18,7 +18,7 @@ use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::{Device, Tensor};
 use rayon::prelude::*;
 
-use crate::two_stage::scalar;
+use crate::run::scalar;
 
 /// `rows` cut into at most `n` contiguous, non-empty shards whose sizes differ by at most one
 /// (the longer ones first).

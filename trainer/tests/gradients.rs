@@ -12,9 +12,10 @@ use sampler_core::precond::Precond;
 use sampler_core::schedule::{Warp, lambda_weights};
 use sampler_core::solver::Denoiser;
 use trainer::data::noise;
-use trainer::model::{ScheduleLogits, init_network};
+use trainer::model::init_network;
+use trainer::run::scalar;
+use trainer::two_stage::ScheduleLogits;
 use trainer::two_stage::losses::{Weighting, bound_loss, disc_loss_exact, disc_surrogate_paper};
-use trainer::two_stage::scalar;
 
 const T: usize = 5;
 const S_MIN: f64 = 0.002;

@@ -10,7 +10,8 @@ use sampler_core::solver::{heun_to_min, solve_to_min};
 use sampler_core::{Bundle, Sampler, Schedule};
 use trainer::data::noise;
 use trainer::run::RunDir;
-use trainer::two_stage::{DiscTarget, Finetune, FinetuneConfig, Mode, Teacher, scalar};
+use trainer::run::scalar;
+use trainer::two_stage::{DiscTarget, Finetune, FinetuneConfig, Mode, Teacher};
 
 fn device() -> Device {
     Device::flex().autodiff()
