@@ -144,10 +144,7 @@ impl Pretrain {
     /// Splits each step's batch over `devices` (data parallel, [`crate::parallel`]); the
     /// first must be the run's device. The result equals one device's within f32 round-off.
     pub fn with_replicas(mut self, devices: Vec<Device>) -> Result<Self> {
-        if devices.first() != Some(&self.device) {
-            bail!("the first of --devices must be the run's device");
-        }
-        self.replicas = devices;
+        self.replicas = crate::parallel::replicas_of(&self.device, devices)?;
         Ok(self)
     }
 

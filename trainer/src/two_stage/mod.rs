@@ -104,10 +104,7 @@ impl Finetune {
     /// must be the run's device. Stage 1 (a few hundred schedule parameters, whose cost is
     /// the unrolled sampler) runs on the first device.
     pub fn with_replicas(mut self, devices: Vec<Device>) -> Result<Self> {
-        if devices.first() != Some(&self.device) {
-            bail!("the first of --devices must be the run's device");
-        }
-        self.replicas = devices;
+        self.replicas = crate::parallel::replicas_of(&self.device, devices)?;
         Ok(self)
     }
 
