@@ -7,97 +7,39 @@
 //!   stage 2, N2 steps: theta <- Adam on L_bound(s, theta)                           (s frozen)
 //! ```
 //!
-//! and the ablations of paper Table 1. The pieces: [`config`] (what defines a run),
-//! [`levels`] (the logits `v`, §3), [`losses`] (`L_bound`, `L_disc`, §4), `stage1.rs` and
-//! `stage2.rs` (one step of each stage), `teacher.rs` (the teacher pool and trajectory
-//! cache `L_disc` is measured against). This file holds the run's state, its checkpoint and
-//! its export as a bundle; [`crate::run::train`] drives it. Every random draw is a function
-//! of `(seed, step)`, so a run resumed from its checkpoint reproduces an uninterrupted one.
+//! and the ablations of paper Table 1. The pieces, each importing only those before it:
+//! [`config`] (what defines a run), [`levels`] (the logits `v`, §3), [`losses`] (`L_bound`,
+//! `L_disc`, §4), `state.rs` (the run in memory), `teacher.rs` (the teacher pool and
+//! trajectory cache `L_disc` is measured against), `stage1.rs` and `stage2.rs` (one step of
+//! each stage). This file builds the run, steps it, checkpoints and exports it as a bundle;
+//! [`crate::run::train`] drives it. Every random draw is a function of `(seed, step)`, so a
+//! run resumed from its checkpoint reproduces an uninterrupted one.
 
 use anyhow::{Context, Result, bail};
 use burn::module::Module;
-use burn::optim::ModuleOptimizer;
-use burn::tensor::{Device, Tensor};
+use burn::tensor::Device;
 use serde_json::json;
 
 use sampler_core::bundle::Bundle;
 use sampler_core::model::{network_from_bytes, weights_to_bytes};
 use sampler_core::schedule::Schedule;
-use sampler_core::solver::Denoiser;
 
 pub mod config;
 pub mod levels;
 pub mod losses;
 mod stage1;
 mod stage2;
+mod state;
 mod teacher;
 
 pub use config::{DiscGrad, DiscTarget, FinetuneConfig, Mode, Teacher};
 pub use levels::ScheduleLogits;
+pub use state::{Finetune, StepRecord};
 
 use crate::data::{Dataset, noise, uniform_indices};
 use crate::model::{Base, adam};
 use crate::run::{Checkpoint, RunDir, Training};
-use teacher::{Pool, Trajectories};
-
-/// One line of the log.
-#[derive(Clone, Debug, PartialEq)]
-pub struct StepRecord {
-    /// Global step.
-    pub step: u64,
-    /// 1 or 2.
-    pub stage: u8,
-    /// The optimized loss.
-    pub loss: f64,
-    /// Its L_bound part (NaN in stage 2 of solvers other than Euler, which has none).
-    pub l_bound: f64,
-    /// Its L_disc part (stage 1, and stage 2 of solvers other than Euler).
-    pub l_disc: Option<f64>,
-}
-
-/// Streams of the run's random draws.
-mod purpose {
-    pub const BATCH_NOISE: u64 = 1;
-    pub const LEVELS: u64 = 2;
-    pub const DISC_NOISE: u64 = 3;
-    pub const DISC_TARGET_NOISE: u64 = 4;
-    pub const POOL_NOISE: u64 = 5;
-    pub const POOL_PICK: u64 = 6;
-    pub const PAPER_T: u64 = 7;
-    pub const POOL_LABELS: u64 = 8;
-}
-
-/// One step's draws for `L_bound` (method.md §4): data rows `x` with their labels, noise
-/// `eps` and the index of each row's level, drawn uniformly from `0..T-1`.
-struct BoundDraws {
-    /// `[B, d]`.
-    x: Tensor<2>,
-    /// One-hot, `[B, L]`.
-    labels: Option<Tensor<2>>,
-    /// `[B, d]`.
-    eps: Tensor<2>,
-    /// `B` level indices.
-    levels: Vec<usize>,
-}
-
-/// A fine-tuning run in memory.
-pub struct Finetune {
-    /// Its config.
-    pub config: FinetuneConfig,
-    base_bundle: Bundle,
-    base: Base,
-    data: Dataset,
-    logits: ScheduleLogits,
-    schedule_optim: ModuleOptimizer,
-    net_optim: ModuleOptimizer,
-    /// Steps done.
-    pub step: u64,
-    device: Device,
-    /// Devices stage 2's batch is split over (`--devices`); the first is `device`.
-    replicas: Vec<Device>,
-    pool: Option<Pool>,
-    trajectories: Option<Trajectories>,
-}
+use state::{BoundDraws, purpose};
 
 impl Finetune {
     /// Splits stage 2's batch over `devices` (data parallel, [`crate::parallel`]); the first
@@ -212,45 +154,6 @@ impl Finetune {
             ft.restore(&state)?;
         }
         Ok(ft)
-    }
-
-    /// The current levels in f64.
-    pub fn schedule(&self) -> Result<Schedule> {
-        Ok(Schedule::from_logits(
-            &self.logits.values(),
-            self.config.s_min,
-            self.config.s_max,
-            self.config.warp,
-        )?)
-    }
-
-    /// Whether the network weights (trained and EMA) and the schedule logits are finite.
-    pub fn state_finite(&self) -> bool {
-        let nets = match &self.base {
-            Base::Network { net, ema, .. } => {
-                crate::model::network_finite(net) && crate::model::network_finite(ema)
-            }
-            Base::Mixture { .. } => true,
-        };
-        nets && self.logits.values().iter().all(|v| v.is_finite())
-    }
-
-    /// The data set.
-    pub fn data(&self) -> &Dataset {
-        &self.data
-    }
-
-    /// Runs `f` with the shipped denoiser.
-    pub fn with_shipped<R>(&self, f: impl FnOnce(&dyn Denoiser) -> R) -> R {
-        self.base.with_shipped(f)
-    }
-
-    /// (round, stage) of global step `step`.
-    pub fn position(&self, step: u64) -> (u64, u8) {
-        let (n1, n2) = self.config.stage_lengths();
-        let per_round = (n1 + n2).max(1);
-        let round = step / per_round;
-        (round, if step % per_round < n1 { 1 } else { 2 })
     }
 
     /// The state to save.

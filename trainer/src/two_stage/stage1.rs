@@ -18,8 +18,7 @@ use super::losses::{
     Weighting, bound_loss, bound_terms, denoise_together, disc_loss_exact, euler_states,
     paper_terms,
 };
-use super::teacher::PoolRows;
-use super::{BoundDraws, Finetune, StepRecord, purpose};
+use super::state::{BoundDraws, Finetune, PoolRows, StepRecord, purpose};
 use crate::data::{noise, uniform_indices};
 use crate::run::{check_finite, scalar};
 

@@ -15,7 +15,7 @@ use sampler_core::schedule::{Schedule, lambda_weights};
 
 use super::config::Mode;
 use super::losses::{Weighting, bound_loss, disc_loss_exact};
-use super::{BoundDraws, Finetune, StepRecord};
+use super::state::{BoundDraws, Finetune, StepRecord};
 use crate::model::{Base, ema_decay_at, update_ema};
 use crate::run::check_finite;
 

@@ -13,31 +13,10 @@ use sampler_core::solver::heun_to_min;
 
 use super::config::Teacher;
 use super::losses::euler_states;
-use super::{Finetune, purpose};
+use super::state::{Finetune, PoolRows, Trajectories, purpose};
 use crate::data::{noise, uniform_indices};
 use crate::model::Base;
 use crate::run::{ResumeState, TrajectoryState};
-
-/// One round's teacher pool: `(round, x_0, teacher target, labels)`, each `[pool, ..]`.
-pub(super) type Pool = (u64, Tensor<2>, Tensor<2>, Option<Tensor<2>>);
-
-/// A pool's rows without their round: `(x_0, teacher target, labels)`.
-pub(super) type PoolRows = (Tensor<2>, Tensor<2>, Option<Tensor<2>>);
-
-/// The trajectory cache: the Euler states of every teacher-pool entry, each simulated under
-/// the levels of some recent step. A stage-1 step with the paper gradient then needs one
-/// denoiser evaluation at a cached `x_t` instead of a fresh T-step trajectory, plus its
-/// share of re-simulation (`teacher_pool / traj_refresh` entries).
-pub(super) struct Trajectories {
-    /// Round of the teacher pool the states belong to.
-    pub(super) round: u64,
-    /// `x_0, ..., x_{T-2}`, each `[pool, d]` (no autodiff).
-    pub(super) states: Vec<Tensor<2>>,
-    /// `x_{T-1}`, `[pool, d]`.
-    pub(super) last: Tensor<2>,
-    /// Next entry to re-simulate (round robin).
-    pub(super) cursor: usize,
-}
 
 impl Finetune {
     /// The teacher pool's targets and the trajectory cache, as values.
