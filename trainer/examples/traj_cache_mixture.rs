@@ -8,9 +8,9 @@
 
 use anyhow::Result;
 use sampler_core::bundle::{Bundle, ImageShape, ModelSpec, SolverKind};
-use sampler_core::schedule::Schedule;
+use sampler_core::schedule::{SIGMA_MAX, SIGMA_MIN, Schedule};
 use trainer::eval::evaluate_schedule;
-use trainer::finetune::{DiscGrad, DiscTarget, Finetune, FinetuneConfig, Mode};
+use trainer::two_stage::{DiscGrad, DiscTarget, Finetune, FinetuneConfig, Mode};
 
 const SEEDS: u64 = 8;
 /// The teacher pool = the disc batch: the cache re-simulates `POOL / refresh` entries a step,
@@ -38,7 +38,7 @@ fn main() -> Result<()> {
         },
         label_count: 0,
         precond: Default::default(),
-        schedule: Schedule::edm(5, 0.002, 80.0)?,
+        schedule: Schedule::edm(5, SIGMA_MIN, SIGMA_MAX)?,
         solver: SolverKind::Euler,
         model: ModelSpec::Mixture(mixture.clone()),
         provenance: Default::default(),
@@ -56,7 +56,7 @@ fn main() -> Result<()> {
     println!("| T | gradient | trunc RMSE | mean log-lik | s_1 |");
     println!("| ---: | --- | ---: | ---: | ---: |");
     for t in [5usize, 10] {
-        let edm = Schedule::edm(t, 0.002, 80.0)?;
+        let edm = Schedule::edm(t, SIGMA_MIN, SIGMA_MAX)?;
         let e = evaluate_schedule(&truth, Some(&truth), &edm, 512, 1024, 4242, None, &plain)?;
         println!(
             "| {t} | (EDM's levels) | {:.4} | {:.2} | {:.3} |",

@@ -13,8 +13,8 @@ use sampler_core::model::{NetConfig, UNetConfig};
 use sampler_core::precond::Precond;
 
 use crate::data::Dataset;
-use crate::finetune::{DiscGrad, Finetune, FinetuneConfig, Mode};
 use crate::pretrain::{Pretrain, PretrainConfig};
+use crate::two_stage::{DiscGrad, Finetune, FinetuneConfig, Mode};
 
 /// Options of `trainer bench`.
 #[derive(Args, Debug)]

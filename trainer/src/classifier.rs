@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use sampler_core::bundle::ImageShape;
 
 use crate::data::Dataset;
-use crate::finetune::scalar;
+use crate::run::scalar;
 use crate::run::write_atomic;
 
 const MAGIC: &[u8; 8] = b"FEWSCLS1";

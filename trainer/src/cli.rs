@@ -15,9 +15,9 @@ use sampler_core::rng;
 use sampler_core::schedule::{Schedule, Warp};
 
 use crate::data::{Dataset, FolderOptions};
-use crate::finetune::{DiscGrad, DiscTarget, FinetuneConfig, Mode, Teacher};
 use crate::pretrain::PretrainConfig;
 use crate::run::{RunDir, write_atomic};
+use crate::two_stage::{DiscGrad, DiscTarget, FinetuneConfig, Mode, Teacher};
 
 /// Train few-step diffusion samplers: pre-train an EDM denoiser, learn the T noise levels
 /// and fine-tune the weights for them (two-stage optimization), export a bundle.
@@ -839,7 +839,7 @@ fn finetune(a: FinetuneArgs) -> Result<()> {
     )?;
     let devices = crate::devices(&a.run.device, a.run.devices as usize)?;
     let run_dir = RunDir::create(&a.run.run)?;
-    let ft = crate::finetune::run(&run_dir, c, data, &devices, a.run.stop_after, a.run.quiet)?;
+    let ft = crate::two_stage::run(&run_dir, c, data, &devices, a.run.stop_after, a.run.quiet)?;
     let s = ft.schedule()?;
     println!(
         "fine-tuning: {} of {} steps done; levels {:?}; run directory {}",
@@ -958,7 +958,7 @@ fn export_run(run: &std::path::Path, a: &ExportArgs) -> Result<Bundle> {
             .with_context(|| format!("cannot read the run's base bundle {}", c.base.display()))?;
         let base =
             Bundle::from_bytes(&base_bytes).with_context(|| format!("{}", c.base.display()))?;
-        crate::finetune::export_bundle(&c, &base, &ck, &name, &a.description)
+        crate::two_stage::export_bundle(&c, &base, &ck, &name, &a.description)
     } else {
         let c: PretrainConfig = run_dir.load_config().context(
             "the run directory's config.json is neither a fine-tuning nor a pre-training config",

@@ -15,7 +15,7 @@ use sampler_core::bundle::SolverKind;
 use sampler_core::gmm::MixtureDenoiser;
 use sampler_core::rng;
 use sampler_core::schedule::Schedule;
-use sampler_core::solver::{Denoiser, Stop, euler, heun};
+use sampler_core::solver::{Denoiser, euler, heun};
 use sampler_core::{Images, Sampler};
 
 use crate::classifier::TrainedClassifier;
@@ -23,7 +23,7 @@ use crate::data::{Dataset, noise};
 use crate::fid::{RealStats, image_features, saturated_fraction};
 use crate::frechet::{FrechetReference, Moments};
 use crate::inception::Inception;
-use crate::losses::row_mse;
+use crate::two_stage::losses::row_mse;
 
 /// What [`evaluate_schedule`] measures.
 #[derive(Clone, Debug, PartialEq)]
@@ -54,7 +54,6 @@ pub fn evaluate_schedule(
         x0.clone(),
         schedule.to_tensor(device),
         labels.clone(),
-        Stop::Zero,
         |_| {},
     );
     let reference_levels = Schedule::edm(
@@ -62,18 +61,11 @@ pub fn evaluate_schedule(
         schedule.s_min() as f64,
         schedule.s_max() as f64,
     )?;
-    let reference = heun(
-        den,
-        x0,
-        reference_levels.to_tensor(device),
-        labels,
-        Stop::Zero,
-        |_| {},
-    );
-    let trunc_rmse = crate::finetune::scalar(&row_mse(out.clone(), reference).mean()).sqrt();
+    let reference = heun(den, x0, reference_levels.to_tensor(device), labels, |_| {});
+    let trunc_rmse = crate::run::scalar(&row_mse(out.clone(), reference).mean()).sqrt();
     let mean_loglik = truth.map(|m| {
         let zero = Tensor::<1>::zeros([n], device);
-        crate::finetune::scalar(&m.log_density(out, zero).mean())
+        crate::run::scalar(&m.log_density(out, zero).mean())
     });
     Ok(ScheduleEval {
         trunc_rmse,
@@ -266,7 +258,6 @@ fn generate(
             x0,
             schedule.to_tensor(device),
             labels,
-            Stop::Zero,
             |_| {},
         );
         out.extend(
@@ -528,7 +519,7 @@ pub fn run_eval(
                 let n = samples.len() / d;
                 let x = Tensor::<2>::from_data(TensorData::new(samples.clone(), [n, d]), &device);
                 let zero = Tensor::<1>::zeros([n], &device);
-                -crate::finetune::scalar(&m.log_density(x, zero).mean())
+                -crate::run::scalar(&m.log_density(x, zero).mean())
             });
             let clamped: Vec<f32> = samples.iter().map(|v| v.clamp(-1.0, 1.0)).collect();
             let (fd_pixel, fd_cls, accuracy) =

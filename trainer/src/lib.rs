@@ -9,17 +9,16 @@ pub mod cli;
 pub mod data;
 pub mod eval;
 pub mod fid;
-pub mod finetune;
 pub use fewstep_metrics::frechet;
 pub mod inception;
 pub mod interop;
-pub mod losses;
 pub mod memory;
 pub mod model;
 pub mod parallel;
 pub mod plots;
 pub mod pretrain;
 pub mod run;
+pub mod two_stage;
 
 /// A progress bar on stderr for `total` steps (hidden when `quiet` or not a terminal).
 pub fn progress(total: u64, quiet: bool) -> indicatif::ProgressBar {

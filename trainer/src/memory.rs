@@ -9,8 +9,8 @@ use burn::module::Module;
 use sampler_core::fs::human_size;
 use sampler_core::model::NetConfig;
 
-use crate::finetune::{DiscGrad, FinetuneConfig};
 use crate::pretrain::PretrainConfig;
+use crate::two_stage::{DiscGrad, FinetuneConfig};
 
 /// Autodiff keeps every forward activation and builds their gradients: three times the
 /// inference activations of a sample.

@@ -1,50 +1,20 @@
 //! What the trainer optimizes: a base denoiser (a network with its EMA copy, or an exact
-//! mixture) and the schedule logits `v` (docs/method.md §3) as a burn module.
+//! mixture), its initialization and EMA, and the named network presets. The schedule
+//! logits stage 1 learns are in [`crate::two_stage::levels`].
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::optim::{AdamConfig, ModuleOptimizer};
+use burn::tensor::{Device, Tensor};
 use sampler_core::bundle::{Bundle, ModelSpec};
 use sampler_core::gmm::{Mixture, MixtureDenoiser};
 use sampler_core::model::{
     NetConfig, Network, Preconditioned, UNetConfig, network_from_bytes, weights_to_bytes,
 };
 use sampler_core::precond::Precond;
-use sampler_core::schedule::{Warp, sigmas_from_logits};
 use sampler_core::solver::Denoiser;
-
-/// Fixed id of the logits parameter (network ids are random and saved with the weights).
-const SCHEDULE_PARAM_ID: u64 = 0x5C4E_D01E;
-
-/// The learnable schedule: `T - 2` logits of the softmax-increment parameterization.
-#[derive(Module, Debug)]
-pub struct ScheduleLogits {
-    /// `v`, `[T - 2]`.
-    pub v: Param<Tensor<1>>,
-}
-
-impl ScheduleLogits {
-    /// Logits `v` on `device` (an autodiff device makes them trainable), in the device's
-    /// float type. The parameter id is fixed so a resumed optimizer finds its state.
-    pub fn new(v: &[f64], device: &Device) -> Self {
-        let t = Tensor::<1>::from_data(TensorData::new(v.to_vec(), [v.len()]), device);
-        let mut v = Param::from_tensor(t);
-        v.id = ParamId::from(SCHEDULE_PARAM_ID);
-        ScheduleLogits { v }
-    }
-
-    /// The levels `s_0..s_{T-1}`, differentiable in `v`.
-    pub fn sigmas(&self, s_min: f64, s_max: f64, warp: Warp) -> Tensor<1> {
-        sigmas_from_logits(self.v.val(), s_min, s_max, warp)
-    }
-
-    /// Current logits as numbers.
-    pub fn values(&self) -> Vec<f64> {
-        self.v.val().try_into_vec_as::<f64>().unwrap_or_default()
-    }
-}
 
 /// Flex draws initial weights and dropout masks from one global RNG: seed and draw under one
 /// lock so concurrent runs in one process cannot interleave their draws.
@@ -182,6 +152,19 @@ pub fn update_ema(ema: Network, net: &Network, decay: f64) -> Network {
     let mut c = Collect(HashMap::new());
     net.visit(&mut c);
     ema.map(&mut Blend(c.0, decay))
+}
+
+/// The EMA's decay after `n` updates: `min(decay, (1 + n) / (10 + n))`, a warm-up so that
+/// the average does not hold on to the first weights (pre-training and stage 2 alike).
+pub fn ema_decay_at(decay: f64, n: u64) -> f64 {
+    let n = n as f64;
+    decay.min((1.0 + n) / (10.0 + n))
+}
+
+/// The optimizer of every trained parameter (weights and schedule logits): Adam with
+/// PyTorch's epsilon, 1e-8, as EDM trains.
+pub fn adam() -> ModuleOptimizer {
+    AdamConfig::new().with_epsilon(1e-8).init()
 }
 
 /// Named network settings (`trainer pretrain --preset`, `trainer bench --preset`).

@@ -12,13 +12,13 @@
 
 use std::ops::Range;
 
-use anyhow::Result;
+use anyhow::{Result, bail};
 use burn::module::Module;
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::{Device, Tensor};
 use rayon::prelude::*;
 
-use crate::finetune::scalar;
+use crate::run::scalar;
 
 /// `rows` cut into at most `n` contiguous, non-empty shards whose sizes differ by at most one
 /// (the longer ones first).
@@ -35,6 +35,15 @@ pub fn shards(rows: usize, n: usize) -> Vec<Range<usize>> {
         })
         .filter(|r| !r.is_empty())
         .collect()
+}
+
+/// `devices` as the replicas of a run on `device`, which must come first: the weights and
+/// the optimizer live there, and the shards' gradients are summed there.
+pub fn replicas_of(device: &Device, devices: Vec<Device>) -> Result<Vec<Device>> {
+    if devices.first() != Some(device) {
+        bail!("the first of --devices must be the run's device");
+    }
+    Ok(devices)
 }
 
 /// The global batch's mean loss and its gradient with respect to `module`'s parameters, on

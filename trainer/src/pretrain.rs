@@ -2,11 +2,9 @@
 //! `w(s) ||D(x + s eps, s) - x||^2` with `ln s ~ N(-1.2, 1.2^2)`, an EMA of the weights for
 //! export, periodic atomic checkpoints, resumable.
 
-use std::time::Instant;
-
 use anyhow::{Context, Result, bail};
 use burn::module::Module;
-use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer};
+use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::tensor::{Device, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -17,12 +15,12 @@ use sampler_core::model::{
 };
 use sampler_core::precond::Precond;
 use sampler_core::rng;
-use sampler_core::schedule::Schedule;
+use sampler_core::schedule::{SIGMA_MAX, SIGMA_MIN, Schedule};
 
 use crate::data::{Dataset, noise};
-use crate::losses::edm_loss;
-use crate::model::{init_network, update_ema};
-use crate::run::{Checkpoint, RunDir};
+use crate::model::{adam, ema_decay_at, init_network, update_ema};
+use crate::run::{Checkpoint, RunDir, Training, check_finite};
+use crate::two_stage::losses::edm_loss;
 
 /// EDM's `P_mean`.
 pub const P_MEAN: f64 = -1.2;
@@ -109,7 +107,7 @@ impl Pretrain {
         }
         let mut net = init_network(&config.net, config.seed, device);
         let mut ema = net.valid();
-        let mut optim = AdamConfig::new().with_epsilon(1e-8).init();
+        let mut optim = adam();
         let mut step = 0;
         if let Some(ck) = checkpoint {
             step = ck.step;
@@ -146,10 +144,7 @@ impl Pretrain {
     /// Splits each step's batch over `devices` (data parallel, [`crate::parallel`]); the
     /// first must be the run's device. The result equals one device's within f32 round-off.
     pub fn with_replicas(mut self, devices: Vec<Device>) -> Result<Self> {
-        if devices.first() != Some(&self.device) {
-            bail!("the first of --devices must be the run's device");
-        }
-        self.replicas = devices;
+        self.replicas = crate::parallel::replicas_of(&self.device, devices)?;
         Ok(self)
     }
 
@@ -210,21 +205,14 @@ impl Pretrain {
 
     fn step_inner(&mut self, data: &Dataset) -> Result<f64> {
         let (loss, gp) = self.loss_and_grads_inner(data)?;
-        if !loss.is_finite() {
-            return Err(crate::run::Diverged(format!(
-                "the loss became {loss} at step {}",
-                self.step
-            ))
-            .into());
-        }
+        check_finite(loss, self.step, None)?;
         let placeholder = self
             .config
             .net
             .init(&self.device.clone().without_autodiff());
         let net = std::mem::replace(&mut self.net, placeholder);
         self.net = self.optim.step(self.config.lr, net, gp);
-        let n = self.step as f64;
-        let decay = self.config.ema_decay.min((1.0 + n) / (10.0 + n));
+        let decay = ema_decay_at(self.config.ema_decay, self.step);
         let placeholder = self
             .config
             .net
@@ -271,7 +259,7 @@ pub fn export_bundle(
         image: config.image,
         label_count: config.label_count,
         precond: config.precond,
-        schedule: Schedule::edm(t, 0.002, 80.0)?,
+        schedule: Schedule::edm(t, SIGMA_MIN, SIGMA_MAX)?,
         solver: SolverKind::Euler,
         model: ModelSpec::Network {
             config: config.net.clone(),
@@ -281,10 +269,7 @@ pub fn export_bundle(
             dataset: config.dataset.clone(),
             training_steps: ck.step,
             schedule_method: "edm-rho7".into(),
-            created_unix: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0),
+            created_unix: crate::run::unix_now(),
         },
     };
     b.validate()?;
@@ -298,7 +283,8 @@ fn kind(n: &NetConfig) -> &'static str {
     }
 }
 
-/// Runs pre-training to the end (or `stop_after` steps) with logging and checkpoints.
+/// Runs pre-training to the end (or `stop_after` steps) with [`crate::run::train`]'s loop:
+/// logging every step, checkpointing every `checkpoint_every` steps and at the end.
 pub fn run(
     run_dir: &RunDir,
     config: PretrainConfig,
@@ -324,31 +310,59 @@ pub fn run(
             data.label_count
         );
     }
-    let started = run_dir.start(&config)?;
-    let mut checkpoints =
-        crate::run::Checkpoints::new(run_dir, started.checkpoint.as_ref().map(|c| c.step));
-    let device = devices.first().context("no device to train on")?;
-    let mut pt = Pretrain::new(config, started.checkpoint.clone(), device)?
-        .with_replicas(devices.to_vec())?;
-    run_dir.accept(&pt.config, &started)?;
-    let total = pt.config.steps;
-    let end = stop_after.map_or(total, |s| s.min(total));
-    let bar = crate::progress(total, quiet);
-    bar.set_position(pt.step);
-    let start = Instant::now();
-    let first = pt.step;
-    while pt.step < end {
-        let step = pt.step;
-        let loss = pt.step_once(data).map_err(|e| checkpoints.diverged(e))?;
-        checkpoints.step_ok()?;
-        run_dir.log(&json!({"step": step, "loss": loss}))?;
-        let rate = (pt.step - first) as f64 / start.elapsed().as_secs_f64().max(1e-9);
-        bar.set_message(format!("loss {loss:.4} {rate:.2} steps/s"));
-        bar.set_position(pt.step);
-        if pt.step % pt.config.checkpoint_every.max(1) == 0 || pt.step == end {
-            checkpoints.offer(pt.checkpoint()?, pt.weights_finite(), pt.step == end)?;
-        }
+    let open = |config, checkpoint, device: &Device| -> Result<OnData> {
+        let run = Pretrain::new(config, checkpoint, device)?.with_replicas(devices.to_vec())?;
+        Ok(OnData { run, data })
+    };
+    let on = crate::run::train(run_dir, config, devices, stop_after, quiet, open)?;
+    Ok(on.run)
+}
+
+/// A pre-training run with the data set it steps on, as [`crate::run::train`] drives it.
+struct OnData<'a> {
+    run: Pretrain,
+    data: &'a Dataset,
+}
+
+impl Training for OnData<'_> {
+    type Config = PretrainConfig;
+    /// The step and its loss.
+    type Record = (u64, f64);
+
+    fn config(&self) -> &PretrainConfig {
+        &self.run.config
     }
-    bar.finish_and_clear();
-    Ok(pt)
+
+    fn steps_done(&self) -> u64 {
+        self.run.step
+    }
+
+    fn total_steps(&self) -> u64 {
+        self.run.config.steps
+    }
+
+    fn checkpoint_every(&self) -> u64 {
+        self.run.config.checkpoint_every
+    }
+
+    fn train_step(&mut self) -> Result<(u64, f64)> {
+        let step = self.run.step;
+        Ok((step, self.run.step_once(self.data)?))
+    }
+
+    fn log_entry(&self, &(step, loss): &(u64, f64)) -> Result<serde_json::Value> {
+        Ok(json!({"step": step, "loss": loss}))
+    }
+
+    fn progress(&self, &(_, loss): &(u64, f64)) -> String {
+        format!("loss {loss:.4}")
+    }
+
+    fn save(&self) -> Result<Checkpoint> {
+        self.run.checkpoint()
+    }
+
+    fn finite(&self) -> bool {
+        self.run.weights_finite()
+    }
 }

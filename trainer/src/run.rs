@@ -1,4 +1,6 @@
-//! A run directory: `config.json` (everything needed to reproduce the run), `log.jsonl`
+//! How a training run is driven and kept: [`train`], the one loop of pre-training and
+//! fine-tuning (steps, log lines, progress, checkpoints), and the run directory it works
+//! in: `config.json` (everything needed to reproduce the run), `log.jsonl`
 //! (one line per step: losses and the current schedule), `checkpoint.bin` (written to a
 //! temporary file and renamed, so an interruption never leaves a half checkpoint) and
 //! `run.lock` while a trainer works in it.
@@ -10,8 +12,10 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
+use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 /// Magic of trainer checkpoints.
@@ -84,6 +88,90 @@ pub fn diverged(e: anyhow::Error, last_checkpoint: Option<u64>) -> anyhow::Error
     }
 }
 
+/// The value of a one-element tensor.
+pub fn scalar(t: &Tensor<1>) -> f64 {
+    t.clone().inner().into_scalar::<f64>()
+}
+
+/// A [`Diverged`] error unless `loss` is finite; `stage` names the fine-tuning stage (none
+/// in pre-training).
+pub fn check_finite(loss: f64, step: u64, stage: Option<u8>) -> Result<()> {
+    if !loss.is_finite() {
+        let what = match stage {
+            Some(stage) => format!("the stage-{stage} loss"),
+            None => "the loss".to_string(),
+        };
+        return Err(Diverged(format!("{what} became {loss} at step {step}")).into());
+    }
+    Ok(())
+}
+
+/// What [`train`] needs of a run: pre-training ([`crate::pretrain`]) or the two-stage
+/// optimization ([`crate::two_stage`]).
+pub trait Training {
+    /// What defines the run, saved as `config.json`.
+    type Config: Serialize + for<'de> Deserialize<'de>;
+    /// What one step reports.
+    type Record;
+    /// The run's config.
+    fn config(&self) -> &Self::Config;
+    /// Steps done (all stages together).
+    fn steps_done(&self) -> u64;
+    /// Steps of the whole run.
+    fn total_steps(&self) -> u64;
+    /// Steps between checkpoints.
+    fn checkpoint_every(&self) -> u64;
+    /// One optimizer step.
+    fn train_step(&mut self) -> Result<Self::Record>;
+    /// The step's line of `log.jsonl`, written after the step.
+    fn log_entry(&self, record: &Self::Record) -> Result<serde_json::Value>;
+    /// The progress bar's message for the step (the rate is appended).
+    fn progress(&self, record: &Self::Record) -> String;
+    /// The state to save.
+    fn save(&self) -> Result<Checkpoint>;
+    /// Whether the state is all finite (checked before every checkpoint).
+    fn finite(&self) -> bool;
+}
+
+/// Runs a training run to its end (or to `stop_after` steps): takes up the checkpoint in
+/// `run_dir` if there is one, builds the run with `open(config, checkpoint, first device)`,
+/// then logs every step, checkpoints every `checkpoint_every` steps and at the end, and
+/// turns a divergence into an error that names the checkpoint to resume from.
+pub fn train<T: Training>(
+    run_dir: &RunDir,
+    config: T::Config,
+    devices: &[Device],
+    stop_after: Option<u64>,
+    quiet: bool,
+    open: impl FnOnce(T::Config, Option<Checkpoint>, &Device) -> Result<T>,
+) -> Result<T> {
+    let started = run_dir.start(&config)?;
+    let mut checkpoints = Checkpoints::new(run_dir, started.checkpoint.as_ref().map(|c| c.step));
+    let device = devices.first().context("no device to train on")?;
+    let mut run = open(config, started.checkpoint.clone(), device)?;
+    run_dir.accept(run.config(), &started)?;
+    let total = run.total_steps();
+    let end = stop_after.map_or(total, |s| s.min(total));
+    let bar = crate::progress(total, quiet);
+    bar.set_position(run.steps_done());
+    let start = Instant::now();
+    let first = run.steps_done();
+    while run.steps_done() < end {
+        let rec = run.train_step().map_err(|e| checkpoints.diverged(e))?;
+        checkpoints.step_ok()?;
+        run_dir.log(&run.log_entry(&rec)?)?;
+        let step = run.steps_done();
+        let rate = (step - first) as f64 / start.elapsed().as_secs_f64().max(1e-9);
+        bar.set_message(format!("{} {:.2} steps/s", run.progress(&rec), rate));
+        bar.set_position(step);
+        if step % run.checkpoint_every().max(1) == 0 || step == end {
+            checkpoints.offer(run.save()?, run.finite(), step == end)?;
+        }
+    }
+    bar.finish_and_clear();
+    Ok(run)
+}
+
 /// Writes a run's checkpoints so that a resume never starts from a diverged state: a
 /// checkpoint is held back until the next step's loss, computed on its weights, comes out
 /// finite (an update can leave finite weights that already give a NaN loss); the one at the
@@ -137,6 +225,15 @@ impl<'a> Checkpoints<'a> {
     pub fn diverged(&self, e: anyhow::Error) -> anyhow::Error {
         diverged(e, self.last)
     }
+}
+
+/// Seconds since the Unix epoch (0 on a clock set before it): when an exported bundle was
+/// made, for its provenance.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// Writes `bytes` to `path` atomically (see [`sampler_core::fs::write_atomic`]).

@@ -12,9 +12,9 @@ use burn::tensor::Device;
 use sampler_core::bundle::ImageShape;
 use sampler_core::model::{NetConfig, UNetConfig};
 use sampler_core::precond::Precond;
-use trainer::finetune::{DiscGrad, FinetuneConfig, Mode};
 use trainer::pretrain::PretrainConfig;
 use trainer::run::RunDir;
+use trainer::two_stage::{DiscGrad, FinetuneConfig, Mode};
 
 struct Peak;
 static CURRENT: AtomicUsize = AtomicUsize::new(0);
@@ -125,7 +125,7 @@ fn estimates_bound_the_measured_peaks() {
         c.checkpoint_every = 1;
         let run_dir = RunDir::create(&dir.path().join(name)).unwrap();
         let peak = peak_of(|| {
-            trainer::finetune::run(
+            trainer::two_stage::run(
                 &run_dir,
                 c.clone(),
                 Some(data.clone()),

@@ -11,9 +11,9 @@ use burn::tensor::{Device, Tensor};
 use sampler_core::bundle::{ImageShape, SolverKind};
 use sampler_core::model::NetConfig;
 use sampler_core::precond::Precond;
-use trainer::finetune::{FinetuneConfig, Mode};
 use trainer::pretrain::{Pretrain, PretrainConfig};
 use trainer::run::RunDir;
+use trainer::two_stage::{FinetuneConfig, Mode};
 
 fn device() -> Device {
     Device::flex().autodiff()
@@ -174,7 +174,7 @@ fn stage2_on_two_devices_follows_the_same_losses() {
         c.teacher_steps = 16;
         let run = |name: String, devices: Vec<Device>| {
             let run_dir = RunDir::create(&dir.path().join(name)).unwrap();
-            trainer::finetune::run(
+            trainer::two_stage::run(
                 &run_dir,
                 c.clone(),
                 Some(data.clone()),

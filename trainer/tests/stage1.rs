@@ -3,7 +3,7 @@
 use sampler_core::bundle::{Bundle, SolverKind};
 use sampler_core::schedule::Schedule;
 use trainer::eval::{ScheduleEval, evaluate_schedule};
-use trainer::finetune::{DiscGrad, DiscTarget, Finetune, FinetuneConfig, Mode};
+use trainer::two_stage::{DiscGrad, DiscTarget, Finetune, FinetuneConfig, Mode};
 
 fn mixture_bundle(dir: &std::path::Path) -> std::path::PathBuf {
     let m = trainer::cli::random_mixture(4, 16, 3);

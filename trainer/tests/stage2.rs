@@ -9,8 +9,9 @@ use sampler_core::bundle::SolverKind;
 use sampler_core::solver::{Stop, heun, solve};
 use sampler_core::{Bundle, Sampler, Schedule};
 use trainer::data::noise;
-use trainer::finetune::{DiscTarget, Finetune, FinetuneConfig, Mode, Teacher, scalar};
 use trainer::run::RunDir;
+use trainer::run::scalar;
+use trainer::two_stage::{DiscTarget, Finetune, FinetuneConfig, Mode, Teacher};
 
 fn device() -> Device {
     Device::flex().autodiff()
@@ -57,7 +58,7 @@ fn stage2_of_ipndm_moves_its_endpoint_toward_the_teacher() {
     c.teacher_pool = 128;
     c.teacher_steps = 32;
     let run = RunDir::create(&dir.path().join("run")).unwrap();
-    let ft = trainer::finetune::run(&run, c, Some(data), &[device()], None, true).unwrap();
+    let ft = trainer::two_stage::run(&run, c, Some(data), &[device()], None, true).unwrap();
     let mut fresh = ft.config.clone();
     fresh.stage2_steps = 0;
     let start = Finetune::new(fresh, Some(ft.data().clone()), None, &device()).unwrap();
@@ -186,7 +187,7 @@ fn resumed_run_equals_uninterrupted_run() {
     ipndm.solver = SolverKind::Ipndm;
     ipndm.teacher = Teacher::Shipped;
     let mut cached = euler.clone();
-    cached.disc_grad = trainer::finetune::DiscGrad::Paper;
+    cached.disc_grad = trainer::two_stage::DiscGrad::Paper;
     cached.traj_refresh = 2;
     for (name, c) in [("euler", euler), ("ipndm", ipndm), ("traj-cache", cached)] {
         resumes_bit_exactly(dir.path(), name, c, &data);
@@ -200,7 +201,7 @@ fn resumes_bit_exactly(
     data: &trainer::data::Dataset,
 ) {
     let whole = RunDir::create(&dir.join(format!("{name}-whole"))).unwrap();
-    let a = trainer::finetune::run(
+    let a = trainer::two_stage::run(
         &whole,
         c.clone(),
         Some(data.clone()),
@@ -213,7 +214,7 @@ fn resumes_bit_exactly(
     // Stop in stage 2 of round 0 (step 5), then in stage 1 of round 1 (step 7), then finish.
     let parts = RunDir::create(&dir.join(format!("{name}-parts"))).unwrap();
     for stop in [5, 7] {
-        trainer::finetune::run(
+        trainer::two_stage::run(
             &parts,
             c.clone(),
             Some(data.clone()),
@@ -223,7 +224,8 @@ fn resumes_bit_exactly(
         )
         .unwrap();
     }
-    let b = trainer::finetune::run(&parts, c, Some(data.clone()), &[device()], None, true).unwrap();
+    let b =
+        trainer::two_stage::run(&parts, c, Some(data.clone()), &[device()], None, true).unwrap();
 
     let (la, lb) = (log_losses(&whole), log_losses(&parts));
     assert_eq!(la.len(), 12);
@@ -307,7 +309,7 @@ fn exported_bundle_denoises_like_the_trainer() {
     let mut c = two_stage_config(base);
     c.rounds = 1;
     let run = RunDir::create(&dir.path().join("run")).unwrap();
-    let ft = trainer::finetune::run(&run, c, Some(data), &[device()], None, true).unwrap();
+    let ft = trainer::two_stage::run(&run, c, Some(data), &[device()], None, true).unwrap();
     let bytes = ft.export("unet", "").unwrap().to_bytes().unwrap();
     let plain = Device::flex();
     let sampler = Sampler::from_bundle(&bytes, &plain).unwrap();
@@ -337,7 +339,7 @@ fn nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint() {
     let mut c = two_stage_config(base);
     c.checkpoint_every = 2;
     let run = RunDir::create(&dir.path().join("run")).unwrap();
-    trainer::finetune::run(
+    trainer::two_stage::run(
         &run,
         c.clone(),
         Some(data.clone()),
@@ -351,7 +353,7 @@ fn nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint() {
     // The same run continued on data that has gone bad.
     let mut poisoned = data;
     poisoned.values.iter_mut().for_each(|v| *v = f32::NAN);
-    let err = trainer::finetune::run(&run, c, Some(poisoned), &[device()], None, true)
+    let err = trainer::two_stage::run(&run, c, Some(poisoned), &[device()], None, true)
         .err()
         .expect("a NaN loss must stop the run");
     let msg = format!("{err:#}");

@@ -7,7 +7,7 @@
 use burn::tensor::{Device, FloatDType};
 use sampler_core::bundle::Bundle;
 use sampler_core::schedule::Schedule;
-use trainer::finetune::{DiscGrad, DiscTarget, Finetune, FinetuneConfig, Mode};
+use trainer::two_stage::{DiscGrad, DiscTarget, Finetune, FinetuneConfig, Mode};
 
 fn f64_device() -> Device {
     static ONCE: std::sync::Once = std::sync::Once::new();
