@@ -13,6 +13,7 @@ use sampler_core::bundle::{Bundle, SolverKind};
 use super::{batch_arg, count_arg, list_default, load_named, steps_arg};
 use crate::classifier::TrainedClassifier;
 use crate::data::Dataset;
+use crate::eval::measure::CLASSIFIER_BATCH;
 use crate::eval::{EvalConfig, RealSet, Setting, run_eval, to_markdown, write_reports};
 use crate::inception::Inception;
 
@@ -152,7 +153,7 @@ pub(super) fn run(a: EvalArgs) -> Result<()> {
     };
     let held_out_accuracy = match (&real, &classifier) {
         (Some((_, data)), Some(c)) => match &data.labels {
-            Some(l) => Some(c.accuracy(&data.values, l, 256, &plain)?),
+            Some(l) => Some(c.accuracy(&data.values, l, CLASSIFIER_BATCH, &plain)?),
             None => None,
         },
         _ => None,

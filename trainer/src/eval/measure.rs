@@ -18,6 +18,10 @@ use crate::frechet::{FrechetReference, Moments};
 use crate::inception::Inception;
 use crate::losses::row_mse;
 
+/// Images per forward pass of the feature classifier when eval scores a set (FD-cls,
+/// accuracy), written once for every set it scores.
+pub const CLASSIFIER_BATCH: usize = 256;
+
 /// What [`evaluate_schedule`] measures.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ScheduleEval {
@@ -98,7 +102,7 @@ impl RealSet {
         let pixels = FrechetReference::new(Moments::from_rows(&data.values, data.dim())?);
         let features = match classifier {
             Some(c) => {
-                let p = c.predict(&data.values, 256, device)?;
+                let p = c.predict(&data.values, CLASSIFIER_BATCH, device)?;
                 Some(FrechetReference::new(Moments::from_rows(
                     &p.features,
                     c.config.features,
@@ -144,7 +148,7 @@ pub(super) fn frechet_and_accuracy(
     let Some(c) = classifier else {
         return Ok((Some(fd_pixel), None, None));
     };
-    let p = c.predict(clamped, 256, device)?;
+    let p = c.predict(clamped, CLASSIFIER_BATCH, device)?;
     let fd_cls = match &r.features {
         Some(f) => Some(f.distance(&Moments::from_rows(&p.features, c.config.features)?)?),
         None => None,

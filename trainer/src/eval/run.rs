@@ -17,7 +17,7 @@ use sampler_core::schedule::Schedule;
 use sampler_core::solver::Denoiser;
 use sampler_core::{Images, Sampler};
 
-use super::measure::{RealSet, frechet_and_accuracy, rmse};
+use super::measure::{CLASSIFIER_BATCH, RealSet, frechet_and_accuracy, rmse};
 use crate::classifier::TrainedClassifier;
 use crate::fid::{image_features, saturated_fraction};
 use crate::inception::Inception;
@@ -360,7 +360,7 @@ pub fn run_eval(
             let labels: Vec<u32> = (0..ref_count)
                 .map(|k| (k % c.config.classes) as u32)
                 .collect();
-            Some(c.accuracy(&clamped, &labels, 256, &device)?)
+            Some(c.accuracy(&clamped, &labels, CLASSIFIER_BATCH, &device)?)
         }
         _ => None,
     };
