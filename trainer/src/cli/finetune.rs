@@ -111,7 +111,8 @@ impl TryFrom<(&FinetuneArgs, &Bundle)> for FinetuneConfig {
     fn try_from((a, base): (&FinetuneArgs, &Bundle)) -> Result<FinetuneConfig> {
         // An absolute path keeps `trainer export` working from any directory.
         let base_path = std::fs::canonicalize(&a.base).unwrap_or_else(|_| a.base.clone());
-        // Stage 2 distils toward the frozen base network where it is that distillation.
+        // Two-stage with another solver than Euler: stage 2 distils the T-step sampler toward
+        // the frozen base network's ODE, so that network is the teacher.
         let teacher = a.teacher.unwrap_or(
             if a.solver != SolverKind::Euler && a.mode == Mode::TwoStage {
                 Teacher::Base
