@@ -31,11 +31,8 @@ fn generate(sampler: &Sampler, n: usize, f: &SamplerRun) -> Result<Vec<f32>> {
             TensorData::new(sampler.initial_noise(0, first as u64, count), [count, d]),
             &device,
         );
-        let mut one_hot = vec![0.0f32; count * l];
-        for k in 0..count {
-            one_hot[k * l + (first + k) % l] = 1.0;
-        }
-        let labels = Tensor::<2>::from_data(TensorData::new(one_hot, [count, l]), &device);
+        let labels =
+            sampler_core::denoiser::one_hot((first..first + count).map(|k| k % l), l, &device);
         let x = sampler_core::cpu::on_cpu_workers(|| {
             sampler.with_denoiser(|den| f(den, x0, Some(labels)))
         });

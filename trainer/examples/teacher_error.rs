@@ -28,11 +28,7 @@ fn main() -> Result<()> {
         TensorData::new(sampler.initial_noise(0, 0, ROWS), [ROWS, d]),
         &device,
     );
-    let mut one_hot = vec![0.0f32; ROWS * l];
-    for k in 0..ROWS {
-        one_hot[k * l + k % l] = 1.0;
-    }
-    let labels = Tensor::<2>::from_data(TensorData::new(one_hot, [ROWS, l]), &device);
+    let labels = sampler_core::denoiser::one_hot((0..ROWS).map(|k| k % l), l, &device);
     let at_min = |solver: Option<SolverKind>, levels: usize| -> Result<Vec<f32>> {
         let sigmas = Schedule::edm(levels, s_min, s_max)?.to_tensor(&device);
         let x = sampler_core::cpu::on_cpu_workers(|| {

@@ -27,7 +27,7 @@ fn mean_sd(v: &[f64]) -> (f64, f64) {
 fn main() -> Result<()> {
     let dir = std::env::temp_dir().join(format!("fewstep-traj-cache-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    let mixture = trainer::cli::random_mixture(4, 16, 3);
+    let mixture = sampler_core::gmm::Mixture::random(4, 16, 3);
     let bundle = Bundle {
         name: "gmm".into(),
         description: String::new(),

@@ -440,12 +440,8 @@ impl Dataset {
         }
         let x = Tensor::from_data(TensorData::new(x, [batch, d]), device);
         let labels = self.labels.as_ref().map(|l| {
-            let lc = self.label_count as usize;
-            let mut oh = vec![0f32; batch * lc];
-            for (b, &i) in idx.iter().enumerate() {
-                oh[b * lc + l[i] as usize] = 1.0;
-            }
-            Tensor::from_data(TensorData::new(oh, [batch, lc]), device)
+            let label_count = self.label_count as usize;
+            sampler_core::denoiser::one_hot(idx.iter().map(|&i| l[i] as usize), label_count, device)
         });
         (x, labels)
     }

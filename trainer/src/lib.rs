@@ -3,7 +3,6 @@
 //! formula it optimizes (schedule, preconditioning, network, solvers) comes from
 //! sampler-core, so what is trained is exactly what ships.
 
-pub mod bench;
 pub mod classifier;
 pub mod cli;
 pub mod data;

@@ -68,6 +68,34 @@ pub struct PretrainConfig {
     pub dropout: f64,
 }
 
+impl PretrainConfig {
+    /// EDM pre-training of `net` on the images of `dataset` (`image`, `label_count`
+    /// classes), every other field at its default (the `trainer pretrain` flags read theirs
+    /// from here): EDM's preconditioning, 10,000 Adam steps of 64 at 0.001, EMA decay 0.999,
+    /// a checkpoint every 100 steps, seed 0, no dropout.
+    pub fn new(
+        net: NetConfig,
+        dataset: String,
+        image: sampler_core::bundle::ImageShape,
+        label_count: u32,
+    ) -> Self {
+        PretrainConfig {
+            net,
+            precond: Precond::default(),
+            steps: 10_000,
+            batch: 64,
+            lr: 1e-3,
+            ema_decay: 0.999,
+            seed: 0,
+            checkpoint_every: 100,
+            dataset,
+            image,
+            label_count,
+            dropout: 0.0,
+        }
+    }
+}
+
 /// A pre-training run in memory.
 pub struct Pretrain {
     /// Its config.

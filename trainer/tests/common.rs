@@ -29,7 +29,7 @@ pub fn network_base(dir: &Path, config: NetConfig, shape: ImageShape) -> (PathBu
     };
     let path = dir.join("base.bin");
     std::fs::write(&path, b.to_bytes().unwrap()).unwrap();
-    let m = trainer::cli::random_mixture(3, shape.values(), 9);
+    let m = sampler_core::gmm::Mixture::random(3, shape.values(), 9);
     (path, Dataset::from_mixture(&m, 512, 1, shape))
 }
 

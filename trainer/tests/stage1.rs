@@ -6,7 +6,7 @@ use trainer::eval::{ScheduleEval, evaluate_schedule};
 use trainer::two_stage::{DiscGrad, DiscTarget, Finetune, FinetuneConfig, Mode};
 
 fn mixture_bundle(dir: &std::path::Path) -> std::path::PathBuf {
-    let m = trainer::cli::random_mixture(4, 16, 3);
+    let m = sampler_core::gmm::Mixture::random(4, 16, 3);
     let b = Bundle {
         name: "gmm".into(),
         description: String::new(),

@@ -56,7 +56,9 @@ fn refresh_every_step_is_the_uncached_estimator_to_f64_round_off() {
         precond: Default::default(),
         schedule: Schedule::edm(5, 0.002, 80.0).unwrap(),
         solver: sampler_core::bundle::SolverKind::Euler,
-        model: sampler_core::bundle::ModelSpec::Mixture(trainer::cli::random_mixture(4, 16, 3)),
+        model: sampler_core::bundle::ModelSpec::Mixture(sampler_core::gmm::Mixture::random(
+            4, 16, 3,
+        )),
         provenance: Default::default(),
     };
     let base = dir.path().join("gmm.bin");

@@ -178,7 +178,7 @@ impl Finetune {
 
     /// One optimization step; returns its record.
     pub fn step_once(&mut self) -> Result<StepRecord> {
-        sampler_core::model::flex_ops::on_cpu_workers(|| self.step_inner())
+        sampler_core::cpu::on_cpu_workers(|| self.step_inner())
     }
 
     /// Draws the step's `L_bound` batch, then runs the stage the step belongs to.

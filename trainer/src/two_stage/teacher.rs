@@ -6,10 +6,11 @@
 //! bit-exact.
 
 use anyhow::{Context, Result, bail};
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{Tensor, TensorData};
 
+use sampler_core::denoiser::one_hot;
 use sampler_core::schedule::Schedule;
-use sampler_core::solver::heun_to_min;
+use sampler_core::solver::{Stop, heun};
 
 use super::config::Teacher;
 use super::losses::euler_states;
@@ -122,17 +123,11 @@ impl Finetune {
             &device,
         )
         .mul_scalar(c.s_max);
-        let labels = one_hot_labels(
-            &uniform_indices(
-                c.seed,
-                purpose::POOL_LABELS,
-                round,
-                n,
-                self.data.label_count.max(1) as usize,
-            ),
-            self.data.label_count,
-            &device,
-        );
+        let label_count = self.data.label_count as usize;
+        let labels = (label_count > 0).then(|| {
+            let ks = uniform_indices(c.seed, purpose::POOL_LABELS, round, n, label_count);
+            one_hot(ks.into_iter(), label_count, &device)
+        });
         (x0, labels)
     }
 
@@ -159,11 +154,12 @@ impl Finetune {
             for start in (0..n).step_by(chunk) {
                 let end = (start + chunk).min(n);
                 let lab = labels.clone().map(|l| l.slice(start..end));
-                parts.push(heun_to_min(
+                parts.push(heun(
                     den,
                     x0.clone().slice(start..end),
                     reference.clone(),
                     lab,
+                    Stop::Min,
                     |_| {},
                 ));
             }
@@ -255,19 +251,4 @@ impl Finetune {
             }
         }
     }
-}
-
-fn one_hot_labels(ks: &[usize], label_count: u32, device: &Device) -> Option<Tensor<2>> {
-    if label_count == 0 {
-        return None;
-    }
-    let l = label_count as usize;
-    let mut oh = vec![0f32; ks.len() * l];
-    for (i, &k) in ks.iter().enumerate() {
-        oh[i * l + k] = 1.0;
-    }
-    Some(Tensor::from_data(
-        TensorData::new(oh, [ks.len(), l]),
-        device,
-    ))
 }

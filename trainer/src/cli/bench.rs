@@ -10,15 +10,15 @@ use burn::module::Module;
 use clap::Args;
 use sampler_core::bundle::ImageShape;
 use sampler_core::model::{NetConfig, UNetConfig};
-use sampler_core::precond::Precond;
 
+use super::DEFAULT_DEVICE;
 use crate::data::Dataset;
 use crate::pretrain::{Pretrain, PretrainConfig};
 use crate::two_stage::{DiscGrad, Finetune, FinetuneConfig, Mode};
 
-/// Options of `trainer bench`.
+/// The flags of `trainer bench`.
 #[derive(Args, Debug)]
-pub struct BenchArgs {
+pub(super) struct BenchArgs {
     /// Values of T for stage 1.
     #[arg(long, default_value = "5,10,20", value_delimiter = ',')]
     t: Vec<usize>,
@@ -49,7 +49,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 8, value_name = "N")]
     traj_refresh: u64,
     /// Compute device: flex, vulkan or cuda.
-    #[arg(long, default_value = "flex")]
+    #[arg(long, default_value = DEFAULT_DEVICE)]
     device: String,
     /// Time only FID's Inception-v3 on the CPU: N random 28x28 gray images in batches of
     /// --inception-batch after one warm-up batch, as scripts/torch_inception_bench.py times
@@ -90,7 +90,7 @@ fn inception(images: usize, batch: usize) -> Result<()> {
 }
 
 /// Runs the benchmark and prints the table.
-pub fn run(a: BenchArgs) -> Result<()> {
+pub(super) fn run(a: BenchArgs) -> Result<()> {
     if let Some(n) = a.inception {
         return inception(n, a.inception_batch);
     }
@@ -126,21 +126,14 @@ pub fn run(a: BenchArgs) -> Result<()> {
         }
     };
     let params = net.init(&burn::tensor::Device::flex()).num_params(); // lazy: no weights
-    let mixture = crate::cli::random_mixture(8, shape.values(), 1);
+    let mixture = sampler_core::gmm::Mixture::random(8, shape.values(), 1);
     let data = Dataset::from_mixture(&mixture, 256, 2, shape);
     let pretrain_config = PretrainConfig {
-        net,
-        precond: Precond::default(),
         steps: 1_000,
         batch: a.batch,
-        lr: 1e-3,
-        ema_decay: 0.999,
-        seed: 0,
         checkpoint_every: 1_000,
-        dataset: "bench".into(),
-        image: shape,
-        label_count: 0,
         dropout,
+        ..PretrainConfig::new(net, "bench".into(), shape, 0)
     };
     let mut pt = Pretrain::new(pretrain_config, None, &device)?.with_replicas(devices.clone())?;
     let mut rows: Vec<(String, f64)> = Vec::new();
