@@ -20,11 +20,11 @@ use alloc::string::ToString;
 use alloc::vec::Vec;
 
 use crate::bundle::{Bundle, ModelSpec, SolverKind};
+use crate::error::SamplerError;
 use crate::model::{MlpConfig, NetConfig, Resample, UNetConfig};
 use crate::pack::{PackView, Weight, WeightDtype, f16_to_f32, f32_to_f16};
 use crate::precond::Precond;
 use crate::rng;
-use crate::sampler::SamplerError;
 
 /// How activations are stored in the arena (arithmetic is f32 either way).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
