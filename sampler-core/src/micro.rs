@@ -21,9 +21,9 @@ use alloc::vec::Vec;
 
 use crate::bundle::{Bundle, ModelSpec, SolverKind};
 use crate::error::SamplerError;
+use crate::model::config;
 use crate::model::{MlpConfig, NetConfig, Resample, UNetConfig};
 use crate::pack::{PackView, Weight, WeightDtype, f16_to_f32, f32_to_f16};
-use crate::precond::Precond;
 use crate::rng;
 
 /// How activations are stored in the arena (arithmetic is f32 either way).
@@ -65,10 +65,10 @@ impl Store for u16 {
 
 /// Rows per band of the f32 accumulators.
 const BAND_ROWS: usize = 4;
-/// EDM's residual scale.
-const SKIP_SCALE: f32 = core::f32::consts::FRAC_1_SQRT_2;
-/// EDM's GroupNorm epsilon.
-const NORM_EPS: f32 = 1e-6;
+/// EDM's residual scale, rounded once to the f32 the runtime computes in.
+const SKIP_SCALE: f32 = config::SKIP_SCALE as f32;
+/// EDM's GroupNorm epsilon, rounded once to f32.
+const NORM_EPS: f32 = config::GROUP_NORM_EPS as f32;
 
 /// A Linear layer: weight `[in, out]`, bias `[out]`.
 #[derive(Clone, Copy)]
@@ -245,7 +245,7 @@ fn norm_affine(
     out: &mut [(f32, f32)],
 ) {
     let c = norm.channels;
-    let groups = 32.min(c / 4).max(1);
+    let groups = config::edm_groups(c);
     let per = c / groups;
     let mut gamma = [0.0f32; 1];
     let mut beta = [0.0f32; 1];
@@ -901,7 +901,9 @@ impl<'a> MicroSampler<'a> {
         sigma: f32,
         label: Option<usize>,
     ) {
-        let [c_skip, c_out, c_in, c_noise] = coeffs(self.bundle.precond, sigma);
+        let c = self.bundle.precond.coeffs_of(sigma as f64);
+        let [c_skip, c_out, c_in, c_noise] =
+            [c.c_skip, c.c_out, c.c_in, c.c_noise].map(|v| v as f32);
         let mark = ctx.f.mark();
         let inp = ctx.f.alloc(x.len);
         if !ctx.dry {
@@ -922,36 +924,6 @@ impl<'a> MicroSampler<'a> {
         }
         ctx.f.release(mark);
     }
-}
-
-/// `[c_skip, c_out, c_in, c_noise]` of `precond` at `sigma`: the scalar form of
-/// [`Precond::coeffs`](crate::precond::Precond), evaluated in f64 and rounded once.
-pub fn coeffs(precond: Precond, sigma: f32) -> [f32; 4] {
-    let s = sigma as f64;
-    let s2 = s * s;
-    let c = match precond {
-        Precond::Edm { sigma_data } => {
-            let sd = sigma_data as f64;
-            let r = libm::sqrt(s2 + sd * sd);
-            [
-                sd * sd / (s2 + sd * sd),
-                s * sd / r,
-                1.0 / r,
-                libm::log(s) / 4.0,
-            ]
-        }
-        Precond::Vp {
-            beta_d,
-            beta_min,
-            m,
-        } => {
-            let (bd, bm) = (beta_d as f64, beta_min as f64);
-            let t = (libm::sqrt(bm * bm + 2.0 * bd * libm::log1p(s2)) - bm) / bd;
-            [1.0, -s, 1.0 / libm::sqrt(s2 + 1.0), t * (m as f64 - 1.0)]
-        }
-        Precond::Ve => [1.0, s, 1.0, libm::log(0.5 * s)],
-    };
-    c.map(|v| v as f32)
 }
 
 /// EDM's noise/label mapping into `emb` (f32): `silu(l1(silu(l0(pos(c_noise) + label))))`,
@@ -977,7 +949,7 @@ fn embed<S: Store>(
         let half = noise_channels / 2;
         let denom = (half.max(2) - 1) as f64;
         for i in 0..half {
-            let freq = libm::pow(1.0 / 10_000.0, i as f64 / denom) as f32;
+            let freq = libm::pow(1.0 / config::MAX_POSITIONS, i as f64 / denom) as f32;
             let a = c_noise * freq;
             p[i] = libm::sinf(a);
             p[half + i] = libm::cosf(a);

@@ -8,6 +8,20 @@ use alloc::vec;
 use alloc::vec::Vec;
 use serde::{Deserialize, Serialize};
 
+// EDM's constants of the DDPM++ network (NVlabs/edm, training/networks.py), shared by both
+// engines: burn's modules (`model::unet`, `model::network`) and the micro runtime
+// (`crate::micro`), which round them to f32 where they compute in f32.
+
+/// GroupNorm's epsilon: SongUNet passes `eps=1e-6` to every `GroupNorm` (EDM's class
+/// default is 1e-5).
+pub const GROUP_NORM_EPS: f64 = 1e-6;
+/// The residual scale of DDPM++'s `UNetBlock`, `skip_scale = sqrt(1/2)`: the block's sum
+/// `conv1(..) + skip(x)` and its attention's `proj(..) + x` are scaled by it.
+pub const SKIP_SCALE: f64 = core::f64::consts::FRAC_1_SQRT_2;
+/// `max_positions` of EDM's `PositionalEmbedding`: the noise embedding's frequencies run
+/// from 1 down to `1 / MAX_POSITIONS` (endpoint included).
+pub const MAX_POSITIONS: f64 = 10_000.0;
+
 /// Which network, with its hyper-parameters.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum NetConfig {
