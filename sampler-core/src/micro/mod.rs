@@ -27,6 +27,7 @@ mod weights;
 use alloc::string::ToString;
 
 use arena::{Buf, Ctx, Store, disjoint};
+use solve::Solve;
 use weights::Net;
 
 use crate::bundle::{Bundle, ModelSpec};
@@ -238,14 +239,14 @@ impl<'a> MicroSampler<'a> {
         if !ctx.dry {
             self.initial_noise(seed, index, ctx.fs(x));
         }
-        solve::solve(
-            self.bundle.solver,
+        Solve {
             ctx,
             x,
             den,
-            self.bundle.schedule.sigmas(),
-            |ctx: &mut Ctx<'s, S>, x, den, sigma| self.denoise(ctx, x, den, sigma, label),
-        );
+            sigmas: self.bundle.schedule.sigmas(),
+            denoise: |ctx: &mut Ctx<'s, S>, x, den, sigma| self.denoise(ctx, x, den, sigma, label),
+        }
+        .run(self.bundle.solver);
         x
     }
 

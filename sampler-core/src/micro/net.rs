@@ -9,7 +9,7 @@ use super::arena::{Buf, Ctx, Store, disjoint};
 use super::ops::{
     Dst, SKIP_SCALE, Src, affine_pairs, attention, linear, resampled, run_conv, silu, stats,
 };
-use super::weights::{Block, Lin, Mlp, Net, UNet};
+use super::weights::{Block, Embedding, Mlp, Net, UNet};
 use crate::model::config::MAX_POSITIONS;
 
 impl Net<'_> {
@@ -22,91 +22,83 @@ impl Net<'_> {
         label: Option<usize>,
         out: Buf,
     ) {
+        let embedding = match self {
+            Net::UNet(n) => &n.embedding,
+            Net::Mlp(n) => &n.embedding,
+        };
+        let mark = ctx.f.mark();
+        let emb = ctx.f.alloc(embedding.channels);
+        embedding.forward(ctx, c_noise, label, emb);
         match self {
-            Net::UNet(n) => n.forward(ctx, inp, c_noise, label, out),
-            Net::Mlp(n) => n.forward(ctx, inp, c_noise, label, out),
+            Net::UNet(n) => n.forward(ctx, inp, emb, out),
+            Net::Mlp(n) => n.forward(ctx, inp, emb, out),
         }
+        ctx.f.release(mark);
     }
 }
 
-/// EDM's noise/label mapping into `emb` (f32): `silu(l1(silu(l0(pos(c_noise) + label))))`,
-/// `l1` absent for the MLP.
-#[allow(clippy::too_many_arguments)]
-fn embed<S: Store>(
-    ctx: &mut Ctx<'_, S>,
-    c_noise: f32,
-    label: Option<usize>,
-    noise_channels: usize,
-    map_label: Option<&Lin<'_>>,
-    l0: &Lin<'_>,
-    l1: Option<&Lin<'_>>,
-    emb: Buf,
-) {
-    let mark = ctx.f.mark();
-    let pos = ctx.f.alloc(noise_channels);
-    let row = ctx.f.alloc(noise_channels.max(emb.len));
-    let mid = ctx.f.alloc(emb.len);
-    if !ctx.dry {
-        let [e, p, r, m] = disjoint(&mut *ctx.f.data, [emb, pos, row, mid]);
-        // EDM's PositionalEmbedding (endpoint) then SongUNet's flip: [sin | cos].
-        let half = noise_channels / 2;
-        let denom = (half.max(2) - 1) as f64;
-        for i in 0..half {
-            let freq = libm::pow(1.0 / MAX_POSITIONS, i as f64 / denom) as f32;
-            let a = c_noise * freq;
-            p[i] = libm::sinf(a);
-            p[half + i] = libm::cosf(a);
-        }
-        if let (Some(ml), Some(y)) = (map_label, label) {
-            // One-hot y scaled by sqrt(L): row y of the weight, times sqrt(L), plus bias.
-            let scale = libm::sqrt(ml.inputs as f64) as f32;
-            ml.w.read(y * ml.outputs, &mut r[..ml.outputs]);
-            let mut b = [0.0f32; 1];
-            for (k, pv) in p.iter_mut().enumerate() {
-                ml.b.read(k, &mut b);
-                *pv += r[k] * scale + b[0];
-            }
-        }
-        match l1 {
-            Some(l1) => {
-                linear(l0, p, m, r);
-                m.iter_mut().for_each(|v| *v = silu(*v));
-                linear(l1, m, e, r);
-            }
-            None => linear(l0, p, e, r),
-        }
-        e.iter_mut().for_each(|v| *v = silu(*v));
-    }
-    ctx.f.release(mark);
-}
-
-impl Mlp<'_> {
+impl Embedding<'_> {
+    /// EDM's noise/label mapping into `emb` (f32):
+    /// `silu(map_layer1(silu(map_layer0(pos(c_noise) + map_label(y)))))`, `map_layer1`
+    /// absent for the MLP.
     fn forward<S: Store>(
         &self,
         ctx: &mut Ctx<'_, S>,
-        inp: Buf,
         c_noise: f32,
         label: Option<usize>,
-        out: Buf,
+        emb: Buf,
     ) {
+        let noise_channels = self.noise_channels;
+        let mark = ctx.f.mark();
+        let pos = ctx.f.alloc(noise_channels);
+        let row = ctx.f.alloc(noise_channels.max(emb.len));
+        let mid = ctx.f.alloc(emb.len);
+        if !ctx.dry {
+            let [e, p, r, m] = disjoint(&mut *ctx.f.data, [emb, pos, row, mid]);
+            // EDM's PositionalEmbedding (endpoint) then SongUNet's flip: [sin | cos].
+            let half = noise_channels / 2;
+            let denom = (half.max(2) - 1) as f64;
+            for i in 0..half {
+                let freq = libm::pow(1.0 / MAX_POSITIONS, i as f64 / denom) as f32;
+                let a = c_noise * freq;
+                p[i] = libm::sinf(a);
+                p[half + i] = libm::cosf(a);
+            }
+            if let (Some(ml), Some(y)) = (&self.map_label, label) {
+                // One-hot y scaled by sqrt(L): row y of the weight, times sqrt(L), plus bias.
+                let scale = libm::sqrt(ml.inputs as f64) as f32;
+                ml.w.read(y * ml.outputs, &mut r[..ml.outputs]);
+                let mut b = [0.0f32; 1];
+                for (k, pv) in p.iter_mut().enumerate() {
+                    ml.b.read(k, &mut b);
+                    *pv += r[k] * scale + b[0];
+                }
+            }
+            match &self.map_layer1 {
+                Some(l1) => {
+                    linear(&self.map_layer0, p, m, r);
+                    m.iter_mut().for_each(|v| *v = silu(*v));
+                    linear(l1, m, e, r);
+                }
+                None => linear(&self.map_layer0, p, e, r),
+            }
+            e.iter_mut().for_each(|v| *v = silu(*v));
+        }
+        ctx.f.release(mark);
+    }
+}
+
+impl Mlp<'_> {
+    /// `out = output(silu(h))` after the blocks `h <- h + W silu(h)` from
+    /// `h = input(inp) + emb` (`emb` is overwritten with `h`).
+    fn forward<S: Store>(&self, ctx: &mut Ctx<'_, S>, inp: Buf, emb: Buf, out: Buf) {
         let c = &self.config;
         let mark = ctx.f.mark();
-        let h = ctx.f.alloc(c.hidden);
-        embed(
-            ctx,
-            c_noise,
-            label,
-            c.noise_channels,
-            self.map_label.as_ref(),
-            &self.map_layer0,
-            None,
-            h,
-        );
         let t = ctx.f.alloc(c.hidden);
         let u = ctx.f.alloc(c.hidden);
         let row = ctx.f.alloc(c.hidden.max(c.dim));
         if !ctx.dry {
-            let [x, hv, tv, uv, rv, ov] = disjoint(&mut *ctx.f.data, [inp, h, t, u, row, out]);
+            let [x, hv, tv, uv, rv, ov] = disjoint(&mut *ctx.f.data, [inp, emb, t, u, row, out]);
             // h = input(x) + emb; h <- h + W silu(h); out = output(silu(h)).
             linear(&self.input, x, tv, rv);
             hv.iter_mut().zip(tv.iter()).for_each(|(a, b)| *a += b);
@@ -135,30 +127,12 @@ struct Act {
 }
 
 impl UNet<'_> {
-    fn forward<S: Store>(
-        &self,
-        ctx: &mut Ctx<'_, S>,
-        inp: Buf,
-        c_noise: f32,
-        label: Option<usize>,
-        out: Buf,
-    ) {
+    /// `out = F(inp)` given the embedding `emb` of the noise level and label.
+    fn forward<S: Store>(&self, ctx: &mut Ctx<'_, S>, inp: Buf, emb: Buf, out: Buf) {
         let c = &self.config;
         let (fmark, smark) = (ctx.f.mark(), ctx.s.mark());
         let r = c.img_resolution;
-        // 1. The embedding of the noise level (and label).
-        let emb = ctx.f.alloc(c.model_channels * c.channel_mult_emb);
-        embed(
-            ctx,
-            c_noise,
-            label,
-            c.model_channels * c.channel_mult_noise,
-            self.map_label.as_ref(),
-            &self.map_layer0,
-            Some(&self.map_layer1),
-            emb,
-        );
-        // 2. The network input as a stored activation, so conv_in reads it like any other.
+        // 1. The network input as a stored activation, so conv_in reads it like any other.
         let x_in = ctx.s.alloc(inp.len);
         if !ctx.dry {
             let src = &ctx.f.data[inp.off..inp.off + inp.len];
@@ -182,7 +156,7 @@ impl UNet<'_> {
             1.0,
             Dst::Stored(first.buf),
         );
-        // 3. Encoder: every output stays as a skip connection.
+        // 2. Encoder: every output stays as a skip connection.
         let mut skips: Vec<Act> = alloc::vec![first];
         let mut x = first;
         for b in &self.enc {
@@ -196,7 +170,7 @@ impl UNet<'_> {
             skips.push(o);
             x = o;
         }
-        // 4. Decoder: after each block the inputs that died (a consumed skip, a previous
+        // 3. Decoder: after each block the inputs that died (a consumed skip, a previous
         // output) are reclaimed by moving the output down over them.
         for b in &self.dec {
             let x_is_skip = skips.last().is_some_and(|s| s.buf.off == x.buf.off);
@@ -228,7 +202,7 @@ impl UNet<'_> {
             }
             x = o;
         }
-        // 5. Output head: conv(silu(GroupNorm(x))) into the f32 output.
+        // 4. Output head: conv(silu(GroupNorm(x))) into the f32 output.
         let aff = ctx.f.alloc(2 * x.channels);
         let mut src = Src::plain(x.buf, x.channels, x.res);
         stats(ctx, &self.aux_norm, &src, aff);

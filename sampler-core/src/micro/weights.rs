@@ -37,6 +37,18 @@ pub(super) struct Norm<'a> {
     pub(super) channels: usize,
 }
 
+/// EDM's noise/label mapping: `map_label`, `map_layer0` and `map_layer1` (the U-Net's;
+/// the MLP has no `map_layer1`).
+pub(super) struct Embedding<'a> {
+    /// Channels of the positional embedding of `c_noise`.
+    pub(super) noise_channels: usize,
+    /// Channels of the output `emb`.
+    pub(super) channels: usize,
+    pub(super) map_label: Option<Lin<'a>>,
+    pub(super) map_layer0: Lin<'a>,
+    pub(super) map_layer1: Option<Lin<'a>>,
+}
+
 /// One `UNetBlock` (model::unet).
 pub(super) struct Block<'a> {
     pub(super) cin: usize,
@@ -56,9 +68,7 @@ pub(super) struct Block<'a> {
 /// EDM's `SongUNet` (model::unet).
 pub(super) struct UNet<'a> {
     pub(super) config: UNetConfig,
-    pub(super) map_label: Option<Lin<'a>>,
-    pub(super) map_layer0: Lin<'a>,
-    pub(super) map_layer1: Lin<'a>,
+    pub(super) embedding: Embedding<'a>,
     pub(super) conv_in: Conv<'a>,
     pub(super) enc: Vec<Block<'a>>,
     pub(super) dec: Vec<Block<'a>>,
@@ -69,8 +79,7 @@ pub(super) struct UNet<'a> {
 /// The residual MLP (model::mlp).
 pub(super) struct Mlp<'a> {
     pub(super) config: MlpConfig,
-    pub(super) map_label: Option<Lin<'a>>,
-    pub(super) map_layer0: Lin<'a>,
+    pub(super) embedding: Embedding<'a>,
     pub(super) input: Lin<'a>,
     pub(super) blocks: Vec<Lin<'a>>,
     pub(super) output: Lin<'a>,
@@ -142,6 +151,35 @@ impl<'a> Weights<'_, 'a> {
         })
     }
 
+    /// The embedding of the network `net` (`UNet` or `Mlp`), `map_layer1` when `two_layers`.
+    fn embedding(
+        &self,
+        net: &str,
+        label_dim: usize,
+        noise_channels: usize,
+        channels: usize,
+        two_layers: bool,
+    ) -> Result<Embedding<'a>, SamplerError> {
+        let layer = |name: &str, inputs, outputs| {
+            self.lin(&alloc::format!("{net}.{name}"), inputs, outputs)
+        };
+        Ok(Embedding {
+            noise_channels,
+            channels,
+            map_label: if label_dim > 0 {
+                Some(layer("map_label", label_dim, noise_channels)?)
+            } else {
+                None
+            },
+            map_layer0: layer("map_layer0", noise_channels, channels)?,
+            map_layer1: if two_layers {
+                Some(layer("map_layer1", channels, channels)?)
+            } else {
+                None
+            },
+        })
+    }
+
     /// The blocks `specs` of the U-Net's `part` (`enc` or `dec`).
     fn blocks(
         &self,
@@ -188,13 +226,7 @@ impl<'a> Weights<'_, 'a> {
         let (enc, dec, head) = c.topology();
         Ok(UNet {
             config: c.clone(),
-            map_label: if c.label_dim > 0 {
-                Some(self.lin("UNet.map_label", c.label_dim, noise)?)
-            } else {
-                None
-            },
-            map_layer0: self.lin("UNet.map_layer0", noise, emb)?,
-            map_layer1: self.lin("UNet.map_layer1", emb, emb)?,
+            embedding: self.embedding("UNet", c.label_dim, noise, emb, true)?,
             conv_in: self.conv("UNet.conv_in", c.in_channels, c.model_channels, 3)?,
             enc: self.blocks("enc", &enc, emb)?,
             dec: self.blocks("dec", &dec, emb)?,
@@ -206,12 +238,7 @@ impl<'a> Weights<'_, 'a> {
     fn mlp(&self, c: &MlpConfig) -> Result<Mlp<'a>, SamplerError> {
         Ok(Mlp {
             config: c.clone(),
-            map_label: if c.label_dim > 0 {
-                Some(self.lin("Mlp.map_label", c.label_dim, c.noise_channels)?)
-            } else {
-                None
-            },
-            map_layer0: self.lin("Mlp.map_layer0", c.noise_channels, c.hidden)?,
+            embedding: self.embedding("Mlp", c.label_dim, c.noise_channels, c.hidden, false)?,
             input: self.lin("Mlp.input", c.dim, c.hidden)?,
             blocks: (0..c.depth)
                 .map(|i| self.lin(&alloc::format!("Mlp.blocks.{i}"), c.hidden, c.hidden))
