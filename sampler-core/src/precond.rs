@@ -264,3 +264,85 @@ impl Precond {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The f64 evaluation (the micro runtime's) against EDM's closed forms, to f64 rounding.
+    #[test]
+    fn scalar_coefficients_are_edms_closed_forms() {
+        let close = |got: Coeffs<f64>, want: [f64; 4], what: &str| {
+            let got = [got.c_skip, got.c_out, got.c_in, got.c_noise];
+            for (k, (g, w)) in got.into_iter().zip(want).enumerate() {
+                assert!(
+                    (g - w).abs() <= 1e-14 * w.abs().max(1.0),
+                    "{what} coefficient {k}: {g} vs {w}"
+                );
+            }
+        };
+        for s in [0.002f64, 0.1, 0.5, 1.0, 7.0, 80.0] {
+            let sd = 0.5f64;
+            close(
+                Precond::default().coeffs_of(s),
+                [
+                    sd * sd / (s * s + sd * sd),
+                    s * sd / (s * s + sd * sd).sqrt(),
+                    1.0 / (s * s + sd * sd).sqrt(),
+                    s.ln() / 4.0,
+                ],
+                "edm",
+            );
+            let vp = Precond::Vp {
+                beta_d: 19.9,
+                beta_min: 0.1,
+                m: 1000.0,
+            };
+            let (beta_d, beta_min) = (19.9f32 as f64, 0.1f32 as f64);
+            let t =
+                ((beta_min * beta_min + 2.0 * beta_d * (s * s).ln_1p()).sqrt() - beta_min) / beta_d;
+            close(
+                vp.coeffs_of(s),
+                [1.0, -s, 1.0 / (s * s + 1.0).sqrt(), 999.0 * t],
+                "vp",
+            );
+            close(
+                Precond::Ve.coeffs_of(s),
+                [1.0, s, 1.0, (0.5 * s).ln()],
+                "ve",
+            );
+        }
+    }
+
+    /// burn's f32 tensors and the micro runtime's f64-then-f32 give the same coefficients
+    /// to f32 rounding: the one formula, two roundings.
+    #[cfg(feature = "burn")]
+    #[test]
+    fn both_engines_evaluate_the_same_formulas() {
+        use burn::tensor::{Device, TensorData};
+        let levels = [0.002f32, 0.03, 0.4, 1.0, 6.5, 80.0];
+        let vp = Precond::Vp {
+            beta_d: 19.9,
+            beta_min: 0.1,
+            m: 1000.0,
+        };
+        for p in [Precond::default(), vp, Precond::Ve] {
+            let t = Tensor::<1>::from_data(TensorData::new(levels.to_vec(), [6]), &Device::flex());
+            let c = p.coeffs(t);
+            let read = |t: Tensor<1>| t.try_into_vec_as::<f32>().unwrap();
+            let burn = [read(c.c_skip), read(c.c_out), read(c.c_in), read(c.c_noise)];
+            for (i, &s) in levels.iter().enumerate() {
+                let m = p.coeffs_of(s as f64);
+                let micro = [m.c_skip, m.c_out, m.c_in, m.c_noise].map(|v| v as f32);
+                for k in 0..4 {
+                    let (b, m) = (burn[k][i], micro[k]);
+                    assert!(
+                        (b - m).abs() <= 4.0 * f32::EPSILON * m.abs().max(1.0),
+                        "{} s = {s} coefficient {k}: burn {b} vs micro {m}",
+                        p.name()
+                    );
+                }
+            }
+        }
+    }
+}
