@@ -1,7 +1,8 @@
 //! The micro runtime: the sampler for microcontrollers, without burn. It runs exactly the
 //! networks bundles hold (the U-Net and the MLP of `model`, walked through the same
 //! [`UNetConfig`](crate::model::UNetConfig) topology), with the same preconditioning
-//! ([`Precond::coeffs_of`](crate::precond::Precond::coeffs_of)), solvers and portable noise as the host, on plain slices:
+//! ([`Precond::coeffs_of`](crate::precond::Precond::coeffs_of)), solvers and portable
+//! noise as the host, on plain slices:
 //!
 //! - weights are read in place from a version-2 bundle's weights pack (`crate::pack`), which
 //!   can sit in flash: f32, f16 or int8, dequantized a filter at a time (`weights`);
