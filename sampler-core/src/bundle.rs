@@ -28,8 +28,8 @@ use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 use serde::{Deserialize, Serialize};
 
+use crate::config::NetConfig;
 use crate::gmm::Mixture;
-use crate::model::NetConfig;
 use crate::pack::{PACK_ALIGN, PACK_MAGIC};
 use crate::precond::Precond;
 use crate::schedule::Schedule;
@@ -215,7 +215,7 @@ pub fn crc32(bytes: &[u8]) -> u32 {
 
 impl Bundle {
     /// Multiply-accumulates of one image with the bundle's solver and levels
-    /// ([`NetConfig::macs_per_evaluation`](crate::model::NetConfig::macs_per_evaluation)
+    /// ([`NetConfig::macs_per_evaluation`](crate::config::NetConfig::macs_per_evaluation)
     /// times the evaluations); `None` for a mixture, which has no network.
     pub fn macs_per_image(&self) -> Option<u64> {
         match &self.model {

@@ -11,10 +11,12 @@ extern crate alloc;
 extern crate std;
 
 pub mod bundle;
+pub mod config;
 #[cfg(feature = "std")]
 pub mod cpu;
 #[cfg(feature = "burn")]
 pub mod denoiser;
+pub mod error;
 #[cfg(feature = "std")]
 pub mod fs;
 pub mod gmm;
@@ -30,7 +32,8 @@ pub mod solver;
 pub use bundle::{Bundle, BundleError};
 #[cfg(feature = "burn")]
 pub use burn;
+pub use error::SamplerError;
+pub use sampler::Images;
 #[cfg(feature = "burn")]
 pub use sampler::Sampler;
-pub use sampler::{Images, SamplerError};
 pub use schedule::{Schedule, Warp};

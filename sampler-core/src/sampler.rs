@@ -5,18 +5,18 @@
 //! the same on every target and whatever the batch size. The bundle's solver (Euler unless
 //! it names another) then runs over its levels (docs/method.md §2).
 
-use alloc::string::String;
 #[cfg(feature = "burn")]
 use alloc::string::ToString;
 use alloc::vec::Vec;
 #[cfg(feature = "burn")]
 use burn::tensor::{Device, Tensor, TensorData};
 
+use crate::bundle::ImageShape;
 #[cfg(feature = "burn")]
-use crate::bundle::{Bundle, ModelSpec};
-use crate::bundle::{BundleError, ImageShape};
+use crate::bundle::{Bundle, BundleError, ModelSpec};
 #[cfg(feature = "burn")]
 use crate::denoiser::{Denoiser, Step, one_hot};
+pub use crate::error::SamplerError;
 #[cfg(feature = "burn")]
 use crate::gmm::MixtureDenoiser;
 #[cfg(feature = "burn")]
@@ -24,60 +24,6 @@ use crate::model::{Network, Preconditioned, network_from_vec};
 #[cfg(feature = "burn")]
 use crate::rng;
 use crate::solver::{Stop, solve};
-
-/// Why sampling failed.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum SamplerError {
-    /// The bundle is unreadable.
-    #[error(transparent)]
-    Bundle(#[from] BundleError),
-    /// The weights do not fit the declared network.
-    #[error("bundle weights do not match its network config: {0}")]
-    Weights(String),
-    /// A label outside `0..label_count`, or a label for an unconditional model.
-    #[error("label {label} is out of range: {reason}")]
-    Label {
-        /// Requested label.
-        label: u32,
-        /// Why.
-        reason: String,
-    },
-    /// The tensor backend returned data of an unexpected type.
-    #[error("could not read the generated images back: {0}")]
-    Readback(String),
-    /// The micro runtime's arena is too small for this bundle.
-    #[error(
-        "the activation arena holds {have} bytes but this bundle needs {need}; give it a \
-         larger arena (see MicroSampler::arena_words)"
-    )]
-    Arena {
-        /// Bytes needed.
-        need: usize,
-        /// Bytes given.
-        have: usize,
-    },
-    /// Sampling would need more memory than the caller allows (estimated from the config
-    /// by [`Bundle::memory_bytes`] before anything is allocated), so it is refused instead
-    /// of aborting the process on a failed allocation.
-    #[error(
-        "this bundle needs about {need} bytes to sample {batch} image(s) at once, more than the \
-         limit of {limit} bytes; sample fewer at a time or raise the limit"
-    )]
-    Memory {
-        /// Estimated bytes.
-        need: u64,
-        /// The images asked for at once.
-        batch: usize,
-        /// The limit in force.
-        limit: u64,
-    },
-    /// The model produced NaN or infinite values.
-    #[error(
-        "the model produced {0} NaN or infinite values; the bundle's weights or parameters are \
-         broken (re-export it)"
-    )]
-    NonFinite(usize),
-}
 
 #[cfg(feature = "burn")]
 enum LoadedModel {

@@ -3,9 +3,7 @@
 //! [`Network`] is the burn module it builds; [`Preconditioned`] wraps it into the denoiser
 //! `D(x, s)` of docs/method.md §1.
 
-pub(crate) mod config;
-mod parameters;
-pub use config::{MlpConfig, NetConfig, Resample, UNetConfig};
+pub use crate::config::{MlpConfig, NetConfig, Resample, UNetConfig};
 
 #[cfg(feature = "burn")]
 mod mlp;

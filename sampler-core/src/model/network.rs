@@ -13,6 +13,7 @@ use burn::nn::Linear;
 use burn::tensor::activation::silu;
 use burn::tensor::{Device, Tensor};
 
+use crate::config::noise_frequency;
 use crate::denoiser::Denoiser;
 use crate::precond::Precond;
 
@@ -98,10 +99,7 @@ impl Denoiser for Preconditioned<'_> {
 pub(crate) fn positional_embedding(c_noise: Tensor<1>, channels: usize) -> Tensor<2> {
     let half = channels / 2;
     let b = c_noise.dims()[0];
-    let denom = (half.max(2) - 1) as f64;
-    let freqs: alloc::vec::Vec<f32> = (0..half)
-        .map(|i| libm::pow(1.0 / 10_000.0, i as f64 / denom) as f32)
-        .collect();
+    let freqs: alloc::vec::Vec<f32> = (0..half).map(|i| noise_frequency(i, half)).collect();
     let freqs = Tensor::<1>::from_data(
         burn::tensor::TensorData::new(freqs, [half]),
         (&c_noise.device(), c_noise.dtype()),

@@ -13,11 +13,11 @@ use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{GroupNorm, GroupNormConfig, Linear, LinearConfig, PaddingConfig2d};
 use burn::tensor::{Device, Tensor};
 
-use super::config::{BlockSpec, Resample, edm_groups};
 use super::{
     UNetConfig, conv2d, conv2d_residual, embed, group_norm, group_norm_shifted, resample2,
     softmax_last,
 };
+use crate::config::{BlockSpec, GROUP_NORM_EPS, Resample, SKIP_SCALE, edm_groups};
 
 impl UNetConfig {
     /// Builds the network. Call [`UNetConfig::validate`] first.
@@ -66,7 +66,7 @@ fn conv(cin: usize, cout: usize, kernel: usize, device: &Device) -> Conv2d {
 /// EDM's GroupNorm: at most 32 groups with at least 4 channels each, eps = 1e-6.
 fn edm_group_norm(channels: usize, device: &Device) -> GroupNorm {
     GroupNormConfig::new(edm_groups(channels), channels)
-        .with_epsilon(1e-6)
+        .with_epsilon(GROUP_NORM_EPS)
         .init(device)
 }
 
@@ -140,7 +140,7 @@ impl UNetBlock {
     /// # Shapes
     /// `x`: `[B, Cin, H, W]`, `emb`: `[B, E]` -> `[B, Cout, H', W']`.
     pub fn forward(&self, x: Tensor<4>, emb: Tensor<2>) -> Tensor<4> {
-        let skip_scale = core::f64::consts::FRAC_1_SQRT_2;
+        let skip_scale = SKIP_SCALE;
         let orig = x.clone();
         let x = conv2d(
             &self.conv0,

@@ -1,68 +1,12 @@
-//! The networks' hyper-parameters: what a bundle carries to describe its denoiser, and the
-//! one walk of the U-Net's architecture ([`UNetConfig::topology`]) that burn's module
-//! (`model::unet`), the micro runtime (`crate::micro`) and the memory estimates all follow.
-//! Free of burn, so a microcontroller build decodes bundles without it.
+//! The U-Net's hyper-parameters (EDM's DDPM++ `SongUNet`) and the one walk of its
+//! architecture, [`UNetConfig::topology`]: the blocks, their channels and resolutions, which
+//! the burn module, the micro runtime, the parameter list, the MAC count and the memory
+//! estimates all follow.
 
 use alloc::string::String;
 use alloc::vec;
 use alloc::vec::Vec;
 use serde::{Deserialize, Serialize};
-
-/// Which network, with its hyper-parameters.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub enum NetConfig {
-    /// EDM's DDPM++ U-Net (`SongUNet`), for images.
-    UNet(UNetConfig),
-    /// A residual MLP, for low-dimensional data.
-    Mlp(MlpConfig),
-}
-
-impl NetConfig {
-    /// Multiply-accumulates of one denoiser evaluation of one sample: every weight of a
-    /// linear layer once, every weight of a convolution once per output pixel, and
-    /// attention's two products (`C N^2` each for `N` pixels). Normalization, activations
-    /// and the preconditioning are left out (a few per value). Saturates instead of
-    /// overflowing; call [`NetConfig::validate`] first.
-    pub fn macs_per_evaluation(&self) -> u64 {
-        match self {
-            NetConfig::UNet(c) => c.macs_per_evaluation(),
-            NetConfig::Mlp(c) => c.macs_per_evaluation(),
-        }
-    }
-
-    /// Checks the hyper-parameters; `Err` says which one is wrong.
-    pub fn validate(&self) -> Result<(), String> {
-        match self {
-            NetConfig::UNet(c) => c.validate(),
-            NetConfig::Mlp(c) => c.validate(),
-        }
-    }
-
-    /// Dimension of one flattened sample.
-    pub fn dim(&self) -> usize {
-        match self {
-            NetConfig::UNet(c) => c.in_channels * c.img_resolution * c.img_resolution,
-            NetConfig::Mlp(c) => c.dim,
-        }
-    }
-
-    /// Number of class labels it is conditioned on (0: unconditional).
-    pub fn label_dim(&self) -> usize {
-        match self {
-            NetConfig::UNet(c) => c.label_dim,
-            NetConfig::Mlp(c) => c.label_dim,
-        }
-    }
-
-    /// An upper estimate of the activation bytes of one sample in a forward pass without
-    /// gradients. Call [`NetConfig::validate`] first.
-    pub fn activation_bytes(&self) -> u64 {
-        match self {
-            NetConfig::UNet(c) => c.activation_bytes(),
-            NetConfig::Mlp(c) => c.activation_bytes(),
-        }
-    }
-}
 
 /// Hyper-parameters of `SongUNet` (EDM's DDPM++ U-Net); defaults are EDM's DDPM++ CIFAR-10 settings scaled
 /// down for CPUs where noted.
@@ -430,96 +374,4 @@ pub enum Resample {
     Down,
     /// 2x nearest-neighbour upsampling (EDM's `up` with filter [1, 1]).
     Up,
-}
-
-/// Hyper-parameters of the residual MLP denoiser.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct MlpConfig {
-    /// Dimension of one sample.
-    pub dim: usize,
-    /// Width of the hidden layers.
-    pub hidden: usize,
-    /// Number of residual blocks.
-    pub depth: usize,
-    /// Channels of the positional noise embedding.
-    pub noise_channels: usize,
-    /// Number of class labels, 0 = unconditional.
-    pub label_dim: usize,
-}
-
-impl MlpConfig {
-    /// The required sizes, every other field at its default.
-    pub fn new(dim: usize) -> Self {
-        MlpConfig {
-            dim,
-            hidden: 256,
-            depth: 3,
-            noise_channels: 64,
-            label_dim: 0,
-        }
-    }
-    /// Sets `hidden`.
-    pub fn with_hidden(mut self, hidden: usize) -> Self {
-        self.hidden = hidden;
-        self
-    }
-    /// Sets `depth`.
-    pub fn with_depth(mut self, depth: usize) -> Self {
-        self.depth = depth;
-        self
-    }
-    /// Sets `noise_channels`.
-    pub fn with_noise_channels(mut self, noise_channels: usize) -> Self {
-        self.noise_channels = noise_channels;
-        self
-    }
-    /// Sets `label_dim`.
-    pub fn with_label_dim(mut self, label_dim: usize) -> Self {
-        self.label_dim = label_dim;
-        self
-    }
-}
-
-impl MlpConfig {
-    /// See [`NetConfig::macs_per_evaluation`].
-    pub fn macs_per_evaluation(&self) -> u64 {
-        let m = |a: usize, b: usize| (a as u64).saturating_mul(b as u64);
-        m(self.label_dim, self.noise_channels)
-            .saturating_add(m(self.noise_channels, self.hidden))
-            .saturating_add(m(self.dim, self.hidden).saturating_mul(2))
-            .saturating_add(m(self.hidden, self.hidden).saturating_mul(self.depth as u64))
-    }
-
-    /// Checks the sizes.
-    pub fn validate(&self) -> Result<(), String> {
-        if self.dim == 0 || self.hidden == 0 {
-            return Err("MLP dim and hidden width must be positive".into());
-        }
-        // Bounds before anything is built from these numbers (a hostile bundle could ask for
-        // 2^26 layers); far above anything fewstep trains.
-        for (name, value, max) in [
-            ("dim", self.dim, 1 << 24),
-            ("hidden", self.hidden, 1 << 16),
-            ("depth", self.depth, 1 << 10),
-            ("noise_channels", self.noise_channels, 1 << 14),
-            ("label_dim", self.label_dim, 1 << 16),
-        ] {
-            if value > max {
-                return Err(alloc::format!(
-                    "MLP {name} {value} is above the limit {max}"
-                ));
-            }
-        }
-        if self.noise_channels < 4 || !self.noise_channels.is_multiple_of(2) {
-            return Err("the noise embedding needs an even number of channels, at least 4".into());
-        }
-        Ok(())
-    }
-
-    /// An upper estimate of the bytes of activations one sample needs in a forward pass:
-    /// input, output and a few hidden vectors per block, f32, doubled for temporaries.
-    pub fn activation_bytes(&self) -> u64 {
-        let (dim, hidden) = (self.dim as u64, self.hidden as u64);
-        2 * 4 * (4 * dim + (4 + 2 * self.depth as u64) * hidden + 2 * self.noise_channels as u64)
-    }
 }

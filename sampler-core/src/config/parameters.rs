@@ -150,7 +150,7 @@ fn layer(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::MlpConfig;
+    use crate::config::MlpConfig;
     use crate::pack::{PackTensor, WeightDtype, encode};
 
     #[test]

@@ -1,0 +1,285 @@
+//! The micro runtime: the sampler for microcontrollers, without burn. It runs exactly the
+//! networks bundles hold (the U-Net and the MLP of `model`, walked through the same
+//! [`UNetConfig`](crate::config::UNetConfig) topology), with the same preconditioning
+//! ([`Precond::coeffs_of`](crate::precond::Precond::coeffs_of)), solvers and portable
+//! noise as the host, on plain slices:
+//!
+//! - weights are read in place from a version-2 bundle's weights pack (`crate::pack`), which
+//!   can sit in flash: f32, f16 or int8, dequantized a filter at a time (`weights`);
+//! - activations live in one caller-provided arena of `u32` words whose size
+//!   [`MicroSampler::arena_words`] computes before anything runs, by walking the network
+//!   with the same code that computes it (a dry run), so the plan and the run cannot drift
+//!   apart (`arena`);
+//! - activations are stored as f32 or, to halve the arena, as f16 ([`Activations`]); sums
+//!   are always accumulated in f32, over bands of a few rows, so the arena holds the skip
+//!   connections and the current block but never a full-size f32 accumulator (`ops`, `net`);
+//! - the bundle's solver runs on slices, each beside the formula of the `crate::solver`
+//!   function it mirrors (`solve`).
+//!
+//! This is the one sanctioned second engine besides burn's modules: `tests/micro.rs` holds
+//! it to burn on every shipped bundle, and the firmware to this code on the host.
+
+mod arena;
+mod net;
+mod ops;
+mod solve;
+mod weights;
+
+use alloc::string::ToString;
+
+use arena::{Buf, Ctx, Store, disjoint};
+use solve::Solve;
+use weights::Net;
+
+use crate::bundle::{Bundle, ModelSpec};
+use crate::error::SamplerError;
+use crate::pack::{PackView, WeightDtype};
+use crate::rng;
+
+/// How activations are stored in the arena (arithmetic is f32 either way).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activations {
+    /// 4 bytes a value: the host's numbers to float rounding.
+    F32,
+    /// 2 bytes a value (IEEE half): half the arena, ~3 decimal digits per stored value.
+    F16,
+}
+
+/// A bundle ready to sample on a microcontroller. See the module docs.
+pub struct MicroSampler<'a> {
+    bundle: Bundle,
+    net: Net<'a>,
+    weight_dtype: WeightDtype,
+    weight_bytes: usize,
+}
+
+impl<'a> MicroSampler<'a> {
+    /// Decodes a version-2 bundle whose bytes stay where they are (flash): the metadata is
+    /// copied, the weights are not. Every tensor's name and shape is checked against the
+    /// config first.
+    pub fn new(bytes: &'a [u8]) -> Result<Self, SamplerError> {
+        let (bundle, pack) = Bundle::from_bytes_in_place(bytes)?;
+        let pack = match (&bundle.model, pack) {
+            (ModelSpec::Network { .. }, Some(p)) => p,
+            (ModelSpec::Network { .. }, None) => {
+                return Err(SamplerError::Weights(
+                    "this is a version-1 bundle (burnpack weights), which the micro runtime \
+                     does not read; convert it with `trainer export --weights f32|f16|int8`"
+                        .to_string(),
+                ));
+            }
+            (ModelSpec::Mixture(_), _) => {
+                return Err(SamplerError::Weights(
+                    "mixture bundles have no network; the micro runtime samples networks"
+                        .to_string(),
+                ));
+            }
+        };
+        let view = PackView::parse(pack).map_err(|e| SamplerError::Weights(e.to_string()))?;
+        let config = match &bundle.model {
+            ModelSpec::Network { config, .. } => config.clone(),
+            ModelSpec::Mixture(_) => unreachable!("refused above"),
+        };
+        config
+            .check_pack(&view)
+            .map_err(|e| SamplerError::Weights(e.to_string()))?;
+        let weight_dtype = view
+            .tensors()
+            .iter()
+            .find(|t| t.shape().len() > 1)
+            .map_or(WeightDtype::F32, |t| t.dtype);
+        let weight_bytes = view.stored_bytes();
+        let net = Net::bind(&config, &view)?;
+        Ok(MicroSampler {
+            bundle,
+            net,
+            weight_dtype,
+            weight_bytes,
+        })
+    }
+
+    /// The bundle's metadata (its network weights empty: they stay in place).
+    pub fn bundle(&self) -> &Bundle {
+        &self.bundle
+    }
+
+    /// How the matrices and kernels are stored (f32, f16 or int8).
+    pub fn weight_dtype(&self) -> WeightDtype {
+        self.weight_dtype
+    }
+
+    /// Bytes of the weights as stored (read in place, never copied).
+    pub fn weight_bytes(&self) -> usize {
+        self.weight_bytes
+    }
+
+    /// The activation storage that suits the weights: f32 for f32 weights (the host's
+    /// numbers), f16 for f16 and int8 weights (whose own error is larger than f16's).
+    pub fn default_activations(&self) -> Activations {
+        match self.weight_dtype {
+            WeightDtype::F32 => Activations::F32,
+            _ => Activations::F16,
+        }
+    }
+
+    /// The arena one image needs, in `u32` words, computed by a dry run of the network.
+    pub fn arena_words(&self, act: Activations) -> usize {
+        self.arena_layout(act).1
+    }
+
+    /// The arena's f32 scratch words and its total words (the stored activations after
+    /// the scratch), from one dry run.
+    fn arena_layout(&self, act: Activations) -> (usize, usize) {
+        let (f, s, bytes) = match act {
+            Activations::F32 => {
+                let (f, s) = self.plan::<f32>();
+                (f, s, 4)
+            }
+            Activations::F16 => {
+                let (f, s) = self.plan::<u16>();
+                (f, s, 2)
+            }
+        };
+        (f, f + (s * bytes).div_ceil(4))
+    }
+
+    /// Peak words of the f32 pool and values of the stored pool, from a dry run.
+    fn plan<S: Store>(&self) -> (usize, usize) {
+        let mut ctx = Ctx::<S>::new(&mut [], &mut [], true);
+        self.sample_in(&mut ctx, 0, 0, None);
+        (ctx.f.peak, ctx.s.peak)
+    }
+
+    /// The initial state `x_0 = s_max * eps` of image `index` of `seed`: the host's
+    /// [`crate::Sampler::initial_noise`], bit for bit.
+    pub fn initial_noise(&self, seed: u64, index: u64, out: &mut [f32]) {
+        rng::fill_gaussian(rng::image_seed(seed, index), 0, out);
+        let s_max = self.bundle.schedule.s_max();
+        out.iter_mut().for_each(|v| *v *= s_max);
+    }
+
+    /// Generates image `index` of `seed` into `out` (C*H*W values in [-1, 1]), using `arena`
+    /// for every intermediate value. `label`: as the host sampler (`None` cycles through
+    /// the labels by image index). Fails if the arena is smaller than
+    /// [`MicroSampler::arena_words`], the label is out of range or the output not finite.
+    pub fn generate(
+        &self,
+        seed: u64,
+        index: u64,
+        label: Option<u32>,
+        act: Activations,
+        arena: &mut [u32],
+        out: &mut [f32],
+    ) -> Result<(), SamplerError> {
+        let d = self.bundle.image.values();
+        if out.len() != d {
+            return Err(SamplerError::Readback(alloc::format!(
+                "the output buffer holds {} values, an image {d}",
+                out.len()
+            )));
+        }
+        let l = self.bundle.label_count;
+        let label = match (label, l) {
+            (None, 0) => None,
+            (Some(label), 0) => {
+                return Err(SamplerError::Label {
+                    label,
+                    reason: "this bundle's model is unconditional; omit the label".to_string(),
+                });
+            }
+            (Some(label), l) if label >= l => {
+                return Err(SamplerError::Label {
+                    label,
+                    reason: alloc::format!("this bundle has labels 0..={}", l - 1),
+                });
+            }
+            (label, l) => Some(label.unwrap_or((index % l as u64) as u32) as usize),
+        };
+        let (f_words, need) = self.arena_layout(act);
+        if arena.len() < need {
+            return Err(SamplerError::Arena {
+                need: need * 4,
+                have: arena.len() * 4,
+            });
+        }
+        let (fw, sw) = arena.split_at_mut(f_words);
+        let fdata: &mut [f32] = bytemuck::cast_slice_mut(fw);
+        let x = match act {
+            Activations::F32 => {
+                let mut ctx = Ctx::<f32>::new(fdata, bytemuck::cast_slice_mut(sw), false);
+                let x = self.sample_in(&mut ctx, seed, index, label);
+                ctx.f.data[x.off..x.off + x.len].to_vec()
+            }
+            Activations::F16 => {
+                let mut ctx = Ctx::<u16>::new(fdata, bytemuck::cast_slice_mut(sw), false);
+                let x = self.sample_in(&mut ctx, seed, index, label);
+                ctx.f.data[x.off..x.off + x.len].to_vec()
+            }
+        };
+        let bad = x.iter().filter(|v| !v.is_finite()).count();
+        if bad > 0 {
+            return Err(SamplerError::NonFinite(bad));
+        }
+        for (o, v) in out.iter_mut().zip(x) {
+            *o = v.clamp(-1.0, 1.0);
+        }
+        Ok(())
+    }
+
+    /// One image: `x_0` from the portable noise, then the bundle's solver (`solve`); returns
+    /// the f32 buffer of the result.
+    fn sample_in<'s, S: Store>(
+        &self,
+        ctx: &mut Ctx<'s, S>,
+        seed: u64,
+        index: u64,
+        label: Option<usize>,
+    ) -> Buf {
+        let d = self.bundle.image.values();
+        let x = ctx.f.alloc(d);
+        let den = ctx.f.alloc(d);
+        if !ctx.dry {
+            self.initial_noise(seed, index, ctx.fs(x));
+        }
+        Solve {
+            ctx,
+            x,
+            den,
+            sigmas: self.bundle.schedule.sigmas(),
+            denoise: |ctx: &mut Ctx<'s, S>, x, den, sigma| self.denoise(ctx, x, den, sigma, label),
+        }
+        .run(self.bundle.solver);
+        x
+    }
+
+    /// `den = D(x, sigma) = c_skip x + c_out F(c_in x, c_noise)` (docs/method.md §1), the
+    /// coefficients evaluated in f64 and rounded once to f32.
+    fn denoise<S: Store>(
+        &self,
+        ctx: &mut Ctx<'_, S>,
+        x: Buf,
+        den: Buf,
+        sigma: f32,
+        label: Option<usize>,
+    ) {
+        let c = self.bundle.precond.coeffs_of(sigma as f64);
+        let [c_skip, c_out, c_in, c_noise] =
+            [c.c_skip, c.c_out, c.c_in, c.c_noise].map(|v| v as f32);
+        let mark = ctx.f.mark();
+        let inp = ctx.f.alloc(x.len);
+        if !ctx.dry {
+            let [xs, is] = disjoint(&mut *ctx.f.data, [x, inp]);
+            is.iter_mut()
+                .zip(xs.iter())
+                .for_each(|(o, &v)| *o = v * c_in);
+        }
+        self.net.forward(ctx, inp, c_noise, label, den);
+        if !ctx.dry {
+            let [xs, ds] = disjoint(&mut *ctx.f.data, [x, den]);
+            ds.iter_mut()
+                .zip(xs.iter())
+                .for_each(|(dv, &xv)| *dv = xv * c_skip + *dv * c_out);
+        }
+        ctx.f.release(mark);
+    }
+}
