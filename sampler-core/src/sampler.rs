@@ -23,6 +23,7 @@ use crate::gmm::MixtureDenoiser;
 use crate::model::{Network, Preconditioned, network_from_vec};
 #[cfg(feature = "burn")]
 use crate::rng;
+#[cfg(feature = "burn")]
 use crate::solver::{Stop, solve};
 
 #[cfg(feature = "burn")]

@@ -111,16 +111,35 @@ fn finish<D: Denoiser + ?Sized>(
     stop: Stop,
     mut on_step: impl FnMut(Step<'_>),
 ) -> Tensor<2> {
-    if stop == Stop::Min {
-        return x;
+    match stop {
+        Stop::Min => x,
+        Stop::Zero => evaluate(
+            denoiser,
+            &x,
+            sigmas,
+            sigmas.dims()[0] - 1,
+            &labels,
+            &mut on_step,
+        ),
     }
+}
+
+#[cfg(feature = "burn")]
+/// `D(x_i, s_i)` for the batch `x`, reported to `on_step`: every solver's evaluation.
+fn evaluate<D: Denoiser + ?Sized>(
+    denoiser: &D,
+    x: &Tensor<2>,
+    sigmas: &Tensor<1>,
+    i: usize,
+    labels: &Option<Tensor<2>>,
+    on_step: &mut impl FnMut(Step<'_>),
+) -> Tensor<2> {
     let b = x.dims()[0];
-    let t = sigmas.dims()[0];
-    let denoised = denoiser.denoise(x.clone(), level(sigmas, t - 1, b), labels);
+    let denoised = denoiser.denoise(x.clone(), level(sigmas, i, b), labels.clone());
     on_step(Step {
-        index: t - 1,
-        steps: t,
-        x: &x,
+        index: i,
+        steps: sigmas.dims()[0],
+        x,
         denoised: &denoised,
     });
     denoised
@@ -141,17 +160,10 @@ pub fn euler<D: Denoiser + ?Sized>(
     stop: Stop,
     mut on_step: impl FnMut(Step<'_>),
 ) -> Tensor<2> {
-    let b = x0.dims()[0];
     let t = sigmas.dims()[0];
     let mut x = x0;
     for i in 0..t - 1 {
-        let denoised = denoiser.denoise(x.clone(), level(&sigmas, i, b), labels.clone());
-        on_step(Step {
-            index: i,
-            steps: t,
-            x: &x,
-            denoised: &denoised,
-        });
+        let denoised = evaluate(denoiser, &x, &sigmas, i, &labels, &mut on_step);
         // ratio = s_{i+1} / s_i, as [1, 1] to broadcast over the batch.
         let ratio =
             (sigmas.clone().slice(i + 1..i + 2) / sigmas.clone().slice(i..i + 1)).reshape([1, 1]);
@@ -181,13 +193,7 @@ pub fn heun<D: Denoiser + ?Sized>(
     let mut x = x0;
     for i in 0..t - 1 {
         let s_cur = scalar_level(&sigmas, i);
-        let denoised = denoiser.denoise(x.clone(), level(&sigmas, i, b), labels.clone());
-        on_step(Step {
-            index: i,
-            steps: t,
-            x: &x,
-            denoised: &denoised,
-        });
+        let denoised = evaluate(denoiser, &x, &sigmas, i, &labels, &mut on_step);
         let s_next = scalar_level(&sigmas, i + 1);
         let h = s_next.clone() - s_cur.clone();
         let d_cur = (x.clone() - denoised) / s_cur; // dx/ds at (x_i, s_i)
@@ -217,19 +223,12 @@ pub fn dpmpp_2m<D: Denoiser + ?Sized>(
     stop: Stop,
     mut on_step: impl FnMut(Step<'_>),
 ) -> Tensor<2> {
-    let b = x0.dims()[0];
     let t = sigmas.dims()[0];
     let s = |i: usize| scalar_level(&sigmas, i);
     let mut x = x0;
     let mut previous: Option<Tensor<2>> = None;
     for i in 0..t - 1 {
-        let denoised = denoiser.denoise(x.clone(), level(&sigmas, i, b), labels.clone());
-        on_step(Step {
-            index: i,
-            steps: t,
-            x: &x,
-            denoised: &denoised,
-        });
+        let denoised = evaluate(denoiser, &x, &sigmas, i, &labels, &mut on_step);
         let ratio = s(i + 1) / s(i); // exp(-h_i)
         let target = match &previous {
             None => denoised.clone(),
@@ -276,7 +275,6 @@ pub fn ipndm<D: Denoiser + ?Sized>(
     stop: Stop,
     mut on_step: impl FnMut(Step<'_>),
 ) -> Tensor<2> {
-    let b = x0.dims()[0];
     let t = sigmas.dims()[0];
     let steps = match stop {
         Stop::Zero => t,
@@ -287,13 +285,7 @@ pub fn ipndm<D: Denoiser + ?Sized>(
     // Newest first.
     let mut history: alloc::vec::Vec<Tensor<2>> = alloc::vec::Vec::new();
     for i in 0..steps {
-        let denoised = denoiser.denoise(x.clone(), level(&sigmas, i, b), labels.clone());
-        on_step(Step {
-            index: i,
-            steps: t,
-            x: &x,
-            denoised: &denoised,
-        });
+        let denoised = evaluate(denoiser, &x, &sigmas, i, &labels, &mut on_step);
         let d = (x.clone() - denoised) / s(i);
         history.insert(0, d);
         history.truncate(4);

@@ -11,6 +11,7 @@ pub mod fid;
 pub use fewstep_metrics::frechet;
 pub mod inception;
 pub mod interop;
+pub mod losses;
 pub mod memory;
 pub mod model;
 pub mod parallel;

@@ -18,9 +18,9 @@ use sampler_core::rng;
 use sampler_core::schedule::{SIGMA_MAX, SIGMA_MIN, Schedule};
 
 use crate::data::{Dataset, noise};
+use crate::losses::edm_loss;
 use crate::model::{adam, ema_decay_at, init_network, update_ema};
 use crate::run::{Checkpoint, RunDir, Training, check_finite};
-use crate::two_stage::losses::edm_loss;
 
 /// EDM's `P_mean`.
 pub const P_MEAN: f64 = -1.2;

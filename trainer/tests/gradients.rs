@@ -12,10 +12,10 @@ use sampler_core::precond::Precond;
 use sampler_core::schedule::{Warp, lambda_weights};
 use sampler_core::solver::Denoiser;
 use trainer::data::noise;
+use trainer::losses::{Weighting, bound_loss, disc_loss_exact, disc_surrogate_paper};
 use trainer::model::init_network;
 use trainer::run::scalar;
 use trainer::two_stage::ScheduleLogits;
-use trainer::two_stage::losses::{Weighting, bound_loss, disc_loss_exact, disc_surrogate_paper};
 
 const T: usize = 5;
 const S_MIN: f64 = 0.002;
@@ -253,7 +253,7 @@ impl Denoiser for OwnedNet {
 #[test]
 fn the_paper_surrogate_differentiates_to_eq_14() {
     use burn::tensor::TensorData;
-    use trainer::two_stage::losses::euler_states;
+    use trainer::losses::euler_states;
     let plain = f64_device();
     let ad = plain.clone().autodiff();
     let levels = [80.0f64, 9.0, 1.1, 0.09, 0.002];

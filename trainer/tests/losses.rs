@@ -6,9 +6,9 @@ use sampler_core::model::{MlpConfig, NetConfig, weights_to_bytes, weights_to_pac
 use sampler_core::pack::{PackView, WeightDtype};
 use sampler_core::precond::Precond;
 use sampler_core::solver::Denoiser;
+use trainer::losses::{Weighting, bound_loss, edm_loss};
 use trainer::model::{init_network, update_ema};
 use trainer::pretrain::{P_MEAN, P_STD, ln_sigma_draw};
-use trainer::two_stage::losses::{Weighting, bound_loss, edm_loss};
 
 /// `D(x, s) = k x`: a denoiser whose loss has a closed form.
 struct Scale(f32, usize);

@@ -16,7 +16,7 @@ use crate::data::{Dataset, noise};
 use crate::fid::{RealStats, image_features};
 use crate::frechet::{FrechetReference, Moments};
 use crate::inception::Inception;
-use crate::two_stage::losses::row_mse;
+use crate::losses::row_mse;
 
 /// Images per forward pass of the feature classifier when eval scores a set (FD-cls,
 /// accuracy), written once for every set it scores.

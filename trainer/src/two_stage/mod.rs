@@ -8,10 +8,11 @@
 //! ```
 //!
 //! and the ablations of paper Table 1. The pieces, each importing only those before it:
-//! [`config`] (what defines a run), [`levels`] (the logits `v`, §3), [`losses`] (`L_bound`,
-//! `L_disc`, §4), `state.rs` (the run in memory), `teacher.rs` (the teacher pool and
+//! [`config`] (what defines a run), [`levels`] (the logits `v`, §3), `state.rs` (the run in
+//! memory), `teacher.rs` (the teacher pool and
 //! trajectory cache `L_disc` is measured against), `stage1.rs` and `stage2.rs` (one step of
-//! each stage). This file builds the run, steps it, checkpoints and exports it as a bundle;
+//! each stage); the losses (`L_bound`, `L_disc`, §4) are `crate::losses`, which pre-training
+//! shares. This file builds the run, steps it, checkpoints and exports it as a bundle;
 //! [`crate::run::train`] drives it. Every random draw is a function of `(seed, step)`, so a
 //! run resumed from its checkpoint reproduces an uninterrupted one.
 
@@ -26,7 +27,6 @@ use sampler_core::schedule::Schedule;
 
 pub mod config;
 pub mod levels;
-pub mod losses;
 mod stage1;
 mod stage2;
 mod state;

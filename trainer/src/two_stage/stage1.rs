@@ -14,12 +14,12 @@ use sampler_core::schedule::lambda_weights;
 
 use super::config::{DiscGrad, DiscTarget, FinetuneConfig};
 use super::levels::ScheduleLogits;
-use super::losses::{
+use super::state::{BoundDraws, Finetune, PoolRows, StepRecord, purpose};
+use crate::data::{noise, uniform_indices};
+use crate::losses::{
     Weighting, bound_loss, bound_terms, denoise_together, disc_loss_exact, euler_states,
     paper_terms,
 };
-use super::state::{BoundDraws, Finetune, PoolRows, StepRecord, purpose};
-use crate::data::{noise, uniform_indices};
 use crate::run::{check_finite, scalar};
 
 /// Cached states of the picked pool entries: `x_t` at each drawn `t`, and `x_{T-1}`.

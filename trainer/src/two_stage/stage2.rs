@@ -14,8 +14,8 @@ use sampler_core::model::Preconditioned;
 use sampler_core::schedule::{Schedule, lambda_weights};
 
 use super::config::Mode;
-use super::losses::{Weighting, bound_loss, disc_loss_exact};
 use super::state::{BoundDraws, Finetune, StepRecord};
+use crate::losses::{Weighting, bound_loss, disc_loss_exact};
 use crate::model::{Base, ema_decay_at, update_ema};
 use crate::run::check_finite;
 

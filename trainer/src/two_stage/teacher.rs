@@ -13,9 +13,9 @@ use sampler_core::schedule::Schedule;
 use sampler_core::solver::{Stop, heun};
 
 use super::config::Teacher;
-use super::losses::euler_states;
 use super::state::{Finetune, PoolRows, Trajectories, purpose};
 use crate::data::{noise, uniform_indices};
+use crate::losses::euler_states;
 use crate::model::Base;
 use crate::run::{ResumeState, TrajectoryState};
 
