@@ -9,7 +9,7 @@
 use anyhow::Result;
 use burn::tensor::{Device, Tensor, TensorData};
 use sampler_core::bundle::SolverKind;
-use sampler_core::solver::{Stop, heun, solve};
+use sampler_core::solver::{Stop, solve};
 use sampler_core::{Sampler, Schedule};
 
 const ROWS: usize = 200;
@@ -32,16 +32,10 @@ fn main() -> Result<()> {
     let at_min = |solver: Option<SolverKind>, levels: usize| -> Result<Vec<f32>> {
         let sigmas = Schedule::edm(levels, s_min, s_max)?.to_tensor(&device);
         let x = sampler_core::cpu::on_cpu_workers(|| {
-            sampler.with_denoiser(|den| match solver {
-                None => heun(
-                    den,
-                    x0.clone(),
-                    sigmas,
-                    Some(labels.clone()),
-                    Stop::Min,
-                    |_| {},
-                ),
-                Some(kind) => solve(
+            // `None`: the teacher, Heun.
+            let kind = solver.unwrap_or(SolverKind::Heun);
+            sampler.with_denoiser(|den| {
+                solve(
                     kind,
                     den,
                     x0.clone(),
@@ -49,7 +43,7 @@ fn main() -> Result<()> {
                     Some(labels.clone()),
                     Stop::Min,
                     |_| {},
-                ),
+                )
             })
         });
         x.try_into_vec_as::<f32>()
