@@ -168,7 +168,7 @@ fn micro_runs_every_solver_as_burn_does() {
 
 /// Every solver on every weight encoding, against burn on the same (dequantized) weights:
 /// with f32 activations the two engines agree to rounding; with f16 activations (the
-/// default for f16 and int8 weights) to the half-precision storage of the activations.
+/// default for f16 weights) to the half-precision storage of the activations.
 #[test]
 fn micro_matches_burn_for_every_solver_and_weight_type() {
     let v2 = shipped("digits8.bin");
@@ -274,7 +274,12 @@ fn quantized_bundles_stay_close_and_are_deterministic() {
         let q = as_version2(&v1, dtype);
         let m = MicroSampler::new(&q).unwrap();
         assert_eq!(m.weight_dtype(), dtype);
-        assert_eq!(m.default_activations(), Activations::F16);
+        let default = if dtype == WeightDtype::I8 {
+            Activations::Int8
+        } else {
+            Activations::F16
+        };
+        assert_eq!(m.default_activations(), default);
         let a = micro_image(&q, 7, 0, Activations::F16);
         assert_eq!(a, micro_image(&q, 7, 0, Activations::F16), "{dtype:?}");
         // Against burn on the same (dequantized) weights: only f16 activations differ.
@@ -358,5 +363,43 @@ fn engines_agree_where_groupnorm_sums_overflow_f32() {
         let d = max_diff(&host, &micro);
         eprintln!("scaled conv_in, image {index}: max |micro - burn| = {d:.3e}");
         assert!(d <= 1e-3, "image {index}: {d}");
+    }
+}
+
+/// Mean |a - b| in 1/255 of a pixel (images in [-1, 1]).
+fn mean_abs_255(a: &[f32], b: &[f32]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    let s: f64 = a.iter().zip(b).map(|(x, y)| (x - y).abs() as f64).sum();
+    s / a.len() as f64 * 127.5
+}
+
+/// The integer path (int8 weights, int8-row activations, integer dot products) on every
+/// shipped network bundle: within 4/255 mean absolute pixel difference of burn's f32 image,
+/// over several images.
+#[test]
+fn the_integer_path_stays_within_4_of_255_of_f32() {
+    for name in ["digits8.bin", "mnist8.bin", "face8.bin"] {
+        let v1 = shipped(name);
+        let q = as_version2(&v1, WeightDtype::I8);
+        let m = MicroSampler::new(&q).unwrap();
+        assert_eq!(m.default_activations(), Activations::Int8);
+        eprintln!(
+            "{name}: arena pools {:?} (f32 words, int8 units)",
+            m.arena_pools(Activations::Int8)
+        );
+        let mut worst = 0.0f64;
+        let images = 3;
+        for index in 0..images {
+            let host = burn_image(&v1, 0, index);
+            let int = micro_image(&q, 0, index, Activations::Int8);
+            let d = mean_abs_255(&host, &int);
+            let f16 = mean_abs_255(&host, &micro_image(&q, 0, index, Activations::F16));
+            eprintln!(
+                "{name} image {index}: integer path {d:.3}/255, f16 path {f16:.3}/255 mean |vs f32|; max {:.4}",
+                max_diff(&host, &int)
+            );
+            worst = worst.max(d);
+        }
+        assert!(worst <= 4.0, "{name}: {worst}/255");
     }
 }

@@ -1,6 +1,6 @@
 //! The micro runtime's memory: one caller-provided arena of `u32` words, split into an f32
 //! scratch pool (accumulator bands, rows, the solver's state) and a pool of stored
-//! activations (f32 or f16 bits), both bump allocators with stack discipline.
+//! activations (f32, f16 bits or int8 rows with a scale each, [`Store`]), both bump allocators with stack discipline.
 //!
 //! A dry run walks the network with empty pools and only counts: that is how
 //! [`MicroSampler::arena_words`](super::MicroSampler::arena_words) plans the arena with the
@@ -8,32 +8,133 @@
 
 use crate::pack::{f16_to_f32, f32_to_f16};
 
-/// An activation as stored: f32, or f16 bits.
+/// How activations are stored, a row at a time: the U-Net's maps are `channels x res` rows
+/// of `res` values, and every producer writes (and every consumer reads) whole rows.
 pub(super) trait Store: Copy + Default + bytemuck::Pod {
-    fn load(self) -> f32;
-    fn save(v: f32) -> Self;
+    /// Whether convolutions with int8 weights run as integer dot products on this storage
+    /// (`super::int`), rather than on f32 values.
+    const INTEGER: bool = false;
+    /// Storage units of one row of `r` values.
+    fn row_units(r: usize) -> usize {
+        r
+    }
+    /// Value `x` of a stored row.
+    fn at(row: &[Self], x: usize) -> f32;
+    /// A stored row as f32 values (`out.len()` of them).
+    #[inline(always)]
+    fn load_row(row: &[Self], out: &mut [f32]) {
+        for (x, o) in out.iter_mut().enumerate() {
+            *o = Self::at(row, x);
+        }
+    }
+    /// `vals` into a stored row.
+    fn save_row(vals: &[f32], row: &mut [Self]);
+    /// An upper bound of `|value|` over a stored row of `r` values (non-finite if a value is).
+    fn row_bound(row: &[Self], r: usize) -> f32 {
+        (0..r).fold(0.0f32, |m, x| {
+            let v = libm::fabsf(Self::at(row, x));
+            if v.is_nan() { v } else { m.max(v) }
+        })
+    }
 }
 
 impl Store for f32 {
     #[inline(always)]
-    fn load(self) -> f32 {
-        self
+    fn at(row: &[Self], x: usize) -> f32 {
+        row[x]
     }
     #[inline(always)]
-    fn save(v: f32) -> Self {
-        v
+    fn save_row(vals: &[f32], row: &mut [Self]) {
+        row[..vals.len()].copy_from_slice(vals);
     }
 }
 
 impl Store for u16 {
     #[inline(always)]
-    fn load(self) -> f32 {
-        f16_to_f32(self)
+    fn at(row: &[Self], x: usize) -> f32 {
+        f16_to_f32(row[x])
     }
     #[inline(always)]
-    fn save(v: f32) -> Self {
-        f32_to_f16(v)
+    fn save_row(vals: &[f32], row: &mut [Self]) {
+        for (o, &v) in row.iter_mut().zip(vals) {
+            *o = f32_to_f16(v);
+        }
     }
+}
+
+/// int8 with a scale per row (block floating point): a row is its scale as bfloat16 (the
+/// top half of an f32, in two units, rounded up so that no value exceeds 127 steps) and
+/// then `r` int8 values. The producer of a row knows the row's largest value when it
+/// stores it, so every row uses its full 8 bits, without calibration data; the consumers
+/// fold the scale into their per-row arithmetic.
+impl Store for i8 {
+    const INTEGER: bool = true;
+    fn row_units(r: usize) -> usize {
+        r + 2
+    }
+    #[inline(always)]
+    fn at(row: &[Self], x: usize) -> f32 {
+        row[2 + x] as f32 * row_scale(row)
+    }
+    #[inline(always)]
+    fn load_row(row: &[Self], out: &mut [f32]) {
+        let s = row_scale(row);
+        for (o, &q) in out.iter_mut().zip(&row[2..]) {
+            *o = q as f32 * s;
+        }
+    }
+    fn save_row(vals: &[f32], row: &mut [Self]) {
+        let max = abs_max(vals);
+        let (scale_bits, inv) = if !max.is_finite() {
+            // NaN loads back as NaN and infinity as infinity times the value: the sampler
+            // reports a non-finite output as it would from f32 storage.
+            (if max.is_nan() { 0x7FC0u16 } else { 0x7F80 }, 0.0)
+        } else if max == 0.0 {
+            (0, 0.0)
+        } else {
+            let bits = (max / 127.0).to_bits();
+            // Round the scale up to bfloat16, so max / scale <= 127.
+            let hi = (bits >> 16) + u32::from(bits & 0xFFFF != 0);
+            (hi as u16, 1.0 / f32::from_bits(hi << 16))
+        };
+        let [lo, hi] = scale_bits.to_le_bytes();
+        row[0] = lo as i8;
+        row[1] = hi as i8;
+        for (o, &v) in row[2..].iter_mut().zip(vals) {
+            *o = round_to_i32(v * inv).clamp(-127, 127) as i8;
+        }
+    }
+    fn row_bound(row: &[Self], _r: usize) -> f32 {
+        row_scale(row) * 127.0
+    }
+}
+
+/// The largest `|v|`, NaN if any value is NaN: compared as integers (the bits of `|v|` order
+/// as the values do, NaN above infinity), since f32::max is a library call on the M4.
+#[inline(always)]
+pub(super) fn abs_max(vals: &[f32]) -> f32 {
+    f32::from_bits(
+        vals.iter()
+            .fold(0u32, |m, &v| m.max(v.to_bits() & 0x7FFF_FFFF)),
+    )
+}
+
+/// The scale of an int8 row (its first two units, bfloat16 bits).
+#[inline(always)]
+pub(super) fn row_scale(row: &[i8]) -> f32 {
+    f32::from_bits(u32::from(u16::from_le_bytes([row[0] as u8, row[1] as u8])) << 16)
+}
+
+/// `v` rounded to the nearest integer, halves away from zero, saturating like `as`; the
+/// same bits on every target (no libm, no rounding mode).
+#[inline(always)]
+pub(super) fn round_to_i32(v: f32) -> i32 {
+    (v + if v < 0.0 { -0.5 } else { 0.5 }) as i32
+}
+
+/// Storage units of a map of `channels x res x res` values.
+pub(super) fn units<S: Store>(channels: usize, res: usize) -> usize {
+    channels * res * S::row_units(res)
 }
 
 /// A region of one of the arena's two pools.
@@ -149,12 +250,60 @@ impl<'v, S: Store> View<'v, S> {
         )
     }
 
+    /// `len` units from `off` (never straddling the gap: rows lie within one buffer).
     #[inline(always)]
-    pub(super) fn get(&self, i: usize) -> S {
-        if i < self.below.len() {
-            self.below[i]
+    pub(super) fn slice(&self, off: usize, len: usize) -> &'v [S] {
+        if off < self.below.len() {
+            &self.below[off..off + len]
         } else {
-            self.above[i - self.gap_end]
+            &self.above[off - self.gap_end..off - self.gap_end + len]
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An int8 row loads back within half a step of its scale, the scale is the smallest
+    /// bfloat16 that keeps every value within 127 steps, and non-finite rows stay so.
+    #[test]
+    fn int8_rows_round_trip() {
+        let vals: Vec<f32> = (0..28)
+            .map(|i| ((i * 37 % 19) as f32 - 9.0) * 0.173)
+            .collect();
+        let mut row = vec![0i8; i8::row_units(28)];
+        i8::save_row(&vals, &mut row);
+        let s = row_scale(&row);
+        let max = vals.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        assert!(
+            s >= max / 127.0 && s <= max / 127.0 * (1.0 + 1.0 / 128.0),
+            "{s}"
+        );
+        let mut back = vec![0.0f32; 28];
+        i8::load_row(&row, &mut back);
+        for (a, b) in vals.iter().zip(&back) {
+            assert!((a - b).abs() <= s / 2.0 + 1e-7, "{a} {b}");
+        }
+        assert!(i8::row_bound(&row, 28) >= max);
+        i8::save_row(&[0.0; 28], &mut row);
+        assert_eq!(row_scale(&row), 0.0);
+        let mut bad = vals.clone();
+        bad[3] = f32::NAN;
+        i8::save_row(&bad, &mut row);
+        assert!(i8::at(&row, 0).is_nan());
+        bad[3] = f32::INFINITY;
+        i8::save_row(&bad, &mut row);
+        assert!(!i8::at(&row, 0).is_finite() || vals[0] == 0.0);
+    }
+
+    #[test]
+    fn rounding_and_abs_max_are_exact() {
+        assert_eq!(round_to_i32(2.5), 3);
+        assert_eq!(round_to_i32(-2.5), -3);
+        assert_eq!(round_to_i32(1e20), i32::MAX);
+        assert_eq!(abs_max(&[1.0, -3.5, 2.0]), 3.5);
+        assert!(abs_max(&[1.0, f32::NAN]).is_nan());
+        assert_eq!(abs_max(&[]), 0.0);
     }
 }

@@ -10,9 +10,11 @@
 //!   [`MicroSampler::arena_words`] computes before anything runs, by walking the network
 //!   with the same code that computes it (a dry run), so the plan and the run cannot drift
 //!   apart (`arena`);
-//! - activations are stored as f32 or, to halve the arena, as f16 ([`Activations`]); sums
-//!   are always accumulated in f32, over bands of a few rows, so the arena holds the skip
-//!   connections and the current block but never a full-size f32 accumulator (`ops`, `net`);
+//! - activations are stored as f32, as f16 (half the arena), or as int8 rows with a scale
+//!   each ([`Activations`]); sums are accumulated in f32 over bands of a few rows, so the
+//!   arena holds the skip connections and the current block but never a full-size f32
+//!   accumulator (`ops`, `net`), or, on the integer path for int8 weights, exactly in i32
+//!   from 16-bit fixed-point inputs with the M4's `SMLAD` (`int`);
 //! - the bundle's solver runs on slices, each beside the formula of the `crate::solver`
 //!   function it mirrors (`solve`).
 //!
@@ -20,6 +22,7 @@
 //! it to burn on every shipped bundle, and the firmware to this code on the host.
 
 mod arena;
+mod int;
 mod net;
 mod ops;
 mod solve;
@@ -36,13 +39,18 @@ use crate::error::SamplerError;
 use crate::pack::{PackView, WeightDtype};
 use crate::rng;
 
-/// How activations are stored in the arena (arithmetic is f32 either way).
+/// How activations are stored in the arena, and with it how convolutions compute.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Activations {
-    /// 4 bytes a value: the host's numbers to float rounding.
+    /// 4 bytes a value, f32 arithmetic: the host's numbers to float rounding.
     F32,
-    /// 2 bytes a value (IEEE half): half the arena, ~3 decimal digits per stored value.
+    /// 2 bytes a value (IEEE half), f32 arithmetic: half the arena, ~3 decimal digits per
+    /// stored value.
     F16,
+    /// The integer path: 1 byte a value (int8 with a scale per row), and with int8 weights
+    /// the convolutions and attention as exact integer dot products of 16-bit fixed-point
+    /// inputs (`SMLAD` on a Cortex-M4; see `int`). A quarter of F32's arena.
+    Int8,
 }
 
 /// A bundle ready to sample on a microcontroller. See the module docs.
@@ -114,11 +122,13 @@ impl<'a> MicroSampler<'a> {
     }
 
     /// The activation storage that suits the weights: f32 for f32 weights (the host's
-    /// numbers), f16 for f16 and int8 weights (whose own error is larger than f16's).
+    /// numbers), f16 for f16 weights (whose own error is larger than f16's), the integer
+    /// path for int8 weights.
     pub fn default_activations(&self) -> Activations {
         match self.weight_dtype {
             WeightDtype::F32 => Activations::F32,
-            _ => Activations::F16,
+            WeightDtype::F16 => Activations::F16,
+            WeightDtype::I8 => Activations::Int8,
         }
     }
 
@@ -139,8 +149,23 @@ impl<'a> MicroSampler<'a> {
                 let (f, s) = self.plan::<u16>();
                 (f, s, 2)
             }
+            Activations::Int8 => {
+                let (f, s) = self.plan::<i8>();
+                (f, s, 1)
+            }
         };
         (f, f + (s * bytes).div_ceil(4))
+    }
+
+    /// The arena of [`MicroSampler::arena_words`] split into its two pools: peak f32
+    /// scratch words (solver state, accumulators, staged rows) and peak storage units of
+    /// the stored activations (values, plus a 2-byte scale per row for [`Activations::Int8`]).
+    pub fn arena_pools(&self, act: Activations) -> (usize, usize) {
+        match act {
+            Activations::F32 => self.plan::<f32>(),
+            Activations::F16 => self.plan::<u16>(),
+            Activations::Int8 => self.plan::<i8>(),
+        }
     }
 
     /// Peak words of the f32 pool and values of the stored pool, from a dry run.
@@ -204,18 +229,27 @@ impl<'a> MicroSampler<'a> {
         }
         let (fw, sw) = arena.split_at_mut(f_words);
         let fdata: &mut [f32] = bytemuck::cast_slice_mut(fw);
-        let x = match act {
+        // Where the result lies in the f32 scratch (read in place: a copy would take a
+        // whole image of heap on the device).
+        let x_off = match act {
             Activations::F32 => {
                 let mut ctx = Ctx::<f32>::new(fdata, bytemuck::cast_slice_mut(sw), false);
                 let x = self.sample_in(&mut ctx, seed, index, label);
-                ctx.f.data[x.off..x.off + x.len].to_vec()
+                x.off
             }
             Activations::F16 => {
                 let mut ctx = Ctx::<u16>::new(fdata, bytemuck::cast_slice_mut(sw), false);
                 let x = self.sample_in(&mut ctx, seed, index, label);
-                ctx.f.data[x.off..x.off + x.len].to_vec()
+                x.off
+            }
+            Activations::Int8 => {
+                let mut ctx = Ctx::<i8>::new(fdata, bytemuck::cast_slice_mut(sw), false);
+                let x = self.sample_in(&mut ctx, seed, index, label);
+                x.off
             }
         };
+        let fdata: &[f32] = bytemuck::cast_slice(&arena[..f_words]);
+        let x = &fdata[x_off..x_off + d];
         let bad = x.iter().filter(|v| !v.is_finite()).count();
         if bad > 0 {
             return Err(SamplerError::NonFinite(bad));
@@ -266,14 +300,8 @@ impl<'a> MicroSampler<'a> {
         let [c_skip, c_out, c_in, c_noise] =
             [c.c_skip, c.c_out, c.c_in, c.c_noise].map(|v| v as f32);
         let mark = ctx.f.mark();
-        let inp = ctx.f.alloc(x.len);
-        if !ctx.dry {
-            let [xs, is] = disjoint(&mut *ctx.f.data, [x, inp]);
-            is.iter_mut()
-                .zip(xs.iter())
-                .for_each(|(o, &v)| *o = v * c_in);
-        }
-        self.net.forward(ctx, inp, c_noise, label, den);
+        // The network scales its input by c_in as it reads it (no image-sized copy).
+        self.net.forward(ctx, x, c_in, c_noise, label, den);
         if !ctx.dry {
             let [xs, ds] = disjoint(&mut *ctx.f.data, [x, den]);
             ds.iter_mut()

@@ -5,19 +5,21 @@
 
 use alloc::vec::Vec;
 
-use super::arena::{Buf, Ctx, Store, disjoint};
+use super::arena::{Buf, Ctx, Store, disjoint, units};
 use super::ops::{
-    Dst, SKIP_SCALE, Src, affine_pairs, attention, linear, resampled, run_conv, silu, stats,
+    Dst, SKIP_SCALE, Src, affine_len, affine_pairs, attention, linear, resampled, run_conv, silu,
+    stats,
 };
 use super::weights::{Block, Embedding, Mlp, Net, UNet};
 use crate::config::noise_frequency;
 
 impl Net<'_> {
-    /// `out = F(inp, c_noise)` (f32 buffers of the scratch pool), conditioned on `label`.
+    /// `out = F(c_in x, c_noise)` (f32 buffers of the scratch pool), conditioned on `label`.
     pub(super) fn forward<S: Store>(
         &self,
         ctx: &mut Ctx<'_, S>,
-        inp: Buf,
+        x: Buf,
+        c_in: f32,
         c_noise: f32,
         label: Option<usize>,
         out: Buf,
@@ -30,8 +32,8 @@ impl Net<'_> {
         let emb = ctx.f.alloc(embedding.channels);
         embedding.forward(ctx, c_noise, label, emb);
         match self {
-            Net::UNet(n) => n.forward(ctx, inp, emb, out),
-            Net::Mlp(n) => n.forward(ctx, inp, emb, out),
+            Net::UNet(n) => n.forward(ctx, x, c_in, emb, out),
+            Net::Mlp(n) => n.forward(ctx, x, c_in, emb, out),
         }
         ctx.f.release(mark);
     }
@@ -88,10 +90,17 @@ impl Embedding<'_> {
 
 impl Mlp<'_> {
     /// `out = output(silu(h))` after the blocks `h <- h + W silu(h)` from
-    /// `h = input(inp) + emb` (`emb` is overwritten with `h`).
-    fn forward<S: Store>(&self, ctx: &mut Ctx<'_, S>, inp: Buf, emb: Buf, out: Buf) {
+    /// `h = input(c_in x) + emb` (`emb` is overwritten with `h`).
+    fn forward<S: Store>(&self, ctx: &mut Ctx<'_, S>, x: Buf, c_in: f32, emb: Buf, out: Buf) {
         let c = &self.config;
         let mark = ctx.f.mark();
+        let inp = ctx.f.alloc(x.len);
+        if !ctx.dry {
+            let [xs, is] = disjoint(&mut *ctx.f.data, [x, inp]);
+            is.iter_mut()
+                .zip(xs.iter())
+                .for_each(|(o, &v)| *o = v * c_in);
+        }
         let t = ctx.f.alloc(c.hidden);
         let u = ctx.f.alloc(c.hidden);
         let row = ctx.f.alloc(c.hidden.max(c.dim));
@@ -125,24 +134,27 @@ struct Act {
 }
 
 impl UNet<'_> {
-    /// `out = F(inp)` given the embedding `emb` of the noise level and label.
-    fn forward<S: Store>(&self, ctx: &mut Ctx<'_, S>, inp: Buf, emb: Buf, out: Buf) {
+    /// `out = F(c_in x)` given the embedding `emb` of the noise level and label.
+    fn forward<S: Store>(&self, ctx: &mut Ctx<'_, S>, x: Buf, c_in: f32, emb: Buf, out: Buf) {
         let c = &self.config;
         let (fmark, smark) = (ctx.f.mark(), ctx.s.mark());
         let r = c.img_resolution;
         // 1. The network input as a stored activation, so conv_in reads it like any other.
-        let x_in = ctx.s.alloc(inp.len);
+        let x_in = ctx.s.alloc(units::<S>(c.in_channels, r));
+        let scaled = ctx.f.alloc(r);
         if !ctx.dry {
-            let src = &ctx.f.data[inp.off..inp.off + inp.len];
-            for (o, &v) in ctx.s.data[x_in.off..x_in.off + x_in.len]
-                .iter_mut()
-                .zip(src)
+            let [src, scaled] = disjoint(&mut *ctx.f.data, [x, scaled]);
+            let stored = &mut ctx.s.data[x_in.off..x_in.off + x_in.len];
+            for (row, out) in src
+                .chunks_exact(r)
+                .zip(stored.chunks_exact_mut(S::row_units(r)))
             {
-                *o = S::save(v);
+                scaled.iter_mut().zip(row).for_each(|(o, &v)| *o = v * c_in);
+                S::save_row(scaled, out);
             }
         }
         let first = Act {
-            buf: ctx.s.alloc(c.model_channels * r * r),
+            buf: ctx.s.alloc(units::<S>(c.model_channels, r)),
             channels: c.model_channels,
             res: r,
         };
@@ -160,7 +172,7 @@ impl UNet<'_> {
         for b in &self.enc {
             let res = resampled(x.res, b.resample);
             let o = Act {
-                buf: ctx.s.alloc(b.cout * res * res),
+                buf: ctx.s.alloc(units::<S>(b.cout, res)),
                 channels: b.cout,
                 res,
             };
@@ -184,7 +196,7 @@ impl UNet<'_> {
             };
             let res = resampled(x.res, b.resample);
             let mut o = Act {
-                buf: ctx.s.alloc(b.cout * res * res),
+                buf: ctx.s.alloc(units::<S>(b.cout, res)),
                 channels: b.cout,
                 res,
             };
@@ -201,11 +213,11 @@ impl UNet<'_> {
             x = o;
         }
         // 4. Output head: conv(silu(GroupNorm(x))) into the f32 output.
-        let aff = ctx.f.alloc(2 * x.channels);
+        let aff = ctx.f.alloc(affine_len(x.channels));
         let mut src = Src::plain(x.buf, x.channels, x.res);
         stats(ctx, &self.aux_norm, &src, aff);
         let pairs = affine_pairs(ctx, aff);
-        src.affine = pairs.as_deref();
+        src.set_affine(pairs.as_ref());
         src.silu = true;
         run_conv(
             ctx,
@@ -240,9 +252,10 @@ fn block<S: Store>(
         res_in,
         resample: b.resample,
         affine: None,
+        affine_bound: 0.0,
         silu: false,
     };
-    let aff0 = ctx.f.alloc(2 * b.cin);
+    let aff0 = ctx.f.alloc(affine_len(b.cin));
     stats(ctx, &b.norm0, &src_in, aff0);
     let add = ctx.f.alloc(b.cout);
     let row = ctx.f.alloc(b.cout);
@@ -252,9 +265,9 @@ fn block<S: Store>(
     }
     // 2. h = conv0(resample(silu(norm0(x)))) + affine(emb).
     let pairs0 = affine_pairs(ctx, aff0);
-    src_in.affine = pairs0.as_deref();
+    src_in.set_affine(pairs0.as_ref());
     src_in.silu = true;
-    let h = ctx.s.alloc(b.cout * res * res);
+    let h = ctx.s.alloc(units::<S>(b.cout, res));
     run_conv(
         ctx,
         &[(Some(&b.conv0), &src_in)],
@@ -264,18 +277,31 @@ fn block<S: Store>(
         Dst::Stored(h),
     );
     drop(pairs0);
-    // 3. silu(norm1(h)), in place.
-    let src_h = Src::plain(h, b.cout, res);
-    let aff1 = ctx.f.alloc(2 * b.cout);
+    // 3. silu(norm1(h)): in place, or on integer storage as conv1 reads h (one rounding
+    // to int8 fewer).
+    let mut src_h = Src::plain(h, b.cout, res);
+    let aff1 = ctx.f.alloc(affine_len(b.cout));
     stats(ctx, &b.norm1, &src_h, aff1);
-    if !ctx.dry {
-        let n = res * res;
+    let pairs1 = if S::INTEGER {
+        affine_pairs(ctx, aff1)
+    } else {
+        None
+    };
+    if S::INTEGER {
+        src_h.set_affine(pairs1.as_ref());
+        src_h.silu = true;
+    } else if !ctx.dry {
+        let units = S::row_units(res);
         let pairs = &ctx.f.data[aff1.off..aff1.off + aff1.len];
         let hv = &mut ctx.s.data[h.off..h.off + h.len];
+        let mut row = alloc::vec![0.0f32; res];
         for c in 0..b.cout {
             let (a, s) = (pairs[2 * c], pairs[2 * c + 1]);
-            for v in &mut hv[c * n..(c + 1) * n] {
-                *v = S::save(silu(v.load() * a + s));
+            for y in 0..res {
+                let stored = &mut hv[(c * res + y) * units..(c * res + y + 1) * units];
+                S::load_row(stored, &mut row);
+                row.iter_mut().for_each(|v| *v = silu(*v * a + s));
+                S::save_row(&row, stored);
             }
         }
     }
@@ -286,6 +312,7 @@ fn block<S: Store>(
         res_in,
         resample: b.resample,
         affine: None,
+        affine_bound: 0.0,
         silu: false,
     };
     run_conv(

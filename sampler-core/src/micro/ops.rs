@@ -6,7 +6,8 @@
 
 use alloc::vec::Vec;
 
-use super::arena::{Buf, Ctx, Store, View, disjoint};
+use super::arena::{Buf, Ctx, Store, View, disjoint, units};
+use super::int;
 use super::weights::{Conv, Lin, Norm};
 use crate::config::Resample;
 use crate::config::{GROUP_NORM_EPS, SKIP_SCALE as SKIP_SCALE_F64, edm_groups};
@@ -18,39 +19,62 @@ pub(super) const SKIP_SCALE: f32 = SKIP_SCALE_F64 as f32;
 /// EDM's GroupNorm epsilon, rounded once to f32.
 const NORM_EPS: f32 = GROUP_NORM_EPS as f32;
 
-/// Per-channel `(scale, shift)` of a GroupNorm over `channels` values read by `value(c, i)`
-/// (`n` per channel): `y = x * scale + shift` is `(x - mean) / sqrt(var + eps) * gamma + beta`.
-fn norm_affine(
+/// Per-channel `(scale, shift)` of a GroupNorm over `channels` maps of `res x res` values,
+/// whose rows `rows(c, y, out)` loads: `y = x * scale + shift` is
+/// `(x - mean) / sqrt(var + eps) * gamma + beta`. Returns an upper bound of `|y|` over every
+/// value (from each channel's extremes), which the integer path scales its inputs by.
+/// `int_rows`: on the integer path, the source whose stored int8 rows the first pass sums
+/// as integers.
+fn norm_affine<S: Store>(
     norm: &Norm<'_>,
-    n: usize,
-    value: impl Fn(usize, usize) -> f32,
+    res: usize,
+    rows: impl Fn(usize, usize, &mut [f32]),
+    int_rows: Option<(&Src<'_>, &View<'_, S>)>,
+    row: &mut [f32],
     out: &mut [(f32, f32)],
-) {
+) -> f32 {
     let c = norm.channels;
     let groups = edm_groups(c);
     let per = c / groups;
     let mut gamma = [0.0f32; 1];
     let mut beta = [0.0f32; 1];
+    let mut bound = 0.0f32;
     for g in 0..groups {
-        let count = (per * n) as f32;
+        let count = (per * res * res) as f32;
         let chans = g * per..(g + 1) * per;
-        let (mut mean, mut var) = group_moments(&value, chans.clone(), n, count, 1.0);
+        let mut lo = [f32::INFINITY; MAX_GROUP_CHANNELS];
+        let mut hi = [f32::NEG_INFINITY; MAX_GROUP_CHANNELS];
+        let seen = |ch: usize, v: f32, lo: &mut [f32], hi: &mut [f32]| {
+            let k = (ch - g * per) % MAX_GROUP_CHANNELS;
+            lo[k] = lo[k].min(v);
+            hi[k] = hi[k].max(v);
+        };
+        let (mut mean, mut var) = match int_rows {
+            Some((src, view)) => {
+                super::int::group_moments(src, view, chans.clone(), count, |ch, v| {
+                    seen(ch, v, &mut lo, &mut hi)
+                })
+            }
+            // The float paths need no bound: their first pass only sums.
+            None => group_moments(&rows, row, chans.clone(), res, count, 1.0),
+        };
         let mut unscale = 1.0f32;
         if !(mean.is_finite() && var.is_finite()) {
             // Finite activations whose f32 sums overflow (burn accumulates in f64 and
             // samples such a network): recompute on values scaled below 1 by a power of
             // two, then undo the scale on the mean and the standard deviation.
             let mut amax = 0.0f32;
-            for ch in g * per..(g + 1) * per {
-                for i in 0..n {
-                    amax = amax.max(libm::fabsf(value(ch, i)));
+            for ch in chans.clone() {
+                for y in 0..res {
+                    rows(ch, y, row);
+                    amax = amax.max(super::arena::abs_max(&row[..res]));
                 }
             }
             if amax.is_finite() && amax > 0.0 {
                 let exponent = libm::ilogbf(amax) + 1;
                 let scale = libm::ldexpf(1.0, -exponent);
                 unscale = libm::ldexpf(1.0, exponent);
-                (mean, var) = group_moments(&value, chans, n, count, scale);
+                (mean, var) = group_moments(&rows, row, chans, res, count, scale);
                 mean *= unscale;
             }
         }
@@ -61,34 +85,59 @@ fn norm_affine(
             norm.beta.read(ch, &mut beta);
             let scale = gamma[0] * rstd;
             *o = (scale, beta[0] - mean * scale);
+            let k = (ch - g * per) % MAX_GROUP_CHANNELS;
+            let ends = [o.0 * lo[k] + o.1, o.0 * hi[k] + o.1];
+            bound = ends.iter().fold(bound, |m, &e| {
+                let a = libm::fabsf(e);
+                if a.is_nan() || m.is_nan() {
+                    f32::NAN
+                } else {
+                    m.max(a)
+                }
+            });
         }
     }
+    bound
 }
 
-/// Mean and variance of `value * scale` over the channels `chans` (`n` values each);
-/// `scale` a power of two, so scaling is exact and changes nothing while the sums stay
-/// finite. Always inlined, so the common call with `scale = 1.0` multiplies by nothing
+/// Channels per GroupNorm group whose extremes are tracked one by one (EDM's groups hold
+/// at most 4 channels at the widths the runtime accepts; wider groups share slots, which
+/// only loosens the bound).
+const MAX_GROUP_CHANNELS: usize = 8;
+
+/// Mean and variance of `value * scale` over the channels `chans` (`res` rows of `res`
+/// values each, loaded by `rows` into `row`); `scale` a power of two, so scaling is exact
+/// and changes nothing while the sums stay finite. Always inlined, so the common call with `scale = 1.0` multiplies by nothing
 /// (a multiply there cost 3-8% of an image's instructions on the M4).
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 fn group_moments(
-    value: &impl Fn(usize, usize) -> f32,
+    rows: &impl Fn(usize, usize, &mut [f32]),
+    row: &mut [f32],
     chans: core::ops::Range<usize>,
-    n: usize,
+    res: usize,
     count: f32,
     scale: f32,
 ) -> (f32, f32) {
+    let row = &mut row[..res];
     let mut sum = 0.0f32;
     for ch in chans.clone() {
-        for i in 0..n {
-            sum += value(ch, i) * scale;
+        for y in 0..res {
+            rows(ch, y, row);
+            for &v in row.iter() {
+                sum += v * scale;
+            }
         }
     }
     let mean = sum / count;
     let mut sq = 0.0f32;
     for ch in chans {
-        for i in 0..n {
-            let d = value(ch, i) * scale - mean;
-            sq += d * d;
+        for y in 0..res {
+            rows(ch, y, row);
+            for &v in row.iter() {
+                let d = v * scale - mean;
+                sq += d * d;
+            }
         }
     }
     (mean, sq / count)
@@ -127,6 +176,9 @@ pub(super) struct Src<'t> {
     pub(super) res_in: usize,
     pub(super) resample: Resample,
     pub(super) affine: Option<&'t [(f32, f32)]>,
+    /// With `affine`: an upper bound of `|value * scale + shift|` over the source (from
+    /// [`stats`]), which the integer path scales its inputs by.
+    pub(super) affine_bound: f32,
     pub(super) silu: bool,
 }
 
@@ -138,6 +190,7 @@ impl<'t> Src<'t> {
             res_in: res,
             resample: Resample::None,
             affine: None,
+            affine_bound: 0.0,
             silu: false,
         }
     }
@@ -146,25 +199,79 @@ impl<'t> Src<'t> {
         resampled(self.res_in, self.resample)
     }
 
-    /// Value `i` of channel `c` before resampling, after the affine and SiLU.
+    /// The GroupNorm affine of [`affine_pairs`] (none in a dry run).
+    pub(super) fn set_affine(&mut self, pairs: Option<&'t (Vec<(f32, f32)>, f32)>) {
+        if let Some((p, bound)) = pairs {
+            self.affine = Some(p);
+            self.affine_bound = *bound;
+        }
+    }
+
+    /// Channels of the source.
+    pub(super) fn channels(&self) -> usize {
+        self.parts[0].1 + self.parts[1].1
+    }
+
+    /// Stored row `y` (input resolution) of channel `c`.
     #[inline(always)]
-    pub(super) fn at<S: Store>(&self, s: &View<'_, S>, c: usize, i: usize) -> f32 {
-        let n = self.res_in * self.res_in;
+    pub(super) fn stored<'v, S: Store>(&self, s: &View<'v, S>, c: usize, y: usize) -> &'v [S] {
         let (part, ch) = if c < self.parts[0].1 {
             (self.parts[0].0, c)
         } else {
             (self.parts[1].0, c - self.parts[0].1)
         };
-        let mut v = s.get(part.off + ch * n + i).load();
-        if let Some(a) = self.affine {
-            v = v * a[c].0 + a[c].1;
-        }
-        if self.silu { silu(v) } else { v }
+        let units = S::row_units(self.res_in);
+        s.slice(part.off + (ch * self.res_in + y) * units, units)
     }
 
-    /// Row `y` (output resolution) of channel `c` into `out`; zeros outside the image.
-    fn row<S: Store>(&self, s: &View<'_, S>, c: usize, y: isize, out: &mut [f32]) {
+    /// Row `y` (input resolution) of channel `c` after the affine and `act` (SiLU when the
+    /// source has it), `res_in` values into `out`.
+    #[inline(always)]
+    fn row_in<S: Store>(
+        &self,
+        s: &View<'_, S>,
+        c: usize,
+        y: usize,
+        out: &mut [f32],
+        act: impl Fn(f32) -> f32,
+    ) {
+        let out = &mut out[..self.res_in];
+        S::load_row(self.stored(s, c, y), out);
+        if let Some(a) = self.affine {
+            let (scale, shift) = a[c];
+            out.iter_mut().for_each(|v| *v = *v * scale + shift);
+        }
+        if self.silu {
+            out.iter_mut().for_each(|v| *v = act(*v));
+        }
+    }
+
+    /// Row `y` (output resolution) of channel `c` into `out`, zeros outside the image;
+    /// `tmp` holds `2 res_in` values for the box filter.
+    pub(super) fn row<S: Store>(
+        &self,
+        s: &View<'_, S>,
+        c: usize,
+        y: isize,
+        out: &mut [f32],
+        tmp: &mut [f32],
+    ) {
+        self.row_with(s, c, y, out, tmp, silu)
+    }
+
+    /// [`Src::row`] with `act` in place of SiLU.
+    #[inline(always)]
+    pub(super) fn row_with<S: Store>(
+        &self,
+        s: &View<'_, S>,
+        c: usize,
+        y: isize,
+        out: &mut [f32],
+        tmp: &mut [f32],
+        act: impl Fn(f32) -> f32 + Copy,
+    ) {
         let r = self.res_out();
+        let out = &mut out[..r];
         if y < 0 || y as usize >= r {
             out.iter_mut().for_each(|v| *v = 0.0);
             return;
@@ -172,21 +279,21 @@ impl<'t> Src<'t> {
         let y = y as usize;
         let ri = self.res_in;
         match self.resample {
-            Resample::None => {
-                for (x, o) in out.iter_mut().enumerate() {
-                    *o = self.at(s, c, y * ri + x);
-                }
-            }
+            Resample::None => self.row_in(s, c, y, out, act),
             Resample::Up => {
-                for (x, o) in out.iter_mut().enumerate() {
-                    *o = self.at(s, c, (y / 2) * ri + x / 2);
+                self.row_in(s, c, y / 2, out, act);
+                // Nearest neighbour, widened in place from the right.
+                for x in (0..r).rev() {
+                    out[x] = out[x / 2];
                 }
             }
             Resample::Down => {
+                let (t0, t1) = tmp[..2 * ri].split_at_mut(ri);
+                self.row_in(s, c, 2 * y, t0, act);
+                self.row_in(s, c, 2 * y + 1, t1, act);
                 for (x, o) in out.iter_mut().enumerate() {
-                    let i = 2 * y * ri + 2 * x;
-                    let top = (self.at(s, c, i) + self.at(s, c, i + 1)) * 0.5;
-                    let bottom = (self.at(s, c, i + ri) + self.at(s, c, i + ri + 1)) * 0.5;
+                    let top = (t0[2 * x] + t0[2 * x + 1]) * 0.5;
+                    let bottom = (t1[2 * x] + t1[2 * x + 1]) * 0.5;
                     *o = (top + bottom) * 0.5;
                 }
             }
@@ -206,6 +313,7 @@ fn conv_band<S: Store>(
     acc: &mut [f32],
     in_rows: &mut [f32],
     filter: &mut [f32],
+    tmp: &mut [f32],
 ) {
     let r = src.res_out();
     let k = conv.k;
@@ -221,7 +329,7 @@ fn conv_band<S: Store>(
             let row = &mut in_rows[j * w2..(j + 1) * w2];
             row[0] = 0.0;
             row[r + 1] = 0.0;
-            src.row(s, ci, y, &mut row[1..r + 1]);
+            src.row(s, ci, y, &mut row[1..r + 1], tmp);
         }
         for co in 0..conv.cout {
             let f = &mut filter[..k * k];
@@ -271,7 +379,8 @@ pub(super) enum Dst {
 
 /// `dst = scale * (sum of terms + add[co])` at the output resolution of the terms' sources,
 /// accumulated in f32 a band of rows at a time. A term is a convolution (with its bias) of
-/// a source, or the source itself (an identity residual).
+/// a source, or the source itself (an identity residual). On integer storage with int8
+/// weights the convolutions run as integer dot products instead (`super::int`).
 pub(super) fn run_conv<S: Store>(
     ctx: &mut Ctx<'_, S>,
     terms: &[(Option<&Conv<'_>>, &Src<'_>)],
@@ -280,6 +389,9 @@ pub(super) fn run_conv<S: Store>(
     scale: f32,
     dst: Dst,
 ) {
+    if S::INTEGER && int::runs(terms) {
+        return int::run_conv(ctx, terms, cout, add, scale, dst);
+    }
     let r = terms[0].1.res_out();
     let rows = BAND_ROWS.min(r);
     let mark = ctx.f.mark();
@@ -287,28 +399,31 @@ pub(super) fn run_conv<S: Store>(
     let in_rows = ctx.f.alloc((rows + 2) * (r + 2));
     let filter = ctx.f.alloc(9);
     let bias = ctx.f.alloc(cout);
+    let tmp = ctx
+        .f
+        .alloc(2 * terms.iter().map(|t| t.1.res_in).max().unwrap_or(0));
     if !ctx.dry {
-        let n = r * r;
         let dummy = Buf { off: 0, len: 0 };
         let (add_buf, out_f) = (
             add.unwrap_or(dummy),
             match dst {
                 Dst::F32(b) => b,
                 Dst::Stored(_) => Buf {
-                    off: bias.off + bias.len,
+                    off: tmp.off + tmp.len,
                     len: 0,
                 },
             },
         );
-        let [acc, in_rows, filter, bias_v, addv, out_f] = disjoint(
+        let [acc, in_rows, filter, bias_v, addv, out_f, tmp] = disjoint(
             &mut *ctx.f.data,
-            [acc, in_rows, filter, bias, add_buf, out_f],
+            [acc, in_rows, filter, bias, add_buf, out_f, tmp],
         );
         let sdata = &mut *ctx.s.data;
         let (view, out_s): (View<'_, S>, &mut [S]) = match dst {
             Dst::Stored(b) => View::around(sdata, b),
             Dst::F32(_) => (View::whole(sdata), &mut []),
         };
+        let units = S::row_units(r);
         let mut y0 = 0;
         while y0 < r {
             let rows_here = rows.min(r - y0);
@@ -323,13 +438,13 @@ pub(super) fn run_conv<S: Store>(
                                 .iter_mut()
                                 .for_each(|v| *v += bias_v[co]);
                         }
-                        conv_band(cv, src, &view, y0, rows_here, acc, in_rows, filter);
+                        conv_band(cv, src, &view, y0, rows_here, acc, in_rows, filter, tmp);
                     }
                     None => {
                         for co in 0..cout {
                             for y in 0..rows_here {
                                 let row = &mut in_rows[..r];
-                                src.row(&view, co, (y0 + y) as isize, row);
+                                src.row(&view, co, (y0 + y) as isize, row, tmp);
                                 let a = &mut acc[co * band + y * r..co * band + (y + 1) * r];
                                 a.iter_mut().zip(row.iter()).for_each(|(a, v)| *a += v);
                             }
@@ -339,18 +454,15 @@ pub(super) fn run_conv<S: Store>(
             }
             for co in 0..cout {
                 let extra = if add.is_some() { addv[co] } else { 0.0 };
-                let a = &acc[co * band..(co + 1) * band];
-                let at = co * n + y0 * r;
-                match dst {
-                    Dst::Stored(_) => {
-                        for (o, &v) in out_s[at..at + band].iter_mut().zip(a) {
-                            *o = S::save((v + extra) * scale);
+                for y in 0..rows_here {
+                    let a = &mut acc[co * band + y * r..co * band + (y + 1) * r];
+                    a.iter_mut().for_each(|v| *v = (*v + extra) * scale);
+                    let row = co * r + y0 + y;
+                    match dst {
+                        Dst::Stored(_) => {
+                            S::save_row(a, &mut out_s[row * units..(row + 1) * units])
                         }
-                    }
-                    Dst::F32(_) => {
-                        for (o, &v) in out_f[at..at + band].iter_mut().zip(a) {
-                            *o = (v + extra) * scale;
-                        }
+                        Dst::F32(_) => out_f[row * r..(row + 1) * r].copy_from_slice(a),
                     }
                 }
             }
@@ -361,38 +473,56 @@ pub(super) fn run_conv<S: Store>(
 }
 
 /// The per-channel affine of `norm` over the channels of `src` (before resampling), into the
-/// f32 buffer `aff` (`2 C` values: scale, shift).
+/// f32 buffer `aff` (`2 C + 1` values: scale and shift per channel, then an upper bound of
+/// the affine's `|output|`).
 pub(super) fn stats<S: Store>(ctx: &mut Ctx<'_, S>, norm: &Norm<'_>, src: &Src<'_>, aff: Buf) {
-    if ctx.dry {
-        return;
+    let mark = ctx.f.mark();
+    let row = ctx.f.alloc(src.res_in);
+    if !ctx.dry {
+        let view = View::whole(&*ctx.s.data);
+        let mut pairs: Vec<(f32, f32)> = alloc::vec![(0.0, 0.0); norm.channels];
+        let [row, out] = disjoint(&mut *ctx.f.data, [row, aff]);
+        let bound = norm_affine(
+            norm,
+            src.res_in,
+            |c, y, out| S::load_row(src.stored(&view, c, y), &mut out[..src.res_in]),
+            S::INTEGER.then_some((src, &view)),
+            row,
+            &mut pairs,
+        );
+        for (c, (a, b)) in pairs.into_iter().enumerate() {
+            out[2 * c] = a;
+            out[2 * c + 1] = b;
+        }
+        out[2 * norm.channels] = bound;
     }
-    let n = src.res_in * src.res_in;
-    let view = View::whole(&*ctx.s.data);
-    let mut pairs: Vec<(f32, f32)> = alloc::vec![(0.0, 0.0); norm.channels];
-    norm_affine(norm, n, |c, i| src.at(&view, c, i), &mut pairs);
-    let out = &mut ctx.f.data[aff.off..aff.off + aff.len];
-    for (c, (a, b)) in pairs.into_iter().enumerate() {
-        out[2 * c] = a;
-        out[2 * c + 1] = b;
-    }
+    ctx.f.release(mark);
 }
 
-/// The (scale, shift) pairs of an affine buffer, copied out of the arena (None in a dry
-/// run). A block holds at most two of these at a time, `C` pairs each.
-pub(super) fn affine_pairs<S: Store>(ctx: &Ctx<'_, S>, aff: Buf) -> Option<Vec<(f32, f32)>> {
+/// The f32 values an affine buffer of `channels` needs (see [`stats`]).
+pub(super) fn affine_len(channels: usize) -> usize {
+    2 * channels + 1
+}
+
+/// The (scale, shift) pairs of an affine buffer and its bound, copied out of the arena (None
+/// in a dry run). A block holds at most two of these at a time, `C` pairs each.
+pub(super) fn affine_pairs<S: Store>(ctx: &Ctx<'_, S>, aff: Buf) -> Option<(Vec<(f32, f32)>, f32)> {
     (!ctx.dry).then(|| {
-        ctx.f.data[aff.off..aff.off + aff.len]
-            .chunks_exact(2)
-            .map(|p| (p[0], p[1]))
-            .collect()
+        let v = &ctx.f.data[aff.off..aff.off + aff.len];
+        let (pairs, bound) = v.split_at(aff.len - 1);
+        (
+            pairs.chunks_exact(2).map(|p| (p[0], p[1])).collect(),
+            bound[0],
+        )
     })
 }
 
 /// Single-head self-attention on the stored `x` (`C` channels, `res x res`), in place:
 /// `x <- (proj(v softmax(q^T k / sqrt C)) + x) / sqrt 2` with `q, k, v` interleaved in the
 /// `qkv` output as SongUNet's reshape takes them (channel `3c + {0, 1, 2}`). Query `i` only
-/// reads column `i` of `x` through `qkv`, computed beforehand, so column `i` is updated
-/// as soon as it is done.
+/// reads column `i` of `x` through `qkv`, computed beforehand, so a row of `x` is updated
+/// as soon as its queries are done. On integer storage with int8 weights the products run
+/// as integer dot products (`super::int`).
 pub(super) fn attention<S: Store>(
     ctx: &mut Ctx<'_, S>,
     norm2: &Norm<'_>,
@@ -405,11 +535,11 @@ pub(super) fn attention<S: Store>(
     let (fmark, smark) = (ctx.f.mark(), ctx.s.mark());
     let n = res * res;
     let mut src = Src::plain(x, c, res);
-    let aff = ctx.f.alloc(2 * c);
+    let aff = ctx.f.alloc(affine_len(c));
     stats(ctx, norm2, &src, aff);
     let pairs = affine_pairs(ctx, aff);
-    src.affine = pairs.as_deref();
-    let qkv_buf = ctx.s.alloc(3 * c * n);
+    src.set_affine(pairs.as_ref());
+    let qkv_buf = ctx.s.alloc(units::<S>(3 * c, res));
     run_conv(
         ctx,
         &[(Some(qkv), &src)],
@@ -419,51 +549,83 @@ pub(super) fn attention<S: Store>(
         Dst::Stored(qkv_buf),
     );
     drop(pairs);
+    if S::INTEGER && int::attention_runs(proj, c) {
+        int::attention_core(ctx, proj, x, qkv_buf, c, res);
+        ctx.f.release(fmark);
+        ctx.s.release(smark);
+        return;
+    }
     let logits = ctx.f.alloc(n);
     let q = ctx.f.alloc(c);
     let a = ctx.f.alloc(c);
     let wrow = ctx.f.alloc(c);
     let bias = ctx.f.alloc(c);
+    let row = ctx.f.alloc(res);
+    let outs = ctx.f.alloc(c * res);
     if !ctx.dry {
-        let [logits, q, a, wrow, bias] = disjoint(&mut *ctx.f.data, [logits, q, a, wrow, bias]);
+        let [logits, q, a, wrow, bias, row, outs] =
+            disjoint(&mut *ctx.f.data, [logits, q, a, wrow, bias, row, outs]);
         let (lo, hi) = ctx.s.data.split_at_mut(qkv_buf.off);
+        let units = S::row_units(res);
         let xs = &mut lo[x.off..x.off + x.len];
         let t = &hi[..qkv_buf.len];
+        // Row `y` of channel `ch` of qkv.
+        let t_row = |ch: usize, y: usize| &t[(ch * res + y) * units..(ch * res + y + 1) * units];
         let sqrt_c = libm::sqrt(c as f64) as f32;
         proj.b.read(0, bias);
-        for i in 0..n {
-            for (ch, qv) in q.iter_mut().enumerate() {
-                *qv = t[3 * ch * n + i].load();
-            }
-            let mut max = f32::NEG_INFINITY;
-            for (j, l) in logits.iter_mut().enumerate() {
-                let mut dot = 0.0f32;
+        for qy in 0..res {
+            for qx in 0..res {
+                for (ch, qv) in q.iter_mut().enumerate() {
+                    *qv = S::at(t_row(3 * ch, qy), qx);
+                }
+                // logits[j] = sum over channels of q k[j], in channel order.
+                logits.iter_mut().for_each(|l| *l = 0.0);
                 for (ch, &qv) in q.iter().enumerate() {
-                    dot += qv * t[(3 * ch + 1) * n + j].load();
+                    for y in 0..res {
+                        S::load_row(t_row(3 * ch + 1, y), row);
+                        for (l, &kv) in logits[y * res..(y + 1) * res].iter_mut().zip(row.iter()) {
+                            *l += qv * kv;
+                        }
+                    }
                 }
-                *l = dot / sqrt_c;
-                max = max.max(*l);
-            }
-            let mut sum = 0.0f32;
-            for l in logits.iter_mut() {
-                *l = libm::expf(*l - max);
-                sum += *l;
-            }
-            for (ch, av) in a.iter_mut().enumerate() {
-                let mut acc = 0.0f32;
-                for (j, &w) in logits.iter().enumerate() {
-                    acc += t[(3 * ch + 2) * n + j].load() * w;
+                let mut max = f32::NEG_INFINITY;
+                for l in logits.iter_mut() {
+                    *l /= sqrt_c;
+                    max = max.max(*l);
                 }
-                *av = acc / sum;
+                let mut sum = 0.0f32;
+                for l in logits.iter_mut() {
+                    *l = libm::expf(*l - max);
+                    sum += *l;
+                }
+                for (ch, av) in a.iter_mut().enumerate() {
+                    let mut acc = 0.0f32;
+                    for y in 0..res {
+                        S::load_row(t_row(3 * ch + 2, y), row);
+                        for (&v, &w) in row.iter().zip(&logits[y * res..(y + 1) * res]) {
+                            acc += v * w;
+                        }
+                    }
+                    *av = acc / sum;
+                }
+                for co in 0..c {
+                    proj.w.read(co * c, wrow);
+                    let mut o = bias[co];
+                    for (w, av) in wrow.iter().zip(a.iter()) {
+                        o += w * av;
+                    }
+                    outs[co * res + qx] = o;
+                }
             }
+            // Row qy of every channel: (proj + x) / sqrt 2.
             for co in 0..c {
-                proj.w.read(co * c, wrow);
-                let mut o = bias[co];
-                for (w, av) in wrow.iter().zip(a.iter()) {
-                    o += w * av;
+                let at = (co * res + qy) * units;
+                let xr = &mut xs[at..at + units];
+                S::load_row(xr, row);
+                for (v, &o) in row.iter_mut().zip(&outs[co * res..(co + 1) * res]) {
+                    *v = (o + *v) * SKIP_SCALE;
                 }
-                let xv = &mut xs[co * n + i];
-                *xv = S::save((o + xv.load()) * SKIP_SCALE);
+                S::save_row(row, xr);
             }
         }
     }

@@ -91,6 +91,46 @@ pub struct Weight<'a> {
     dtype: WeightDtype,
 }
 
+/// An int8 weight as rows of its scale axis (axis 0 of a convolution: a row per output
+/// channel), for integer kernels that read the values as they are stored.
+#[derive(Clone, Copy, Debug)]
+pub struct Int8Rows<'a> {
+    /// The int8 values (two's complement bytes), row after row.
+    pub values: &'a [u8],
+    scales: &'a [u8],
+    /// Values per row.
+    pub row_len: usize,
+    /// Rows (channels of the scale axis).
+    pub rows: usize,
+}
+
+impl Int8Rows<'_> {
+    /// The values of row `r`.
+    pub fn row(&self, r: usize) -> &[u8] {
+        &self.values[r * self.row_len..(r + 1) * self.row_len]
+    }
+
+    /// The scale of row `r`: value `i` of the row is `row(r)[i] as i8 * scale(r)`.
+    pub fn scale(&self, r: usize) -> f32 {
+        let b = &self.scales[4 * r..4 * r + 4];
+        f32::from_le_bytes([b[0], b[1], b[2], b[3]])
+    }
+}
+
+impl<'a> Weight<'a> {
+    /// The values as int8 rows of the scale axis, when they are stored so and the rows are
+    /// the leading axis (every row's values contiguous).
+    pub fn int8_rows(&self) -> Option<Int8Rows<'a>> {
+        let (row_len, rows) = (self.inner as usize, self.channels as usize);
+        (self.dtype == WeightDtype::I8 && row_len * rows == self.values.len()).then_some(Int8Rows {
+            values: self.values,
+            scales: self.scales,
+            row_len,
+            rows,
+        })
+    }
+}
+
 impl Weight<'_> {
     /// Decodes values `start .. start + out.len()` (row-major) into `out` as f32.
     ///
