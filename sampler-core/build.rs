@@ -2,8 +2,25 @@
 //! extension (`SMLAD`, `SXTB16`): `cfg(fewstep_dsp)` on thumbv7em targets, where
 //! `micro::int` uses them through `asm!`; elsewhere portable code gives the
 //! same integers.
+//!
+//! It also writes the integer path's SiLU table (`silu_table.rs` in OUT_DIR): silu at
+//! 1025 points of [-16, 16], computed with the `libm` crate in f64 so every build machine
+//! writes the same bits.
 fn main() {
     println!("cargo::rustc-check-cfg=cfg(fewstep_dsp)");
+    println!("cargo::rerun-if-changed=build.rs");
+    let out = std::path::PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
+    let mut table = String::from("static SILU_TABLE: [f32; 1025] = [\n");
+    for i in 0..=1024 {
+        let v = -16.0 + i as f64 / 32.0;
+        let s = v / (1.0 + libm::exp(-v));
+        table.push_str(&format!(
+            "    f32::from_bits({:#010x}),\n",
+            (s as f32).to_bits()
+        ));
+    }
+    table.push_str("];\n");
+    std::fs::write(out.join("silu_table.rs"), table).expect("write silu_table.rs");
     let target = std::env::var("TARGET").unwrap_or_default();
     if target.starts_with("thumbv7em") {
         println!("cargo::rustc-cfg=fewstep_dsp");

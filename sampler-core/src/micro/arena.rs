@@ -101,7 +101,8 @@ impl Store for i8 {
         row[0] = lo as i8;
         row[1] = hi as i8;
         for (o, &v) in row[2..].iter_mut().zip(vals) {
-            *o = round_to_i32(v * inv).clamp(-127, 127) as i8;
+            // |v| * inv <= 127 (the scale was rounded up), so no clamp.
+            *o = round_even(v * inv) as i8;
         }
     }
     fn row_bound(row: &[Self], _r: usize) -> f32 {
@@ -125,11 +126,14 @@ pub(super) fn row_scale(row: &[i8]) -> f32 {
     f32::from_bits(u32::from(u16::from_le_bytes([row[0] as u8, row[1] as u8])) << 16)
 }
 
-/// `v` rounded to the nearest integer, halves away from zero, saturating like `as`; the
-/// same bits on every target (no libm, no rounding mode).
+/// `v` rounded to the nearest integer (ties to even) for `|v| < 2^22`: adding 1.5 * 2^23
+/// leaves the rounded value in the low mantissa bits, the FPU's own rounding, the same on
+/// every IEEE target and branch-free (the M4 has no rounding instruction). Larger values
+/// and NaN give unspecified integers; callers clamp or never pass them.
 #[inline(always)]
-pub(super) fn round_to_i32(v: f32) -> i32 {
-    (v + if v < 0.0 { -0.5 } else { 0.5 }) as i32
+pub(super) fn round_even(v: f32) -> i32 {
+    const MAGIC: f32 = 12_582_912.0;
+    (v + MAGIC).to_bits() as i32 - MAGIC.to_bits() as i32
 }
 
 /// Storage units of a map of `channels x res x res` values.
@@ -299,9 +303,11 @@ mod tests {
 
     #[test]
     fn rounding_and_abs_max_are_exact() {
-        assert_eq!(round_to_i32(2.5), 3);
-        assert_eq!(round_to_i32(-2.5), -3);
-        assert_eq!(round_to_i32(1e20), i32::MAX);
+        assert_eq!(round_even(2.5), 2);
+        assert_eq!(round_even(3.5), 4);
+        assert_eq!(round_even(-2.6), -3);
+        assert_eq!(round_even(-0.4), 0);
+        assert_eq!(round_even(4_000_000.4), 4_000_000);
         assert_eq!(abs_max(&[1.0, -3.5, 2.0]), 3.5);
         assert!(abs_max(&[1.0, f32::NAN]).is_nan());
         assert_eq!(abs_max(&[]), 0.0);

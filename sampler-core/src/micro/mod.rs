@@ -26,6 +26,7 @@ mod int;
 mod net;
 mod ops;
 mod solve;
+mod source;
 mod weights;
 
 use alloc::string::ToString;
