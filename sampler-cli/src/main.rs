@@ -12,6 +12,7 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use indicatif::ProgressBar;
 use sampler_core::bundle::{Bundle, ModelSpec};
+use sampler_core::micro::{Activations, MicroSampler};
 use sampler_core::model::NetConfig;
 use sampler_core::sampler::Pixels;
 use sampler_core::{Images, Sampler};
@@ -82,6 +83,18 @@ struct Args {
     #[arg(long, value_name = "bundle|edm|FILE")]
     levels: Option<String>,
 
+    /// What runs the network: `burn` (burn's CPU backend, images in batches on every core)
+    /// or `micro` (the microcontroller runtime on this CPU, one image per core: the
+    /// firmware's arithmetic and images, bit for bit; needs a bundle converted with
+    /// `trainer export --bundle B --weights f32|f16|int8`).
+    #[arg(long, value_enum, default_value_t = Engine::Burn)]
+    engine: Engine,
+
+    /// With --engine micro: how activations are stored, `f32`, `f16` or `int8` (the integer
+    /// path, for int8 weights). Default: f32 for f32 weights, f16 for f16, int8 for int8.
+    #[arg(long, value_name = "f32|f16|int8")]
+    activations: Option<Activations>,
+
     /// Print the bundle's metadata and its T noise levels, then exit.
     #[arg(long)]
     info: bool,
@@ -95,6 +108,13 @@ struct Args {
     #[arg(long, value_name = "BATCHES", value_delimiter = ',', num_args = 0.., default_missing_value = "1,16",
           value_parser = clap::value_parser!(u32).range(1..=4096))]
     bench: Option<Vec<u32>>,
+}
+
+/// `--engine`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Engine {
+    Burn,
+    Micro,
 }
 
 #[global_allocator]
@@ -149,16 +169,31 @@ fn run(args: &Args) -> Result<()> {
             text
         });
     }
-    let largest_batch = match &args.bench {
-        Some(batches) => batches.iter().copied().max().unwrap_or(1) as usize,
-        None => args.batch.min(args.count) as usize,
+    if args.activations.is_some() && args.engine != Engine::Micro {
+        anyhow::bail!("--activations applies to --engine micro (burn computes in f32)");
+    }
+    let generator = match args.engine {
+        Engine::Burn => {
+            let largest_batch = match &args.bench {
+                Some(batches) => batches.iter().copied().max().unwrap_or(1) as usize,
+                None => args.batch.min(args.count) as usize,
+            };
+            check_memory(&bundle, largest_batch, args.max_memory)?;
+            let device = sampler_core::burn::tensor::Device::flex();
+            let sampler = Sampler::with_memory_limit(bundle, &device, args.max_memory)
+                .with_context(|| format!("{}", args.bundle.display()))?;
+            Generator::Burn(sampler)
+        }
+        Engine::Micro => {
+            let mut micro = MicroSampler::new(&bytes)
+                .with_context(|| format!("{} (--engine micro)", args.bundle.display()))?;
+            micro.set_sampling(bundle.solver, bundle.schedule.clone());
+            let act = args.activations.unwrap_or(micro.default_activations());
+            Generator::Micro(micro, act)
+        }
     };
-    check_memory(&bundle, largest_batch, args.max_memory)?;
-    let device = sampler_core::burn::tensor::Device::flex();
-    let sampler = Sampler::with_memory_limit(bundle, &device, args.max_memory)
-        .with_context(|| format!("{}", args.bundle.display()))?;
     if let Some(batches) = &args.bench {
-        return emit(&bench(&sampler, args, batches)?);
+        return emit(&bench(&generator, args, batches)?);
     }
 
     let start = Instant::now();
@@ -169,7 +204,7 @@ fn run(args: &Args) -> Result<()> {
     let mut first = 0usize;
     while first < count {
         let n = batch.min(count - first);
-        let part = sampler.generate_range(args.seed, first as u64, n, args.label, |_| {})?;
+        let part = generator.generate(args.seed, first as u64, n, args.label, &progress)?;
         images = Some(match images {
             None => part,
             Some(mut all) => {
@@ -215,7 +250,7 @@ fn run(args: &Args) -> Result<()> {
         target,
         elapsed,
         images.count as f64 / elapsed.max(1e-9),
-        sampler.bundle().schedule.len()
+        generator.bundle().schedule.len()
     );
     if to_stdout {
         emit(&summary)
@@ -270,34 +305,119 @@ fn grid(images: &Images, args: &Args) -> Pixels {
     images.grid_spaced(None, args.scale as usize, args.gap as usize)
 }
 
+/// The engine `--engine` chose, ready to sample.
+enum Generator<'a> {
+    Burn(Sampler),
+    Micro(MicroSampler<'a>, Activations),
+}
+
+impl Generator<'_> {
+    fn bundle(&self) -> &Bundle {
+        match self {
+            Generator::Burn(s) => s.bundle(),
+            Generator::Micro(m, _) => m.bundle(),
+        }
+    }
+
+    /// Images `first .. first + count` of run `seed`: burn in one batch, the micro runtime
+    /// one image per core (advancing `progress` as each finishes).
+    fn generate(
+        &self,
+        seed: u64,
+        first: u64,
+        count: usize,
+        label: Option<u32>,
+        progress: &ProgressBar,
+    ) -> Result<Images> {
+        match self {
+            Generator::Burn(s) => Ok(s.generate_range(seed, first, count, label, |_| {})?),
+            Generator::Micro(m, act) => micro_images(m, *act, seed, first, count, label, progress),
+        }
+    }
+}
+
+/// `--engine micro`: images `first .. first + count`, each in its own arena, spread over
+/// the cores (the images do not depend on which core made them).
+fn micro_images(
+    m: &MicroSampler<'_>,
+    act: Activations,
+    seed: u64,
+    first: u64,
+    count: usize,
+    label: Option<u32>,
+    progress: &ProgressBar,
+) -> Result<Images> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let shape = m.bundle().image;
+    let d = shape.values();
+    let mut data = vec![0f32; count * d];
+    let next = AtomicUsize::new(0);
+    let slots: Vec<std::sync::Mutex<&mut [f32]>> =
+        data.chunks_mut(d.max(1)).map(std::sync::Mutex::new).collect();
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(count.max(1));
+    let words = m.arena_words(act);
+    std::thread::scope(|scope| -> Result<()> {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(|| -> Result<()> {
+                    let mut arena = vec![0u32; words];
+                    loop {
+                        let k = next.fetch_add(1, Ordering::Relaxed);
+                        if k >= count {
+                            return Ok(());
+                        }
+                        let mut out = slots[k].lock().map_err(|_| anyhow::anyhow!("a worker panicked"))?;
+                        m.generate(seed, first + k as u64, label, act, &mut arena, &mut out)
+                            .with_context(|| format!("image {}", first + k as u64))?;
+                        progress.inc(1);
+                    }
+                })
+            })
+            .collect();
+        for w in workers {
+            w.join().map_err(|_| anyhow::anyhow!("a sampling thread panicked"))??;
+        }
+        Ok(())
+    })?;
+    drop(slots);
+    Ok(Images { shape, count, data })
+}
+
 /// `--bench`: images/s at each batch size, from the same seeds as a normal run.
-fn bench(sampler: &Sampler, args: &Args, batches: &[u32]) -> Result<String> {
+fn bench(generator: &Generator<'_>, args: &Args, batches: &[u32]) -> Result<String> {
     use std::fmt::Write;
-    let b = sampler.bundle();
+    let b = generator.bundle();
     let count = args.count as usize;
+    let hidden = ProgressBar::hidden();
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "{}: {} x {} x {}, T = {}, {} images per row, {} cores",
+        "{}: {} x {} x {}, T = {}, {} images per row, {} cores, engine {}",
         b.name,
         b.image.channels,
         b.image.height,
         b.image.width,
         b.schedule.len(),
         count,
-        std::thread::available_parallelism().map_or(1, |n| n.get())
+        std::thread::available_parallelism().map_or(1, |n| n.get()),
+        match generator {
+            Generator::Burn(_) => "burn".to_string(),
+            Generator::Micro(_, act) => format!("micro ({} activations)", act.name()),
+        }
     );
     let _ = writeln!(s, "| batch | images/s | ms/image | ms/step of a batch |");
     let _ = writeln!(s, "| ---: | ---: | ---: | ---: |");
     for &batch in batches {
         let batch = batch as usize;
         // One warm-up batch: first-touch allocations and thread start-up are not the rate.
-        sampler.generate_range(args.seed, 0, batch.min(count), args.label, |_| {})?;
+        generator.generate(args.seed, 0, batch.min(count), args.label, &hidden)?;
         let start = Instant::now();
         let mut first = 0;
         while first < count {
             let n = batch.min(count - first);
-            sampler.generate_range(args.seed, first as u64, n, args.label, |_| {})?;
+            generator.generate(args.seed, first as u64, n, args.label, &hidden)?;
             first += n;
         }
         let secs = start.elapsed().as_secs_f64().max(1e-9);

@@ -39,6 +39,8 @@ use crate::bundle::{Bundle, ModelSpec};
 use crate::error::SamplerError;
 use crate::pack::{PackView, WeightDtype};
 use crate::rng;
+use crate::schedule::Schedule;
+use crate::solver::SolverKind;
 
 /// How activations are stored in the arena, and with it how convolutions compute.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -52,6 +54,31 @@ pub enum Activations {
     /// the convolutions and attention as exact integer dot products of 16-bit fixed-point
     /// inputs (`SMLAD` on a Cortex-M4; see `int`). A quarter of F32's arena.
     Int8,
+}
+
+impl Activations {
+    /// Every storage, widest first.
+    pub const ALL: [Activations; 3] = [Activations::F32, Activations::F16, Activations::Int8];
+
+    /// The name on command lines and in the firmware's `FEWSTEP_ACTIVATIONS`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Activations::F32 => "f32",
+            Activations::F16 => "f16",
+            Activations::Int8 => "int8",
+        }
+    }
+}
+
+impl core::str::FromStr for Activations {
+    type Err = alloc::string::String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Activations::ALL
+            .into_iter()
+            .find(|a| a.name() == s)
+            .ok_or_else(|| alloc::format!("unknown activation storage '{s}': f32, f16 or int8"))
+    }
 }
 
 /// A bundle ready to sample on a microcontroller. See the module docs.
@@ -110,6 +137,13 @@ impl<'a> MicroSampler<'a> {
     /// The bundle's metadata (its network weights empty: they stay in place).
     pub fn bundle(&self) -> &Bundle {
         &self.bundle
+    }
+
+    /// Samples with `solver` over `schedule` instead of the bundle's (the host CLI's
+    /// `--solver` and `--levels`); the arena is planned from them at each call.
+    pub fn set_sampling(&mut self, solver: SolverKind, schedule: Schedule) {
+        self.bundle.solver = solver;
+        self.bundle.schedule = schedule;
     }
 
     /// How the matrices and kernels are stored (f32, f16 or int8).

@@ -10,7 +10,7 @@ use burn::tensor::Device;
 use clap::Args;
 use sampler_core::bundle::{Bundle, SolverKind};
 
-use super::{batch_arg, count_arg, list_default, load_named, steps_arg};
+use super::{ClassifierArgs, batch_arg, count_arg, list_default, load_named, steps_arg};
 use crate::classifier::TrainedClassifier;
 use crate::data::Dataset;
 use crate::eval::measure::CLASSIFIER_BATCH;
@@ -42,17 +42,8 @@ pub(super) struct EvalArgs {
     /// Held-out real images for the Frechet distances (shipped name, .fsd file or folder).
     #[arg(long, value_name = "NAME|PATH")]
     real: Option<String>,
-    /// The feature classifier (FD-cls, accuracy): loaded if the file exists, otherwise
-    /// trained on --classifier-data and saved there.
-    #[arg(long, value_name = "FILE")]
-    classifier: Option<PathBuf>,
-    /// Labelled images to train the classifier on.
-    #[arg(long, value_name = "NAME|PATH")]
-    classifier_data: Option<String>,
-    /// Adam steps of classifier training (batch 64; 4,000 steps reach 0.98+ on held-out
-    /// MNIST).
-    #[arg(long, default_value_t = 4000)]
-    classifier_steps: u64,
+    #[command(flatten)]
+    classifier: ClassifierArgs,
     /// Resize the real and classifier images to N x N (to match the model).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
     resize: Option<u32>,
@@ -139,7 +130,7 @@ pub(super) fn run(a: EvalArgs) -> Result<()> {
     } else {
         None
     };
-    let classifier = classifier(&a, &plain)?;
+    let classifier = a.classifier.load_or_train(a.resize, a.seed, a.quiet, &plain)?;
     let real = match &a.real {
         Some(spec) => Some(real_set(
             &a,
@@ -191,35 +182,6 @@ pub(super) fn run(a: EvalArgs) -> Result<()> {
     }
     println!("wrote {}", a.out.join("results.md").display());
     Ok(())
-}
-
-/// The feature classifier of `--classifier`: loaded if the file exists, otherwise trained on
-/// `--classifier-data` and saved there.
-fn classifier(a: &EvalArgs, plain: &Device) -> Result<Option<TrainedClassifier>> {
-    Ok(match &a.classifier {
-        Some(path) if path.exists() => Some(TrainedClassifier::load(path, plain)?),
-        Some(path) => {
-            let spec = a.classifier_data.as_deref().context(
-                "--classifier names no existing file: pass --classifier-data to train it",
-            )?;
-            let data = load_named(spec, true, a.resize)?;
-            eprintln!(
-                "training the feature classifier on {} images of {spec}",
-                data.len()
-            );
-            let c = TrainedClassifier::train(
-                &data,
-                a.classifier_steps,
-                64,
-                a.seed,
-                &crate::device("flex")?,
-                a.quiet,
-            )?;
-            c.save(path)?;
-            Some(c)
-        }
-        None => None,
-    })
 }
 
 /// The real images `spec` (labelled where a classifier will score them and the labels can

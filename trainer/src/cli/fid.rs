@@ -1,14 +1,17 @@
 //! `trainer fid`: FID and KID between two image sets in Inception-v3's features, with
-//! pytorch-fid's conventions (docs/method.md §6; `crate::inception`, `crate::fid`). No run
-//! config: the flags name the two sets and the weights.
+//! pytorch-fid's conventions (docs/method.md §6; `crate::inception`, `crate::fid`), and with
+//! `--classifier` FD-cls, the Frechet distance `trainer eval` reports in the feature
+//! classifier's features. No run config: the flags name the two sets and the networks.
 
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
 
-use super::load_named;
+use super::{ClassifierArgs, load_named};
+use crate::eval::measure::CLASSIFIER_BATCH;
 use crate::fid::{RealStats, dataset_features};
+use crate::frechet::{FrechetReference, Moments};
 use crate::inception::{Inception, weights_path};
 
 /// The flags of `trainer fid`.
@@ -21,7 +24,10 @@ pub(super) struct FidArgs {
     /// The generated images, in the same forms (e.g. a folder sampler-cli wrote).
     #[arg(long, value_name = "NAME|PATH")]
     fake: String,
-    /// Print one JSON object ({"fid", "kid", "n_real", "n_fake"}) instead of text.
+    #[command(flatten)]
+    classifier: ClassifierArgs,
+    /// Print one JSON object ({"fid", "kid", "n_real", "n_fake", and "fd_cls" with
+    /// --classifier}) instead of text.
     #[arg(long)]
     json: bool,
     /// The converted Inception weights (default: $FEWSTEP_CACHE or ~/.cache/fewstep,
@@ -48,13 +54,32 @@ pub(super) fn run(a: FidArgs) -> Result<()> {
     let real_stats = RealStats::new(dataset_features(&inception, &real, &bar)?)?;
     let scores = real_stats.scores(&dataset_features(&inception, &fake, &bar)?)?;
     bar.finish_and_clear();
+    // FD-cls: the same Frechet distance in the feature classifier's penultimate layer.
+    let device = crate::device("flex")?;
+    let fd_cls = match a.classifier.load_or_train(None, 0, a.quiet, &device)? {
+        Some(c) => {
+            let moments = |d: &crate::data::Dataset| -> Result<Moments> {
+                let p = c.predict(&d.values, CLASSIFIER_BATCH, &device)?;
+                Ok(Moments::from_rows(&p.features, c.config.features)?)
+            };
+            Some(FrechetReference::new(moments(&real)?).distance(&moments(&fake)?)?)
+        }
+        None => None,
+    };
     if a.json {
-        println!("{}", serde_json::to_string(&scores)?);
+        let mut j = serde_json::to_value(&scores)?;
+        if let Some(fd) = fd_cls {
+            j["fd_cls"] = fd.into();
+        }
+        println!("{j}");
     } else {
         println!(
             "FID {:.4}  KID {:.6}  ({} real, {} generated images; Inception-v3 2015-12-05 features)",
             scores.fid, scores.kid, scores.n_real, scores.n_fake
         );
+        if let Some(fd) = fd_cls {
+            println!("FD-cls {fd:.4}  (the feature classifier's penultimate layer)");
+        }
     }
     Ok(())
 }
