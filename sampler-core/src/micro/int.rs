@@ -20,7 +20,7 @@
 use alloc::vec::Vec;
 
 use super::arena::{Buf, Ctx, Store, View, abs_max, disjoint, round_even};
-use super::source::{Dst, SKIP_SCALE, Src};
+use super::source::{Dst, Src, residual_row};
 use super::weights::Conv;
 use crate::pack::Int8Rows;
 
@@ -138,6 +138,198 @@ fn groups_1x2(w: &[u8], cols: &[u32], groups: usize) -> (i32, i32) {
     (s0, s1)
 }
 
+/// Groups of four weights one pass of [`groups_1x4`]'s unrolled body covers (K up to 512;
+/// longer rows take several passes, as mnist8's K = 576 does, so the firmware test runs
+/// both). 52 bytes of code each: 6.7 KB of flash.
+#[cfg(fewstep_dsp)]
+const UNROLLED_GROUPS: usize = 128;
+
+/// `sum over groups of w . x_j` for four interleaved columns (`[x0 02, x0 13, x1 02, x1 13,
+/// .., x3 13]`, eight words per group): the inner loop of convolutions, 13 instructions per
+/// 32 MACs (one weight word, `LDM` of four column words twice, 8 `SMLAD`). No loop counter:
+/// the 13-instruction body is written out `UNROLLED_GROUPS` times, all in 32-bit
+/// encodings, and the call jumps to the body `groups` from its end (Duff's device), so
+/// the twelve registers `asm!` may use hold the four sums, the two unpacked weight
+/// halves, four column words and the two pointers.
+#[cfg(fewstep_dsp)]
+#[inline(never)]
+fn groups_1x4(w: &[u8], cols: &[u32], groups: usize) -> [i32; 4] {
+    assert!(w.len() >= 4 * groups && cols.len() >= 8 * groups);
+    let mut s = [0i32; 4];
+    let (mut pw, mut pc) = (w.as_ptr(), cols.as_ptr());
+    let mut left = groups;
+    while left > 0 {
+        let n = left.min(UNROLLED_GROUPS);
+        let skip = 52 * (UNROLLED_GROUPS - n);
+        // SAFETY: reads `4 n` weight bytes (unaligned word loads, which the M4 allows) and
+        // `8 n` column words (word-aligned: a u32 slice) from `pw`, `pc`, inside the
+        // slices asserted above (the pointers advance by what each pass read); writes only
+        // the named registers. The jump lands on a body boundary: every instruction of the
+        // body has a 32-bit encoding (`.w`), 13 to a body.
+        unsafe {
+            core::arch::asm!(
+                "adr.w r8, 3f",
+                "add r8, r8, r9",
+                "orr r8, r8, #1",
+                "bx r8",
+                ".p2align 2",
+                "3:",
+                ".rept {groups}",
+                "ldr.w r5, [r12], #4",
+                "sxtb16 r4, r5",
+                "sxtb16 r5, r5, ror #8",
+                "ldmia.w lr!, {{r8, r9, r10, r11}}",
+                "smlad r0, r4, r8, r0",
+                "smlad r0, r5, r9, r0",
+                "smlad r1, r4, r10, r1",
+                "smlad r1, r5, r11, r1",
+                "ldmia.w lr!, {{r8, r9, r10, r11}}",
+                "smlad r2, r4, r8, r2",
+                "smlad r2, r5, r9, r2",
+                "smlad r3, r4, r10, r3",
+                "smlad r3, r5, r11, r3",
+                ".endr",
+                groups = const UNROLLED_GROUPS,
+                inout("r0") s[0],
+                inout("r1") s[1],
+                inout("r2") s[2],
+                inout("r3") s[3],
+                out("r4") _,
+                out("r5") _,
+                out("r8") _,
+                inout("r9") skip => _,
+                out("r10") _,
+                out("r11") _,
+                inout("r12") pw,
+                inout("lr") pc,
+                options(nostack, readonly),
+            );
+        }
+        left -= n;
+    }
+    s
+}
+
+/// [`groups_1x4`] for `out.len()` consecutive weight rows of `k` bytes (`k` a multiple of
+/// four, the rows contiguous in `w`), each against the same four columns: `out[r][j] +=
+/// w_r . x_j`. The loop over rows is in the assembly too, so a row costs 15 instructions
+/// besides its body (a call per row cost ~60); rows longer than the unrolled body take
+/// several passes, each adding its part of every row to `out`.
+#[cfg(fewstep_dsp)]
+#[inline(never)]
+fn rows_1x4(w: &[u8], k: usize, cols: &[u32], out: &mut [[i32; 4]]) {
+    let rows = out.len();
+    let groups = k / 4;
+    assert!(k.is_multiple_of(4) && w.len() >= k * rows && cols.len() >= 8 * groups);
+    if rows == 0 {
+        return;
+    }
+    let mut done = 0;
+    while done < groups {
+        let n = (groups - done).min(UNROLLED_GROUPS);
+        // The frame the loop keeps on the stack: jump target (computed in the asm from
+        // `skip`), output pointer, rows left, column pointer of this pass, and the bytes
+        // from the end of one row's pass to the start of the next row's.
+        let skip = 52 * (UNROLLED_GROUPS - n);
+        let frame: [usize; 4] = [
+            out.as_mut_ptr() as usize,
+            rows,
+            cols[8 * done..].as_ptr() as usize,
+            k - 4 * n,
+        ];
+        // SAFETY: for each of `rows` rows reads `4 n` weight bytes from `w[r k + 4 done..]`
+        // (unaligned word loads, allowed on the M4) and `8 n` column words from
+        // `cols[8 done..]` (asserted above), and reads and writes the four words of
+        // `out[r]`; writes only the named registers, and restores `sp` (16 bytes pushed
+        // and popped). The jump lands on a body boundary as in `groups_1x4`.
+        unsafe {
+            core::arch::asm!(
+                "ldm r10, {{r8, r9, r10, r11}}",
+                "push {{r8, r9, r10, r11}}",
+                "adr.w r8, 3f",
+                "add r8, r8, lr",
+                "orr r8, r8, #1",
+                "push {{r8}}",
+                // sp: [target, out, rows, cols, gap]
+                "2:",
+                "ldr r8, [sp, #4]",
+                "ldm r8, {{r0, r1, r2, r3}}",
+                "ldr lr, [sp, #12]",
+                "ldr r8, [sp]",
+                "bx r8",
+                ".p2align 2",
+                "3:",
+                ".rept {groups}",
+                "ldr.w r5, [r12], #4",
+                "sxtb16 r4, r5",
+                "sxtb16 r5, r5, ror #8",
+                "ldmia.w lr!, {{r8, r9, r10, r11}}",
+                "smlad r0, r4, r8, r0",
+                "smlad r0, r5, r9, r0",
+                "smlad r1, r4, r10, r1",
+                "smlad r1, r5, r11, r1",
+                "ldmia.w lr!, {{r8, r9, r10, r11}}",
+                "smlad r2, r4, r8, r2",
+                "smlad r2, r5, r9, r2",
+                "smlad r3, r4, r10, r3",
+                "smlad r3, r5, r11, r3",
+                ".endr",
+                "ldr r8, [sp, #4]",
+                "stmia r8!, {{r0, r1, r2, r3}}",
+                "str r8, [sp, #4]",
+                "ldr r8, [sp, #16]",
+                "add r12, r12, r8",
+                "ldr r8, [sp, #8]",
+                "subs r8, r8, #1",
+                "str r8, [sp, #8]",
+                "bne 2b",
+                "add sp, sp, #20",
+                groups = const UNROLLED_GROUPS,
+                out("r0") _,
+                out("r1") _,
+                out("r2") _,
+                out("r3") _,
+                out("r4") _,
+                out("r5") _,
+                out("r8") _,
+                out("r9") _,
+                inout("r10") frame.as_ptr() => _,
+                out("r11") _,
+                inout("r12") w[4 * done..].as_ptr() => _,
+                inout("lr") skip => _,
+            );
+        }
+        done += n;
+    }
+}
+
+#[cfg(not(fewstep_dsp))]
+fn rows_1x4(w: &[u8], k: usize, cols: &[u32], out: &mut [[i32; 4]]) {
+    for (r, o) in out.iter_mut().enumerate() {
+        let s = groups_1x4(&w[r * k..(r + 1) * k], cols, k / 4);
+        for (o, s) in o.iter_mut().zip(s) {
+            *o = o.wrapping_add(s);
+        }
+    }
+}
+
+#[cfg(not(fewstep_dsp))]
+#[inline(always)]
+fn groups_1x4(w: &[u8], cols: &[u32], groups: usize) -> [i32; 4] {
+    let mut s = [0i32; 4];
+    for (a, c) in w[..4 * groups]
+        .chunks_exact(4)
+        .zip(cols[..8 * groups].chunks_exact(8))
+    {
+        let a = u32::from_le_bytes([a[0], a[1], a[2], a[3]]);
+        let (a02, a13) = (dsp::sxtb16(a), dsp::sxtb16_ror8(a));
+        for (j, sj) in s.iter_mut().enumerate() {
+            *sj = dsp::smlad(a13, c[2 * j + 1], dsp::smlad(a02, c[2 * j], *sj));
+        }
+    }
+    s
+}
+
 #[cfg(not(fewstep_dsp))]
 #[inline(always)]
 fn groups_1x2(w: &[u8], cols: &[u32], groups: usize) -> (i32, i32) {
@@ -216,22 +408,59 @@ fn quantize(v: f32, inv: f32, qmax: i32) -> i16 {
     round_even(v * inv).clamp(-qmax, qmax) as i16
 }
 
-/// Column values of four input channels of a 3x3 kernel at one pixel (`src`: their staged
-/// rows from the window's top-left, 3 rows of `w2` per channel) into column `OFF / 4` of an
-/// interleaved pair (`out`: 72 values): 36 loads and stores with constant destinations.
+/// [`quantize`] of a row, the scale and clamp in registers (8 instructions a value on the
+/// M4; reading them through a reference each value took 15).
 #[inline(always)]
-fn gather3x3_block<const OFF: usize>(src: &[i16], w2: usize, out: &mut [i16]) {
-    assert!(w2 >= 3 && src.len() >= 11 * w2 + 3 && out.len() >= 72);
+fn quantize_row(src: &[f32], dst: &mut [i16], inv: f32, qmax: i32) {
+    for (d, &v) in dst.iter_mut().zip(src) {
+        *d = round_even(v * inv).max(-qmax).min(qmax) as i16;
+    }
+}
+
+/// Column values of four input channels of a 3x3 kernel at one pixel (`src`: their staged
+/// rows from the window's top-left, 3 rows of `w2` per channel) into column `off / 4` of
+/// `N` interleaved columns (`out`: `36 N` values): 36 loads and stores at constant offsets.
+#[inline(always)]
+fn gather3x3_block<const N: usize>(src: &[i16], w2: usize, off: usize, out: &mut [i16]) {
+    assert!(w2 >= 3 && src.len() >= 11 * w2 + 3 && out.len() >= 36 * N && off < 4 * N);
+    let out = &mut out[off..];
     for c in 0..4 {
         for ky in 0..3 {
             for kx in 0..3 {
                 let k = c * 9 + ky * 3 + kx;
                 let d = (k & !3) | PERM[k & 3];
                 // SAFETY: c*3*w2 + ky*w2 + kx <= 11*w2 + 2 < src.len(), and
-                // 2*(d & !3) + (d & 3) + OFF <= 71 < out.len() (asserted above).
+                // N*(d & !3) + (d & 3) + off <= 32 N + 3 + off < 36 N (asserted above).
                 unsafe {
-                    *out.get_unchecked_mut(2 * (d & !3) + (d & 3) + OFF) =
+                    *out.get_unchecked_mut(N * (d & !3) + (d & 3)) =
                         *src.get_unchecked(c * 3 * w2 + ky * w2 + kx);
+                }
+            }
+        }
+    }
+}
+
+/// [`gather3x3_block`] for four neighbouring pixels at once into four interleaved columns
+/// (`src` from the first pixel's window; `out`: 144 values): each staged row of six values
+/// the four windows share is read once, 18 loads and stores for 12 column values (36
+/// loads and stores for 36 values one pixel at a time; the loads of overlapping windows
+/// are the difference).
+#[inline(always)]
+fn gather3x3_quad(src: &[i16], w2: usize, out: &mut [i16]) {
+    assert!(w2 >= 6 && src.len() >= 11 * w2 + 6 && out.len() >= 144);
+    for c in 0..4 {
+        for ky in 0..3 {
+            // SAFETY: c*3*w2 + ky*w2 + 5 <= 11*w2 + 5 < src.len() (asserted above).
+            let v: [i16; 6] =
+                core::array::from_fn(|i| unsafe { *src.get_unchecked(c * 3 * w2 + ky * w2 + i) });
+            for kx in 0..3 {
+                let k = c * 9 + ky * 3 + kx;
+                let d = (k & !3) | PERM[k & 3];
+                for j in 0..4 {
+                    // SAFETY: 4*(d & !3) + (d & 3) + 4j <= 128 + 3 + 12 < 144 <= out.len().
+                    unsafe {
+                        *out.get_unchecked_mut(4 * (d & !3) + (d & 3) + 4 * j) = v[kx + j];
+                    }
                 }
             }
         }
@@ -240,9 +469,9 @@ fn gather3x3_block<const OFF: usize>(src: &[i16], w2: usize, out: &mut [i16]) {
 
 /// The same for a 1x1 kernel (`src`: one staged row per channel, the pixel at `1`).
 #[inline(always)]
-fn gather1x1_block<const OFF: usize>(src: &[i16], w2: usize, out: &mut [i16]) {
+fn gather1x1_block(src: &[i16], w2: usize, off: usize, out: &mut [i16]) {
     let [a, b, c, d] = [src[1], src[w2 + 1], src[2 * w2 + 1], src[3 * w2 + 1]];
-    let o = &mut out[OFF..OFF + 4];
+    let o = &mut out[off..off + 4];
     // PERM order: channels 0, 2, 1, 3.
     o[0] = a;
     o[1] = c;
@@ -291,24 +520,38 @@ pub(super) fn silu_fast(v: f32) -> f32 {
     }
 }
 
-/// Dot products of the int8 weight row `w` (`k` values) with two columns interleaved a
-/// group at a time (`padded(k)` words: per group of four, two words of the first column
-/// then two of the second, each in [`PERM`] order): `[w x, w y]`.
+/// Dot products of the int8 weight row `w` (`k` values) with `N` (2 or 4) columns
+/// interleaved a group at a time (`N padded(k) / 2` words: per group of four, two words of
+/// each column in turn, in [`PERM`] order): `w x_j` for each column `j`.
 #[inline(always)]
-fn dot1x2(w: &[u8], cols: &[u32], k: usize) -> [i32; 2] {
+fn dot<const N: usize>(w: &[u8], cols: &[u32], k: usize) -> [i32; N] {
     let whole = k / 4;
-    let (mut s0, mut s1) = groups_1x2(w, cols, whole);
+    let mut s = [0i32; N];
+    if N == 4 {
+        s.copy_from_slice(&groups_1x4(w, cols, whole));
+    } else {
+        let (s0, s1) = groups_1x2(w, cols, whole);
+        s[0] = s0;
+        s[1] = s1;
+    }
     if !k.is_multiple_of(4) {
         // The last, partial group: the weights zero-padded (the columns are).
         let mut a = [0u8; 4];
         a[..k % 4].copy_from_slice(&w[4 * whole..k]);
         let a = u32::from_le_bytes(a);
         let (a02, a13) = (dsp::sxtb16(a), dsp::sxtb16_ror8(a));
-        let c = &cols[4 * whole..4 * whole + 4];
-        s0 = dsp::smlad(a13, c[1], dsp::smlad(a02, c[0], s0));
-        s1 = dsp::smlad(a13, c[3], dsp::smlad(a02, c[2], s1));
+        let c = &cols[2 * N * whole..2 * N * (whole + 1)];
+        for (j, sj) in s.iter_mut().enumerate() {
+            *sj = dsp::smlad(a13, c[2 * j + 1], dsp::smlad(a02, c[2 * j], *sj));
+        }
     }
-    [s0, s1]
+    s
+}
+
+/// [`dot`] of two columns (attention's projection, and the last pixels of a row).
+#[inline(always)]
+fn dot1x2(w: &[u8], cols: &[u32], k: usize) -> [i32; 2] {
+    dot::<2>(w, cols, k)
 }
 
 /// The int8 rows of a convolution's weight, if the integer path can read them.
@@ -365,33 +608,82 @@ struct Term<'w> {
 }
 
 impl Term<'_> {
-    /// Gathers the receptive field of output pixel `x` into column `which` (0 or 1) of the
-    /// interleaved `cols` (`2 kpad` values, see [`dot1x2`]).
+    /// [`Term::gather`] of pixels `x .. x + 4` into the four columns of `cols`.
     #[inline(always)]
-    fn gather(&self, staged: &[i16], w2: usize, x: usize, which: usize, cols: &mut [i16]) {
+    fn gather_quad(&self, staged: &[i16], w2: usize, x: usize, cols: &mut [i16]) {
+        if self.k != 3 {
+            for j in 0..4 {
+                self.gather::<4>(staged, w2, x + j, j, cols);
+            }
+            return;
+        }
+        let stride = 4 * 3 * w2;
+        let whole = self.cin / 4;
+        for (b, out) in cols[..4 * whole * 36].chunks_exact_mut(4 * 36).enumerate() {
+            gather3x3_quad(&staged[b * stride + x..], w2, out);
+        }
+        // Channels past the last whole block of four, and the zero padding.
+        for j in 0..4 {
+            self.gather_tail::<4>(staged, w2, x + j, j, cols);
+        }
+    }
+
+    /// Column values `whole blocks .. kpad` of [`Term::gather`]: channels past the last
+    /// whole block of four, and the zero padding.
+    #[inline(always)]
+    fn gather_tail<const N: usize>(
+        &self,
+        staged: &[i16],
+        w2: usize,
+        x: usize,
+        which: usize,
+        cols: &mut [i16],
+    ) {
+        let off = 4 * which;
+        for d in (self.cin / 4) * 4 * self.k * self.k..self.kpad {
+            let k = (d & !3) | PERM[d & 3];
+            cols[N * (d & !3) + off + (d & 3)] = if k < self.kdim {
+                let (ci, tap) = (k / (self.k * self.k), k % (self.k * self.k));
+                let at = (tap / self.k) * w2 + tap % self.k + usize::from(self.k == 1);
+                staged[ci * self.k * w2 + x + at]
+            } else {
+                0
+            };
+        }
+    }
+
+    /// Gathers the receptive field of output pixel `x` into column `which` (below `N`) of
+    /// the `N` interleaved columns `cols` (`N kpad` values, see [`dot`]).
+    #[inline(always)]
+    fn gather<const N: usize>(
+        &self,
+        staged: &[i16],
+        w2: usize,
+        x: usize,
+        which: usize,
+        cols: &mut [i16],
+    ) {
         let block = 4 * self.k * self.k;
         let stride = 4 * self.k * w2;
         let whole = self.cin / 4;
         let table = &self.table[..block];
         let span = table.iter().map(|&t| t as usize + 1).max().unwrap_or(0);
         let off = 4 * which;
-        let blocks = cols[..2 * whole * block]
-            .chunks_exact_mut(2 * block)
+        let blocks = cols[..N * whole * block]
+            .chunks_exact_mut(N * block)
             .enumerate();
-        if self.k == 3 || self.k == 1 {
+        if self.k == 3 {
             for (b, out) in blocks {
-                let base = &staged[b * stride + x..];
-                match (self.k, which) {
-                    (3, 0) => gather3x3_block::<0>(base, w2, out),
-                    (3, _) => gather3x3_block::<4>(base, w2, out),
-                    (_, 0) => gather1x1_block::<0>(base, w2, out),
-                    _ => gather1x1_block::<4>(base, w2, out),
-                }
+                gather3x3_block::<N>(&staged[b * stride + x..], w2, off, out);
+            }
+        } else if self.k == 1 {
+            for (b, out) in blocks {
+                gather1x1_block(&staged[b * stride + x..], w2, off, out);
             }
         } else {
             for (b, out) in blocks {
                 let base = &staged[b * stride + x..b * stride + x + span];
-                for (o, t) in out.chunks_exact_mut(8).zip(table.chunks_exact(4)) {
+                for (o, t) in out.chunks_exact_mut(4 * N).zip(table.chunks_exact(4)) {
                     // SAFETY: every table entry is below `span`, the length of `base`.
                     unsafe {
                         o[off] = *base.get_unchecked(t[0] as usize);
@@ -402,17 +694,7 @@ impl Term<'_> {
                 }
             }
         }
-        // Channels past the last whole block of four, and the zero padding.
-        for d in whole * block..self.kpad {
-            let k = (d & !3) | PERM[d & 3];
-            cols[2 * (d & !3) + off + (d & 3)] = if k < self.kdim {
-                let (ci, tap) = (k / (self.k * self.k), k % (self.k * self.k));
-                let at = (tap / self.k) * w2 + tap % self.k + usize::from(self.k == 1);
-                staged[ci * self.k * w2 + x + at]
-            } else {
-                0
-            };
-        }
+        self.gather_tail::<N>(staged, w2, x, which, cols);
     }
 }
 
@@ -443,7 +725,8 @@ pub(super) fn run_conv<S: Store>(
         .max()
         .unwrap_or(0);
     let stage = ctx.f.alloc(stage_words);
-    let cols = ctx.f.alloc(kpad_max);
+    // Four interleaved columns of i16: two f32 words per value of a column.
+    let cols = ctx.f.alloc(2 * kpad_max);
     let acc = ctx.f.alloc(cout * r);
     let row = ctx.f.alloc(r.max(res_in));
     let tmp = ctx.f.alloc(2 * res_in);
@@ -535,6 +818,7 @@ pub(super) fn run_conv<S: Store>(
             scale_at += cout;
             // Stage the rows this output row needs: y - 1 ..= y + 1 for a 3x3 kernel, all
             // three at the first row, then the two kept moved up and one new.
+            let (inv, qmax) = (p.inv, p.qmax);
             let slots = p.k;
             let half = p.k / 2;
             let fresh = if y == 0 { 0..slots } else { slots - 1..slots };
@@ -546,21 +830,62 @@ pub(super) fn run_conv<S: Store>(
                 for slot in fresh.clone() {
                     let yy = y as isize + slot as isize - half as isize;
                     src.row_with(&view, ci, yy, row, tmp, silu_fast);
-                    let dst = &mut ch[slot * w2 + 1..slot * w2 + 1 + r];
-                    for (d, &v) in dst.iter_mut().zip(row.iter()) {
-                        *d = quantize(v, p.inv, p.qmax);
-                    }
+                    quantize_row(
+                        &row[..r],
+                        &mut ch[slot * w2 + 1..slot * w2 + 1 + r],
+                        inv,
+                        qmax,
+                    );
                 }
             }
-            // Pairs of output pixels against each output channel.
+            // Four output pixels at a time against each output channel (three left: the
+            // last one twice, cheaper than a pair and a single), then a pair or one.
             let mut x = 0;
+            while r - x >= 3 {
+                let used = (r - x).min(4);
+                if used == 4 {
+                    p.gather_quad(st, w2, x, cols16);
+                } else {
+                    for j in 0..4 {
+                        p.gather::<4>(st, w2, (x + j).min(r - 1), j, cols16);
+                    }
+                }
+                let words: &[u32] = bytemuck::cast_slice(&cols16[..4 * p.kpad]);
+                if p.kdim.is_multiple_of(4) {
+                    // Sixteen rows a call (256 bytes of sums on the stack).
+                    let mut sums = [[0i32; 4]; 16];
+                    for co0 in (0..cout).step_by(16) {
+                        let n = (cout - co0).min(16);
+                        let sums = &mut sums[..n];
+                        sums.iter_mut().for_each(|s| *s = [0; 4]);
+                        let w = &p.w.values[co0 * p.kdim..(co0 + n) * p.kdim];
+                        rows_1x4(w, p.kdim, words, sums);
+                        for (i, d) in sums.iter().enumerate() {
+                            let co = co0 + i;
+                            let a = &mut acc[co * r + x..co * r + x + used];
+                            for (a, &d) in a.iter_mut().zip(d) {
+                                *a += d as f32 * sc[co];
+                            }
+                        }
+                    }
+                } else {
+                    for (co, &scale_co) in sc.iter().enumerate() {
+                        let d = dot::<4>(p.w.row(co), words, p.kdim);
+                        let a = &mut acc[co * r + x..co * r + x + used];
+                        for (a, d) in a.iter_mut().zip(d) {
+                            *a += d as f32 * scale_co;
+                        }
+                    }
+                }
+                x += used;
+            }
             while x < r {
                 let x1 = (x + 1).min(r - 1);
-                p.gather(st, w2, x, 0, cols16);
-                p.gather(st, w2, x1, 1, cols16);
+                p.gather::<2>(st, w2, x, 0, cols16);
+                p.gather::<2>(st, w2, x1, 1, cols16);
                 let words: &[u32] = bytemuck::cast_slice(&cols16[..2 * p.kpad]);
                 for (co, &scale_co) in sc.iter().enumerate() {
-                    let [d0, d1] = dot1x2(p.w.row(co), words, p.kdim);
+                    let [d0, d1] = dot::<2>(p.w.row(co), words, p.kdim);
                     acc[co * r + x] += d0 as f32 * scale_co;
                     if x1 != x {
                         acc[co * r + x1] += d1 as f32 * scale_co;
@@ -583,15 +908,40 @@ pub(super) fn run_conv<S: Store>(
 }
 
 /// `sum a[i] b[i]` of i16 pairs (`a`, `b` as words), in i32: the caller bounds the values.
+/// Four words a turn in two sums (query-key products: 2.5 instructions per MAC one word a
+/// turn, ~1.4 so).
 #[inline(always)]
 fn dot_i16(a: &[u32], b: &[u32]) -> i32 {
-    a.iter().zip(b).fold(0, |s, (&x, &y)| dsp::smlad(x, y, s))
+    let n = a.len().min(b.len());
+    let (a4, b4) = (a[..n].chunks_exact(4), b[..n].chunks_exact(4));
+    let tail = a4.remainder().iter().zip(b4.remainder());
+    let (mut s0, mut s1) = (0i32, 0i32);
+    for (x, y) in a4.zip(b4) {
+        s0 = dsp::smlad(x[1], y[1], dsp::smlad(x[0], y[0], s0));
+        s1 = dsp::smlad(x[3], y[3], dsp::smlad(x[2], y[2], s1));
+    }
+    tail.fold(s0.wrapping_add(s1), |s, (&x, &y)| dsp::smlad(x, y, s))
 }
 
-/// `sum a[i] b[i]` of i16 pairs in i64 (`SMLALD`): no bound needed.
+/// `sum a[i] b[i]` of i16 pairs in i64 (`SMLALD`): no bound needed. Four words a turn.
 #[inline(always)]
 fn dot_i16_wide(a: &[u32], b: &[u32]) -> i64 {
-    a.iter().zip(b).fold(0, |s, (&x, &y)| dsp::smlald(x, y, s))
+    let n = a.len().min(b.len());
+    let (a4, b4) = (a[..n].chunks_exact(4), b[..n].chunks_exact(4));
+    let tail = a4.remainder().iter().zip(b4.remainder());
+    let mut s = 0i64;
+    for (x, y) in a4.zip(b4) {
+        s = dsp::smlald(
+            x[3],
+            y[3],
+            dsp::smlald(
+                x[2],
+                y[2],
+                dsp::smlald(x[1], y[1], dsp::smlald(x[0], y[0], s)),
+            ),
+        );
+    }
+    tail.fold(s, |s, (&x, &y)| dsp::smlald(x, y, s))
 }
 
 /// Whether [`attention_core`] runs: int8 projection rows and an even channel count (the
@@ -753,16 +1103,7 @@ pub(super) fn attention_core<S: Store>(
                 outs[co * res + qx] = d as f32 * (a_step * s_co) + bias[co];
             }
         }
-        // Row qy of every channel: (proj + x) / sqrt 2.
-        for co in 0..c {
-            let at = (co * res + qy) * units;
-            let xr = &mut xs[at..at + units];
-            S::load_row(xr, row);
-            for (v, &o) in row.iter_mut().zip(&outs[co * res..(co + 1) * res]) {
-                *v = (o + *v) * SKIP_SCALE;
-            }
-            S::save_row(row, xr);
-        }
+        residual_row(xs, outs, c, res, qy, row);
     }
     ctx.f.release(mark);
     ctx.s.release(smark);
@@ -850,36 +1191,66 @@ mod tests {
     /// The integer kernel against a plain i64 dot product, for lengths with and without a
     /// partial last group, through the same gather order the convolutions use.
     #[test]
-    fn dot1x2_is_the_exact_dot_product() {
-        let mut s = 7u64;
-        for k in [1usize, 3, 4, 9, 16, 27, 36, 144, 145] {
-            let w: Vec<u8> = (0..k).map(|_| (lcg(&mut s) % 255) as u8).collect();
-            let x: Vec<i16> = (0..k).map(|_| lcg(&mut s) as i16).collect();
-            let y: Vec<i16> = (0..k).map(|_| lcg(&mut s) as i16).collect();
+    fn dot_is_the_exact_dot_product_for_two_and_four_columns() {
+        fn check<const N: usize>(k: usize, s: &mut u64) {
+            let w: Vec<u8> = (0..k).map(|_| (lcg(s) % 255) as u8).collect();
+            let xs: Vec<Vec<i16>> = (0..N)
+                .map(|_| (0..k).map(|_| lcg(s) as i16).collect())
+                .collect();
             let kp = padded(k);
-            let mut cols = vec![0i16; 2 * kp];
+            let mut cols = vec![0i16; N * kp];
             for d in 0..kp {
                 let n = (d & !3) | PERM[d & 3];
-                let at = 2 * (d & !3) + (d & 3);
-                if n < k {
-                    cols[at] = x[n];
-                    cols[at + 4] = y[n];
+                for (j, x) in xs.iter().enumerate() {
+                    if n < k {
+                        cols[N * (d & !3) + 4 * j + (d & 3)] = x[n];
+                    }
                 }
             }
             let words: Vec<u32> = cols
                 .chunks_exact(2)
                 .map(|p| (p[0] as u16 as u32) | ((p[1] as u16 as u32) << 16))
                 .collect();
-            let want = |c: &[i16]| -> i64 {
-                w.iter()
-                    .zip(c)
+            let got = dot::<N>(&w, &words, k);
+            for (j, x) in xs.iter().enumerate() {
+                let want: i64 = w
+                    .iter()
+                    .zip(x)
                     .map(|(&a, &b)| a as i8 as i64 * b as i64)
-                    .sum()
-            };
-            let [a, b] = dot1x2(&w, &words, k);
-            // Within i32 here (k <= 145): the sums must be exact.
-            assert_eq!(a as i64, want(&x), "k = {k}");
-            assert_eq!(b as i64, want(&y), "k = {k}");
+                    .sum();
+                // These random sums stay far inside an i32 (~6e7 at k = 579): exact.
+                assert_eq!(got[j] as i64, want, "N = {N}, k = {k}, column {j}");
+            }
+        }
+        let mut s = 7u64;
+        for k in [1usize, 3, 4, 9, 16, 27, 36, 144, 145, 576, 579] {
+            check::<2>(k, &mut s);
+            check::<4>(k, &mut s);
+        }
+    }
+
+    #[test]
+    fn the_quad_gather_writes_what_four_single_gathers_write() {
+        let w2 = 9;
+        let mut s = 3u64;
+        let src: Vec<i16> = (0..12 * w2 + 8).map(|_| lcg(&mut s) as i16).collect();
+        let mut quad = vec![0i16; 144];
+        gather3x3_quad(&src, w2, &mut quad);
+        let mut single = vec![0i16; 144];
+        for j in 0..4 {
+            gather3x3_block::<4>(&src[j..], w2, 4 * j, &mut single);
+        }
+        assert_eq!(quad, single);
+        // And the columns are the windows: column j, value k = c*9 + ky*3 + kx.
+        for j in 0..4 {
+            for k in 0..36 {
+                let d = (k & !3) | PERM[k & 3];
+                let (c, ky, kx) = (k / 9, k % 9 / 3, k % 3);
+                assert_eq!(
+                    quad[4 * (d & !3) + 4 * j + (d & 3)],
+                    src[c * 3 * w2 + ky * w2 + kx + j]
+                );
+            }
         }
     }
 

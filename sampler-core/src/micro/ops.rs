@@ -8,6 +8,7 @@ use alloc::vec::Vec;
 
 use super::arena::{Buf, Ctx, Store, View, disjoint, units};
 use super::int;
+use super::source::residual_row;
 pub(super) use super::source::{Dst, SKIP_SCALE, Src, resampled, silu};
 use super::weights::{Conv, Lin, Norm};
 use crate::config::{GROUP_NORM_EPS, edm_groups};
@@ -461,16 +462,7 @@ pub(super) fn attention<S: Store>(
                     outs[co * res + qx] = o;
                 }
             }
-            // Row qy of every channel: (proj + x) / sqrt 2.
-            for co in 0..c {
-                let at = (co * res + qy) * units;
-                let xr = &mut xs[at..at + units];
-                S::load_row(xr, row);
-                for (v, &o) in row.iter_mut().zip(&outs[co * res..(co + 1) * res]) {
-                    *v = (o + *v) * SKIP_SCALE;
-                }
-                S::save_row(row, xr);
-            }
+            residual_row(xs, outs, c, res, qy, row);
         }
     }
     ctx.f.release(fmark);

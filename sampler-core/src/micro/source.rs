@@ -165,3 +165,26 @@ pub(super) enum Dst {
     Stored(Buf),
     F32(Buf),
 }
+
+/// Row `y` of every one of `c` stored channels of `xs` (rows of `res` values) becomes
+/// `(out + x) / sqrt 2`: attention's residual, a row of queries at a time (`outs`: `c`
+/// rows of `res` projected values; `row`: scratch of `res`).
+pub(super) fn residual_row<S: Store>(
+    xs: &mut [S],
+    outs: &[f32],
+    c: usize,
+    res: usize,
+    y: usize,
+    row: &mut [f32],
+) {
+    let units = S::row_units(res);
+    for co in 0..c {
+        let at = (co * res + y) * units;
+        let xr = &mut xs[at..at + units];
+        S::load_row(xr, row);
+        for (v, &o) in row.iter_mut().zip(&outs[co * res..(co + 1) * res]) {
+            *v = (o + *v) * SKIP_SCALE;
+        }
+        S::save_row(row, xr);
+    }
+}
