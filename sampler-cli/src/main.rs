@@ -352,8 +352,10 @@ fn micro_images(
     let d = shape.values();
     let mut data = vec![0f32; count * d];
     let next = AtomicUsize::new(0);
-    let slots: Vec<std::sync::Mutex<&mut [f32]>> =
-        data.chunks_mut(d.max(1)).map(std::sync::Mutex::new).collect();
+    let slots: Vec<std::sync::Mutex<&mut [f32]>> = data
+        .chunks_mut(d.max(1))
+        .map(std::sync::Mutex::new)
+        .collect();
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .min(count.max(1));
@@ -368,7 +370,9 @@ fn micro_images(
                         if k >= count {
                             return Ok(());
                         }
-                        let mut out = slots[k].lock().map_err(|_| anyhow::anyhow!("a worker panicked"))?;
+                        let mut out = slots[k]
+                            .lock()
+                            .map_err(|_| anyhow::anyhow!("a worker panicked"))?;
                         m.generate(seed, first + k as u64, label, act, &mut arena, &mut out)
                             .with_context(|| format!("image {}", first + k as u64))?;
                         progress.inc(1);
@@ -377,7 +381,8 @@ fn micro_images(
             })
             .collect();
         for w in workers {
-            w.join().map_err(|_| anyhow::anyhow!("a sampling thread panicked"))??;
+            w.join()
+                .map_err(|_| anyhow::anyhow!("a sampling thread panicked"))??;
         }
         Ok(())
     })?;

@@ -130,7 +130,9 @@ pub(super) fn run(a: EvalArgs) -> Result<()> {
     } else {
         None
     };
-    let classifier = a.classifier.load_or_train(a.resize, a.seed, a.quiet, &plain)?;
+    let classifier = a
+        .classifier
+        .load_or_train(a.resize, a.seed, a.quiet, &plain)?;
     let real = match &a.real {
         Some(spec) => Some(real_set(
             &a,
