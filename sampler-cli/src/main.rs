@@ -182,14 +182,14 @@ fn run(args: &Args) -> Result<()> {
             let device = sampler_core::burn::tensor::Device::flex();
             let sampler = Sampler::with_memory_limit(bundle, &device, args.max_memory)
                 .with_context(|| format!("{}", args.bundle.display()))?;
-            Generator::Burn(sampler)
+            Generator::Burn(Box::new(sampler))
         }
         Engine::Micro => {
             let mut micro = MicroSampler::new(&bytes)
                 .with_context(|| format!("{} (--engine micro)", args.bundle.display()))?;
             micro.set_sampling(bundle.solver, bundle.schedule.clone());
             let act = args.activations.unwrap_or(micro.default_activations());
-            Generator::Micro(micro, act)
+            Generator::Micro(Box::new(micro), act)
         }
     };
     if let Some(batches) = &args.bench {
@@ -307,8 +307,9 @@ fn grid(images: &Images, args: &Args) -> Pixels {
 
 /// The engine `--engine` chose, ready to sample.
 enum Generator<'a> {
-    Burn(Sampler),
-    Micro(MicroSampler<'a>, Activations),
+    // Boxed: both engines are a kilobyte or more, and only one exists.
+    Burn(Box<Sampler>),
+    Micro(Box<MicroSampler<'a>>, Activations),
 }
 
 impl Generator<'_> {

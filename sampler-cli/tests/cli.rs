@@ -784,3 +784,83 @@ fn every_shipped_bundle_samples() {
     }
     assert!(seen >= 4, "only {seen} bundles in {}", shipped.display());
 }
+
+#[test]
+fn engine_micro_writes_the_micro_runtimes_images_and_refuses_what_it_cannot_run() {
+    use sampler_core::micro::{Activations, MicroSampler};
+    use sampler_core::model::weights_to_pack;
+    use sampler_core::pack::WeightDtype;
+    let dir = tempfile::tempdir().unwrap();
+    let (v1, mut b) = unet_bundle(dir.path());
+    if let ModelSpec::Network { config, weights } = &mut b.model {
+        *weights = weights_to_pack(config, weights, WeightDtype::I8).unwrap();
+    }
+    let int8 = dir.path().join("unet-int8.bin");
+    let bytes = b.to_bytes().unwrap();
+    std::fs::write(&int8, &bytes).unwrap();
+    let micro = MicroSampler::new(&bytes).unwrap();
+    // The integer path (int8's default) and the f16 float path, each image as the library
+    // makes it, whichever thread of the CLI made it.
+    for (flag, act) in [(None, Activations::Int8), (Some("f16"), Activations::F16)] {
+        let out = dir.path().join(format!("imgs-{}", act.name()));
+        let mut args = vec![
+            "--bundle",
+            int8.to_str().unwrap(),
+            "--engine",
+            "micro",
+            "--count",
+            "5",
+            "--seed",
+            "4",
+            "--batch",
+            "2",
+            "--out-dir",
+            out.to_str().unwrap(),
+        ];
+        if let Some(f) = flag {
+            args.extend(["--activations", f]);
+        }
+        let o = cli(&args);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let mut arena = vec![0u32; micro.arena_words(act)];
+        let mut img = vec![0f32; 64];
+        for k in 0..5u64 {
+            micro
+                .generate(4, k, None, act, &mut arena, &mut img)
+                .unwrap();
+            let want: Vec<u8> = img
+                .iter()
+                .map(|&v| sampler_core::sampler::to_u8(v))
+                .collect();
+            let got = image::open(out.join(format!("{k:06}.png"))).unwrap();
+            assert_eq!(got.as_bytes(), &want[..], "{act:?} image {k}");
+        }
+    }
+    // What the micro runtime cannot run, and a flag without its engine: one line, exit 2.
+    let refused = [
+        (
+            vec!["--bundle", v1.to_str().unwrap(), "--engine", "micro"],
+            "version-1",
+        ),
+        (
+            vec!["--bundle", int8.to_str().unwrap(), "--activations", "f16"],
+            "--engine micro",
+        ),
+        (
+            vec![
+                "--bundle",
+                int8.to_str().unwrap(),
+                "--engine",
+                "micro",
+                "--activations",
+                "f8",
+            ],
+            "f32, f16 or int8",
+        ),
+    ];
+    for (args, says) in refused {
+        let o = cli(&args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}");
+        assert!(stderr(&o).contains(says), "{args:?}: {}", stderr(&o));
+    }
+}
