@@ -27,6 +27,12 @@ pub(super) trait Store: Copy + Default + bytemuck::Pod {
             *o = Self::at(row, x);
         }
     }
+    /// [`Store::load_row`], then `v * scale + shift` (GroupNorm's affine) on each value.
+    #[inline(always)]
+    fn load_row_affine(row: &[Self], out: &mut [f32], scale: f32, shift: f32) {
+        Self::load_row(row, out);
+        out.iter_mut().for_each(|v| *v = *v * scale + shift);
+    }
     /// `vals` into a stored row.
     fn save_row(vals: &[f32], row: &mut [Self]);
     /// An upper bound of `|value|` over a stored row of `r` values (non-finite if a value is).
@@ -81,6 +87,16 @@ impl Store for i8 {
         let s = row_scale(row);
         for (o, &q) in out.iter_mut().zip(&row[2..]) {
             *o = q as f32 * s;
+        }
+    }
+    /// One pass: the row's scale folded into the affine's (`q (s scale) + shift`; the
+    /// product `s scale` is rounded once, where two passes round `q s` exactly and then
+    /// `(q s) scale`).
+    #[inline(always)]
+    fn load_row_affine(row: &[Self], out: &mut [f32], scale: f32, shift: f32) {
+        let s = row_scale(row) * scale;
+        for (o, &q) in out.iter_mut().zip(&row[2..]) {
+            *o = q as f32 * s + shift;
         }
     }
     fn save_row(vals: &[f32], row: &mut [Self]) {

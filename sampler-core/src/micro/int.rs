@@ -22,6 +22,7 @@ use alloc::vec::Vec;
 use super::arena::{Buf, Ctx, Store, View, abs_max, disjoint, round_even};
 use super::source::{Dst, Src, residual_row};
 use super::weights::Conv;
+use crate::config::Resample;
 use crate::pack::Int8Rows;
 
 /// The M4's DSP instructions, and portable functions with the same results elsewhere.
@@ -408,12 +409,12 @@ fn quantize(v: f32, inv: f32, qmax: i32) -> i16 {
     round_even(v * inv).clamp(-qmax, qmax) as i16
 }
 
-/// [`quantize`] of a row, the scale and clamp in registers (8 instructions a value on the
-/// M4; reading them through a reference each value took 15).
+/// [`quantize`] of `act` of a row, the scale and clamp in registers (8 instructions a
+/// value on the M4 besides `act`; reading them through a reference each value took 15).
 #[inline(always)]
-fn quantize_row(src: &[f32], dst: &mut [i16], inv: f32, qmax: i32) {
+fn quantize_row(src: &[f32], dst: &mut [i16], inv: f32, qmax: i32, act: impl Fn(f32) -> f32) {
     for (d, &v) in dst.iter_mut().zip(src) {
-        *d = round_even(v * inv).max(-qmax).min(qmax) as i16;
+        *d = round_even(act(v) * inv).max(-qmax).min(qmax) as i16;
     }
 }
 
@@ -511,8 +512,14 @@ pub(super) fn silu_fast(v: f32) -> f32 {
     if (0.0..1024.0).contains(&t) {
         let i = t as usize;
         let f = t - i as f32;
-        let a = SILU_TABLE[i];
-        a + f * (SILU_TABLE[i + 1] - a)
+        // SAFETY: 0 <= t < 1024, so i <= 1023 and i + 1 <= 1024 < SILU_TABLE.len().
+        let (a, b) = unsafe {
+            (
+                *SILU_TABLE.get_unchecked(i),
+                *SILU_TABLE.get_unchecked(i + 1),
+            )
+        };
+        a + f * (b - a)
     } else if t >= 1024.0 || v.is_nan() {
         v
     } else {
@@ -819,6 +826,8 @@ pub(super) fn run_conv<S: Store>(
             // Stage the rows this output row needs: y - 1 ..= y + 1 for a 3x3 kernel, all
             // three at the first row, then the two kept moved up and one new.
             let (inv, qmax) = (p.inv, p.qmax);
+            // SiLU commutes with nearest-neighbour upsampling, not with the box filter.
+            let late_silu = src.silu && src.resample != Resample::Down;
             let slots = p.k;
             let half = p.k / 2;
             let fresh = if y == 0 { 0..slots } else { slots - 1..slots };
@@ -829,13 +838,15 @@ pub(super) fn run_conv<S: Store>(
                 }
                 for slot in fresh.clone() {
                     let yy = y as isize + slot as isize - half as isize;
-                    src.row_with(&view, ci, yy, row, tmp, silu_fast);
-                    quantize_row(
-                        &row[..r],
-                        &mut ch[slot * w2 + 1..slot * w2 + 1 + r],
-                        inv,
-                        qmax,
-                    );
+                    let dst = &mut ch[slot * w2 + 1..slot * w2 + 1 + r];
+                    if late_silu {
+                        // Affine only here, SiLU in the rounding pass (one pass less).
+                        src.row_with(&view, ci, yy, row, tmp, |v| v);
+                        quantize_row(&row[..r], dst, inv, qmax, silu_fast);
+                    } else {
+                        src.row_with(&view, ci, yy, row, tmp, silu_fast);
+                        quantize_row(&row[..r], dst, inv, qmax, |v| v);
+                    }
                 }
             }
             // Four output pixels at a time against each output channel (three left: the

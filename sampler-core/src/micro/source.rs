@@ -94,10 +94,12 @@ impl<'t> Src<'t> {
         act: impl Fn(f32) -> f32,
     ) {
         let out = &mut out[..self.res_in];
-        S::load_row(self.stored(s, c, y), out);
-        if let Some(a) = self.affine {
-            let (scale, shift) = a[c];
-            out.iter_mut().for_each(|v| *v = *v * scale + shift);
+        match self.affine {
+            Some(a) => {
+                let (scale, shift) = a[c];
+                S::load_row_affine(self.stored(s, c, y), out, scale, shift);
+            }
+            None => S::load_row(self.stored(s, c, y), out),
         }
         if self.silu {
             out.iter_mut().for_each(|v| *v = act(*v));
