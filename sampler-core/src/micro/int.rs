@@ -11,11 +11,13 @@
 //! host (portable `dsp` functions) and the M4 (`SMLAD` through `asm!`) give the same bits.
 //!
 //! A convolution runs a row of outputs at a time: the input rows it needs (three for a 3x3
-//! kernel) are staged as i16 once per row, then for each pair of output pixels their
-//! receptive fields are gathered into two interleaved columns (im2col) and dotted with each
-//! weight row (`dot1x2`: 16 MACs per 18 instructions, each weight word read once per pair
-//! of pixels). The columns are gathered in the order `SXTB16` unpacks weights in (values 0,
-//! 2 of each group of four, then 1, 3), so the weights need no reordering.
+//! kernel) are staged as i16 once per row, then for each four output pixels their
+//! receptive fields are gathered into four interleaved columns (im2col) and dotted with
+//! every weight row (`rows_1x4`: 16 MACs per 13 instructions, each weight word read once
+//! per four pixels, the loop over rows inside the `asm!`); a row's last two pixels go in a
+//! pair (`dot1x2`, 16 MACs per 18). The columns are gathered in the order `SXTB16` unpacks
+//! weights in (values 0, 2 of each group of four, then 1, 3), so the weights need no
+//! reordering.
 
 use alloc::vec::Vec;
 
