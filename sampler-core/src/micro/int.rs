@@ -141,83 +141,23 @@ fn groups_1x2(w: &[u8], cols: &[u32], groups: usize) -> (i32, i32) {
     (s0, s1)
 }
 
-/// Groups of four weights one pass of [`groups_1x4`]'s unrolled body covers (K up to 512;
+/// Groups of four weights one pass of [`rows_1x4`]'s unrolled body covers (K up to 512;
 /// longer rows take several passes, as mnist8's K = 576 does, so the firmware test runs
 /// both). 52 bytes of code each: 6.7 KB of flash.
 #[cfg(fewstep_dsp)]
 const UNROLLED_GROUPS: usize = 128;
 
-/// `sum over groups of w . x_j` for four interleaved columns (`[x0 02, x0 13, x1 02, x1 13,
-/// .., x3 13]`, eight words per group): the inner loop of convolutions, 13 instructions per
-/// 32 MACs (one weight word, `LDM` of four column words twice, 8 `SMLAD`). No loop counter:
-/// the 13-instruction body is written out `UNROLLED_GROUPS` times, all in 32-bit
-/// encodings, and the call jumps to the body `groups` from its end (Duff's device), so
-/// the twelve registers `asm!` may use hold the four sums, the two unpacked weight
-/// halves, four column words and the two pointers.
-#[cfg(fewstep_dsp)]
-#[inline(never)]
-fn groups_1x4(w: &[u8], cols: &[u32], groups: usize) -> [i32; 4] {
-    assert!(w.len() >= 4 * groups && cols.len() >= 8 * groups);
-    let mut s = [0i32; 4];
-    let (mut pw, mut pc) = (w.as_ptr(), cols.as_ptr());
-    let mut left = groups;
-    while left > 0 {
-        let n = left.min(UNROLLED_GROUPS);
-        let skip = 52 * (UNROLLED_GROUPS - n);
-        // SAFETY: reads `4 n` weight bytes (unaligned word loads, which the M4 allows) and
-        // `8 n` column words (word-aligned: a u32 slice) from `pw`, `pc`, inside the
-        // slices asserted above (the pointers advance by what each pass read); writes only
-        // the named registers. The jump lands on a body boundary: every instruction of the
-        // body has a 32-bit encoding (`.w`), 13 to a body.
-        unsafe {
-            core::arch::asm!(
-                "adr.w r8, 3f",
-                "add r8, r8, r9",
-                "orr r8, r8, #1",
-                "bx r8",
-                ".p2align 2",
-                "3:",
-                ".rept {groups}",
-                "ldr.w r5, [r12], #4",
-                "sxtb16 r4, r5",
-                "sxtb16 r5, r5, ror #8",
-                "ldmia.w lr!, {{r8, r9, r10, r11}}",
-                "smlad r0, r4, r8, r0",
-                "smlad r0, r5, r9, r0",
-                "smlad r1, r4, r10, r1",
-                "smlad r1, r5, r11, r1",
-                "ldmia.w lr!, {{r8, r9, r10, r11}}",
-                "smlad r2, r4, r8, r2",
-                "smlad r2, r5, r9, r2",
-                "smlad r3, r4, r10, r3",
-                "smlad r3, r5, r11, r3",
-                ".endr",
-                groups = const UNROLLED_GROUPS,
-                inout("r0") s[0],
-                inout("r1") s[1],
-                inout("r2") s[2],
-                inout("r3") s[3],
-                out("r4") _,
-                out("r5") _,
-                out("r8") _,
-                inout("r9") skip => _,
-                out("r10") _,
-                out("r11") _,
-                inout("r12") pw,
-                inout("lr") pc,
-                options(nostack, readonly),
-            );
-        }
-        left -= n;
-    }
-    s
-}
-
-/// [`groups_1x4`] for `out.len()` consecutive weight rows of `k` bytes (`k` a multiple of
-/// four, the rows contiguous in `w`), each against the same four columns: `out[r][j] +=
-/// w_r . x_j`. The loop over rows is in the assembly too, so a row costs 15 instructions
-/// besides its body (a call per row cost ~60); rows longer than the unrolled body take
-/// several passes, each adding its part of every row to `out`.
+/// `out[r][j] += w_r . x_j` for `out.len()` consecutive weight rows of `k` bytes (`k` a
+/// multiple of four, the rows contiguous in `w`) against four interleaved columns (`[x0
+/// 02, x0 13, x1 02, x1 13, .., x3 13]`, eight words per group of four weights): the inner
+/// loop of convolutions, 13 instructions per 16 MACs (one weight word, `LDM` of four column
+/// words twice, 8 `SMLAD`). No loop counter: the 13-instruction body is written out
+/// `UNROLLED_GROUPS` times, all in 32-bit encodings, and each row jumps to the body
+/// `k / 4` from its end (Duff's device), so the twelve registers `asm!` may use hold the
+/// four sums, the two unpacked weight halves, four column words and the two pointers. The
+/// loop over rows is in the assembly too, its state on the stack, so a row costs 15
+/// instructions besides its body (a call per row cost ~60); rows longer than the unrolled
+/// body take several passes, each adding its part of every row to `out`.
 #[cfg(fewstep_dsp)]
 #[inline(never)]
 fn rows_1x4(w: &[u8], k: usize, cols: &[u32], out: &mut [[i32; 4]]) {
@@ -244,7 +184,8 @@ fn rows_1x4(w: &[u8], k: usize, cols: &[u32], out: &mut [[i32; 4]]) {
         // (unaligned word loads, allowed on the M4) and `8 n` column words from
         // `cols[8 done..]` (asserted above), and reads and writes the four words of
         // `out[r]`; writes only the named registers, and restores `sp` (16 bytes pushed
-        // and popped). The jump lands on a body boundary as in `groups_1x4`.
+        // and popped). The jump lands on a body boundary: every instruction of the body
+        // has a 32-bit encoding (`.w`), 13 to a body.
         unsafe {
             core::arch::asm!(
                 "ldm r10, {{r8, r9, r10, r11}}",
@@ -308,29 +249,18 @@ fn rows_1x4(w: &[u8], k: usize, cols: &[u32], out: &mut [[i32; 4]]) {
 
 #[cfg(not(fewstep_dsp))]
 fn rows_1x4(w: &[u8], k: usize, cols: &[u32], out: &mut [[i32; 4]]) {
-    for (r, o) in out.iter_mut().enumerate() {
-        let s = groups_1x4(&w[r * k..(r + 1) * k], cols, k / 4);
-        for (o, s) in o.iter_mut().zip(s) {
-            *o = o.wrapping_add(s);
+    for (r, s) in out.iter_mut().enumerate() {
+        for (a, c) in w[r * k..(r + 1) * k]
+            .chunks_exact(4)
+            .zip(cols[..2 * k].chunks_exact(8))
+        {
+            let a = u32::from_le_bytes([a[0], a[1], a[2], a[3]]);
+            let (a02, a13) = (dsp::sxtb16(a), dsp::sxtb16_ror8(a));
+            for (j, sj) in s.iter_mut().enumerate() {
+                *sj = dsp::smlad(a13, c[2 * j + 1], dsp::smlad(a02, c[2 * j], *sj));
+            }
         }
     }
-}
-
-#[cfg(not(fewstep_dsp))]
-#[inline(always)]
-fn groups_1x4(w: &[u8], cols: &[u32], groups: usize) -> [i32; 4] {
-    let mut s = [0i32; 4];
-    for (a, c) in w[..4 * groups]
-        .chunks_exact(4)
-        .zip(cols[..8 * groups].chunks_exact(8))
-    {
-        let a = u32::from_le_bytes([a[0], a[1], a[2], a[3]]);
-        let (a02, a13) = (dsp::sxtb16(a), dsp::sxtb16_ror8(a));
-        for (j, sj) in s.iter_mut().enumerate() {
-            *sj = dsp::smlad(a13, c[2 * j + 1], dsp::smlad(a02, c[2 * j], *sj));
-        }
-    }
-    s
 }
 
 #[cfg(not(fewstep_dsp))]
@@ -537,7 +467,9 @@ fn dot<const N: usize>(w: &[u8], cols: &[u32], k: usize) -> [i32; N] {
     let whole = k / 4;
     let mut s = [0i32; N];
     if N == 4 {
-        s.copy_from_slice(&groups_1x4(w, cols, whole));
+        let mut one = [[0i32; 4]];
+        rows_1x4(&w[..4 * whole], 4 * whole, cols, &mut one);
+        s.copy_from_slice(&one[0]);
     } else {
         let (s0, s1) = groups_1x2(w, cols, whole);
         s[0] = s0;
