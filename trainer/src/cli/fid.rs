@@ -67,7 +67,7 @@ pub(super) fn run(a: FidArgs) -> Result<()> {
         None => None,
     };
     if a.json {
-        let mut j = serde_json::to_value(&scores)?;
+        let mut j = serde_json::to_value(scores)?;
         if let Some(fd) = fd_cls {
             j["fd_cls"] = fd.into();
         }
