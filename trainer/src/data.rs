@@ -69,7 +69,7 @@ pub enum DataError {
     },
     /// A name that is neither a shipped data set nor an existing path.
     #[error(
-        "unknown data set '{0}': use mnist, mnist-test, faces, digits, a .fsd(.gz) file or an image folder"
+        "unknown data set '{0}': use mnist, mnist-test, faces, digits, cifar10, cifar10-test (after `python3 data/fetch_data.py cifar10`), a .fsd(.gz) file or an image folder"
     )]
     Unknown(String),
 }
@@ -77,7 +77,8 @@ pub enum DataError {
 /// Magic of the raw data format written by `data/fetch_data.py`.
 const FSD_MAGIC: &[u8; 8] = b"FSDATA1\0";
 
-/// The file of a shipped data set (`mnist`, `mnist-test`, `faces`, `digits`), looked up in
+/// The file of a shipped data set (`mnist`, `mnist-test`, `faces`, `digits`, and the fetched
+/// `cifar10`, `cifar10-test`), looked up in
 /// `./data/` and then in the repository's `data/`.
 pub fn shipped_path(name: &str) -> Option<PathBuf> {
     let file = match name {
@@ -85,6 +86,9 @@ pub fn shipped_path(name: &str) -> Option<PathBuf> {
         "mnist-test" => "mnist-test.fsd.gz",
         "faces" => "faces.fsd.gz",
         "digits" => "digits.fsd.gz",
+        // Fetched, not shipped: `python3 data/fetch_data.py cifar10`.
+        "cifar10" | "cifar10-train" => "cifar10-train.fsd.gz",
+        "cifar10-test" => "cifar10-test.fsd.gz",
         _ => return None,
     };
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"))
