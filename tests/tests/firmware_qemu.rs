@@ -9,7 +9,7 @@
 //!   host's micro runtime;
 //! - `mnist8.bin` converted to int8 weights on the integer path (the default for int8): the
 //!   image CRC equal to the host's micro runtime on the same bundle, in at most 1 MiB of
-//!   flash and 128 KiB of RAM, at most 0.9 billion instructions.
+//!   flash and 128 KiB of RAM, at most 0.7 billion instructions (CMSIS-NN's speed).
 //!
 //! The firmware itself fails if its heap runs out or the stack reaches the statics.
 //! Needs `qemu-system-arm` and the `thumbv7em-none-eabihf` target (`.ci/run` installs
@@ -303,11 +303,11 @@ fn firmware_in_qemu_matches_the_host() {
         "mnist8 int8 RAM {} > 128 KiB",
         fw.statics + fw.stack_high_water
     );
-    // Measured 7.93e8 instructions (1.71 per MAC; the f16 float path takes 3.42e9); a
-    // regression past 0.9e9 fails. CMSIS-NN's speed (<= 0.7e9) is the open goal.
+    // Measured 6.86e8 instructions (1.49 per MAC; the f16 float path takes 3.42e9); the
+    // issue's budget, CMSIS-NN's speed, is 0.7e9.
     assert!(
-        fw.instructions <= 900_000_000,
-        "mnist8 int8: {} instructions per image > 0.9 billion",
+        fw.instructions <= 700_000_000,
+        "mnist8 int8: {} instructions per image > 0.7 billion",
         fw.instructions
     );
 }
