@@ -52,6 +52,80 @@ pub fn dataset_features(
     image_features(inception, &d.values, d.shape, bar)
 }
 
+/// [`image_features`] of a reference set, kept in the cache folder between calls: the
+/// 10,000 CIFAR-10 test images cost minutes of Inception on a CPU, and every evaluation of
+/// every seed compares with the same ones. The file is named by a hash of the 8-bit pixels
+/// and the shape (the weights are fixed: `Inception::load` checks their sha256), so other
+/// images never read it; a file of the wrong length is recomputed, and a cache that cannot
+/// be written only costs the next call the same time again.
+pub fn reference_features(
+    inception: &Inception,
+    values: &[f32],
+    shape: ImageShape,
+    bar: &ProgressBar,
+) -> Result<Vec<f32>, FidError> {
+    let dir = crate::inception::cache_dir();
+    cached_features(
+        &dir,
+        &reference_key(values, shape),
+        values.len() / shape.values().max(1),
+        || image_features(inception, values, shape, bar),
+    )
+}
+
+/// The cache key of [`reference_features`]: what the features are a function of.
+fn reference_key(values: &[f32], shape: ImageShape) -> String {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    h.update(b"fewstep inception-2015-12-05 pool3 features, pytorch-fid feeding, v1\0");
+    for d in [shape.channels, shape.height, shape.width] {
+        h.update(u64::from(d).to_le_bytes());
+    }
+    let pixels: Vec<u8> = values
+        .iter()
+        .map(|&v| sampler_core::sampler::to_u8(v))
+        .collect();
+    h.update(&pixels);
+    h.finalize()[..12]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// `compute()`'s features of `n` images, read from `dir/features-{key}.f32` when that
+/// holds exactly `n * 2048` little-endian f32 values, else computed and written there
+/// (through a temporary file and a rename, so a killed run leaves no half file).
+fn cached_features(
+    dir: &std::path::Path,
+    key: &str,
+    n: usize,
+    compute: impl FnOnce() -> Result<Vec<f32>, FidError>,
+) -> Result<Vec<f32>, FidError> {
+    let path = dir.join(format!("features-{key}.f32"));
+    if let Ok(bytes) = std::fs::read(&path)
+        && bytes.len() == n * FEATURES * 4
+    {
+        return Ok(bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect());
+    }
+    let features = compute()?;
+    let bytes: Vec<u8> = features.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let tmp = dir.join(format!("features-{key}.f32.{}.tmp", std::process::id()));
+    let written = std::fs::create_dir_all(dir)
+        .and_then(|_| std::fs::write(&tmp, &bytes))
+        .and_then(|_| std::fs::rename(&tmp, &path));
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        eprintln!(
+            "note: could not cache the reference features in {}: {e}",
+            dir.display()
+        );
+    }
+    Ok(features)
+}
+
 /// The fraction of values that quantize to 255: stroke pixels clipped at white, which
 /// Inception reacts to on digits more than to their shape (issue 20).
 pub fn saturated_fraction(values: &[f32]) -> f64 {
@@ -172,6 +246,51 @@ mod tests {
         // A set against itself: FID 0.
         let same = RealStats::new(a.clone()).unwrap().scores(&a).unwrap();
         assert!(same.fid.abs() < 1e-6, "{}", same.fid);
+    }
+
+    #[test]
+    fn reference_features_are_cached_by_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let shape = ImageShape {
+            channels: 1,
+            height: 2,
+            width: 2,
+        };
+        let images = [0.0, 0.5, -1.0, 1.0, 0.2, 0.2, 0.2, 0.2];
+        let key = reference_key(&images, shape);
+        let calls = std::cell::Cell::new(0);
+        let compute = || {
+            calls.set(calls.get() + 1);
+            Ok(rows(2, 7, 0.0))
+        };
+        let first = cached_features(dir.path(), &key, 2, compute).unwrap();
+        let second = cached_features(dir.path(), &key, 2, compute).unwrap();
+        assert_eq!(
+            first, second,
+            "the cache returns the computed features bit for bit"
+        );
+        assert_eq!(calls.get(), 1, "the second call reads the file");
+        // A file of the wrong length (another count, a truncated write) is recomputed.
+        let third = cached_features(dir.path(), &key, 3, || Ok(rows(3, 7, 0.0))).unwrap();
+        assert_eq!(third.len(), 3 * FEATURES);
+        // The key follows the 8-bit pixels: a change below one level keeps it, one above
+        // changes it, as does the shape.
+        let mut nudged = images;
+        nudged[1] += 0.001;
+        assert_eq!(reference_key(&nudged, shape), key);
+        nudged[1] += 0.02;
+        assert_ne!(reference_key(&nudged, shape), key);
+        let wide = ImageShape {
+            channels: 1,
+            height: 1,
+            width: 4,
+        };
+        assert_ne!(reference_key(&images, wide), key);
+        // An unwritable folder still gives the features.
+        let file = dir.path().join("not-a-folder");
+        std::fs::write(&file, b"x").unwrap();
+        let got = cached_features(&file, &key, 2, || Ok(rows(2, 7, 0.0))).unwrap();
+        assert_eq!(got, first);
     }
 
     #[test]

@@ -10,7 +10,7 @@ use clap::Args;
 
 use super::{ClassifierArgs, load_named};
 use crate::eval::measure::CLASSIFIER_BATCH;
-use crate::fid::{RealStats, dataset_features};
+use crate::fid::{RealStats, dataset_features, reference_features};
 use crate::frechet::{FrechetReference, Moments};
 use crate::inception::{Inception, weights_path};
 
@@ -51,7 +51,12 @@ pub(super) fn run(a: FidArgs) -> Result<()> {
     }
     let bar = crate::progress((real.len() + fake.len()) as u64, a.quiet);
     bar.set_message("images through Inception");
-    let real_stats = RealStats::new(dataset_features(&inception, &real, &bar)?)?;
+    let real_stats = RealStats::new(reference_features(
+        &inception,
+        &real.values,
+        real.shape,
+        &bar,
+    )?)?;
     let scores = real_stats.scores(&dataset_features(&inception, &fake, &bar)?)?;
     bar.finish_and_clear();
     // FD-cls: the same Frechet distance in the feature classifier's penultimate layer.

@@ -13,7 +13,7 @@ use sampler_core::solver::{Denoiser, Stop, euler, heun};
 
 use crate::classifier::TrainedClassifier;
 use crate::data::{Dataset, noise};
-use crate::fid::{RealStats, image_features};
+use crate::fid::{RealStats, reference_features};
 use crate::frechet::{FrechetReference, Moments};
 use crate::inception::Inception;
 use crate::losses::row_mse;
@@ -102,7 +102,7 @@ impl RealSet {
             Some(net) => {
                 eprintln!("{} real images through Inception", data.len());
                 let bar = indicatif::ProgressBar::hidden();
-                let f = image_features(net, &data.values, data.shape, &bar)?;
+                let f = reference_features(net, &data.values, data.shape, &bar)?;
                 Some(RealStats::new(f)?)
             }
             None => None,
