@@ -1267,6 +1267,8 @@ pub(super) fn attention_core<S: Store>(
                 sums.iter_mut().for_each(|v| *v = 0);
                 rows_i16_1x4(keys, c, bytemuck::cast_slice(q16), sums, 4, n);
             }
+            // Each column's fixed-point step for the projection, as `q_steps` for the logits.
+            let mut a_steps = [0.0f32; 4];
             for j in 0..used {
                 let logit_scale = q_steps[j] * k_step / sqrt_c;
                 let mut max = f32::NEG_INFINITY;
@@ -1291,7 +1293,7 @@ pub(super) fn attention_core<S: Store>(
                     *av = dot_i16_wide(p16w, row_v) as f32 * a_scale;
                 }
                 let (a_step, a_inv) = fixed_point(abs_max(q), proj_qmax);
-                q_steps[j] = a_step;
+                a_steps[j] = a_step;
                 let cols: &mut [i16] = bytemuck::cast_slice_mut(a16);
                 for d in 0..cpad {
                     let k = (d & !3) | PERM[d & 3];
@@ -1309,7 +1311,7 @@ pub(super) fn attention_core<S: Store>(
             for (co, &s_co) in proj_scales.iter().enumerate() {
                 for j in 0..used {
                     let d = sums[4 * co + j];
-                    outs[co * res + qx0 + j] = d as f32 * (q_steps[j] * s_co) + bias[co];
+                    outs[co * res + qx0 + j] = d as f32 * (a_steps[j] * s_co) + bias[co];
                 }
             }
         }

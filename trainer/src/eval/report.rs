@@ -58,7 +58,7 @@ pub fn results_markdown(setting: &Setting, evaluated: &EvalResults, figures: &[S
     let mut md = format!("# {}\n\n", setting.title);
     md.push_str(&format!(
         "Base bundle `{}` ({}; {} training steps; levels in [{}, {}]). {} images per row from \
-         seeds `image_seed({}, k)`, conditional models asked for label k mod L. Truncation \
+         seeds `image_seed({}, k)`{}. Truncation \
          RMSE over the first {} of them against the Heun solution with {} levels of the row's \
          own network (\"vs base net\": of the base network; the two differ only for \
          fine-tuned weights){}. ",
@@ -69,6 +69,10 @@ pub fn results_markdown(setting: &Setting, evaluated: &EvalResults, figures: &[S
         base.schedule.s_max(),
         config.count,
         config.seed,
+        match base.label_count {
+            0 => String::new(),
+            l => format!(", image k asking for label k mod {l}"),
+        },
         config.ref_count.min(config.count),
         config.reference_steps,
         evaluated
