@@ -7,6 +7,7 @@
 #   scripts/results.sh mnist-distill  # ~2 h: stage 2 against the frozen base teacher
 #   scripts/results.sh faces    # ~45 min
 #   scripts/results.sh fid      # ~1.5 h: every ruler (FID, KID, FD-pixel, FD-cls) side by side
+#   scripts/results.sh fid-learned  # ~2.5 h: learned rows for issue 21 (after fid)
 #   scripts/results.sh cifar10  # ~2 h: the natural-image benchmark (CIFAR-10, FID)
 # Runs live in $RUNS (default ./runs, git-ignored); a run directory that exists is resumed,
 # so an interrupted call picks up where it stopped. Deterministic up to export time stamps
@@ -225,6 +226,46 @@ fid)
     { cat docs/results/fid/seed0/rulers.csv; tail -n +2 docs/results/fid/seed1/rulers.csv; } \
         > docs/results/fid/results.csv
     ;;
+fid-learned)
+    # Issue 21: learned rows against the free rows of `fid` in FID and FD-cls, 2,000 samples a
+    # row on the noises of seeds 0 and 1: the paper's two-stage Euler with 3,200 weight steps
+    # (4 x (40 + 800)) at T = 5, 8, 10; DPM-Solver++(2M) levels learned on each of those
+    # networks (150 stage-1 steps); at T = 5 also DPM-Solver++(2M) two-stage against that
+    # network as a frozen teacher. Each eval repeats `fid`'s Euler row (a check that the
+    # rulers reproduce results.csv); the learned rows are appended to results.csv.
+    # ~2.5 h on 2 CPU cores, most of it Inception.
+    for t in 5 8 10; do
+        ft euler-2s-xxl "$t" --mode two-stage --rounds 4 --stage1-steps 40 --stage2-steps 800
+        BASE="$RUNS/mnist-euler-2s-xxl-t$t.bin" ft dpmpp-on-euler2s "$t" --solver dpmpp2m \
+            --mode stage1-only --rounds 1 --stage1-steps 150
+    done
+    TEACHER_POOL=256 BASE="$RUNS/mnist-euler-2s-xxl-t5.bin" ft dpmpp-2s-on-euler2s 5 \
+        --solver dpmpp2m --mode two-stage --rounds 2 --stage1-steps 75 --stage2-steps 200 \
+        --teacher base
+    # That distilled sampler's scores (seed 0; not a results.csv row: it lost on both).
+    rm -rf "$RUNS/dpmpp-2s-on-euler2s-t5-images"
+    target/debug/sampler-cli --bundle "$RUNS/mnist-dpmpp-2s-on-euler2s-t5.bin" --count 2000 \
+        --seed 0 --out-dir "$RUNS/dpmpp-2s-on-euler2s-t5-images"
+    "$T" fid --real mnist-test --fake "$RUNS/dpmpp-2s-on-euler2s-t5-images" \
+        --classifier "$RUNS/mnist-classifier.bin" --classifier-data mnist --json --quiet
+    for t in 5 8 10; do
+        for seed in 0 1; do
+            "$T" eval --base bundles/mnist-base.bin --t "$t" --solvers euler \
+                --tuned "Euler two-stage (4 x (40 + 800))=$RUNS/mnist-euler-2s-xxl-t{T}.bin" \
+                --tuned "DPM-Solver++(2M) stage 1 on that network=$RUNS/mnist-dpmpp-on-euler2s-t{T}.bin" \
+                --real mnist-test --fid --classifier "$RUNS/mnist-classifier.bin" \
+                --classifier-data mnist --count 2000 --ref-count 20 --seed "$seed" --grid 50 \
+                --title "MNIST 28x28, learned rows at T = $t, noises image_seed($seed, k)" \
+                --out "docs/results/fid/learned/t$t-seed$seed" --quiet
+        done
+    done
+    for seed in 0 1; do
+        for t in 5 8 10; do
+            grep -v ',"Euler, EDM rho=7",' "docs/results/fid/learned/t$t-seed$seed/rulers.csv" |
+                tail -n +2
+        done
+    done >> docs/results/fid/results.csv
+    ;;
 cifar10)
     # Issue 21's natural-image benchmark: an unconditional DDPM++ U-Net (32 channels, mult
     # 1,2,2, two blocks per resolution, no attention, 1.7M parameters: 3,500 steps of 64 took
@@ -253,7 +294,7 @@ cifar10)
         > docs/results/cifar10/results.csv
     ;;
 *)
-    echo "usage: scripts/results.sh digits|mnist|mnist-long|mnist-distill|faces|fid|cifar10" >&2
+    echo "usage: scripts/results.sh digits|mnist|mnist-long|mnist-distill|faces|fid|fid-learned|cifar10" >&2
     exit 2
     ;;
 esac
