@@ -258,6 +258,30 @@ fn bad_input_is_one_line_and_exit_code_2() {
             "--disc-batch must be between 1 and --batch (4)",
         ),
         (vec!["bench", "--disc-batch", "0"], "--disc-batch must be"),
+        (
+            vec![
+                "eval",
+                "--base",
+                digits8,
+                "--solvers",
+                "none",
+                "--out",
+                &p("e1"),
+            ],
+            "nothing to evaluate",
+        ),
+        (
+            vec![
+                "eval",
+                "--base",
+                digits8,
+                "--solvers",
+                "rk4",
+                "--out",
+                &p("e2"),
+            ],
+            "unknown solver 'rk4'",
+        ),
     ] {
         let o = trainer(&args);
         let err = String::from_utf8_lossy(&o.stderr);
@@ -477,7 +501,7 @@ fn eval_smoke_on_a_tiny_model() {
     std::fs::copy(p("base.bin"), p("same4.bin")).unwrap();
     // Other weights: another seed.
     base("other", "1", "other4.bin");
-    let eval = |out: &str, train_classifier: bool| {
+    let eval = |out: &str, train_classifier: bool, extra: &[&str]| {
         let mut args: Vec<String> = [
             "eval",
             "--base",
@@ -514,11 +538,12 @@ fn eval_smoke_on_a_tiny_model() {
                 ["--classifier-data", "digits", "--classifier-steps", "3"].map(String::from),
             );
         }
+        args.extend(extra.iter().map(|s| s.to_string()));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         ok(&trainer(&args));
         std::fs::read_to_string(dir.path().join(out).join("results.csv")).unwrap()
     };
-    let csv = eval("first", true);
+    let csv = eval("first", true, &[]);
     assert!(dir.path().join("cls.bin").exists());
     let rows: Vec<Vec<String>> = csv
         .lines()
@@ -591,8 +616,9 @@ fn eval_smoke_on_a_tiny_model() {
         md.contains("the images the base network was trained on"),
         "{md}"
     );
-    // The saved classifier is reused: the same numbers again.
-    let again = eval("second", false);
+    // The saved classifier is reused: the same numbers again, and `--solvers none` leaves
+    // out exactly the training-free rows.
+    let again = eval("second", false, &["--solvers", "none"]);
     let strip = |s: &str| -> Vec<String> {
         s.lines()
             .map(|l| {
@@ -609,7 +635,13 @@ fn eval_smoke_on_a_tiny_model() {
             })
             .collect()
     };
-    assert_eq!(strip(&csv), strip(&again));
+    let tuned_only: Vec<String> = csv
+        .lines()
+        .filter(|l| !l.contains("EDM rho=7"))
+        .map(str::to_string)
+        .collect();
+    assert_eq!(tuned_only.len(), 1 + 2, "{csv}");
+    assert_eq!(strip(&tuned_only.join("\n")), strip(&again));
 }
 
 /// `trainer eval` on an analytic mixture base reports the samples' NLL under the exact

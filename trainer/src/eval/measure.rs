@@ -100,7 +100,11 @@ impl RealSet {
     ) -> Result<RealSet> {
         let inception = match inception {
             Some(net) => {
-                eprintln!("{} real images through Inception", data.len());
+                eprintln!(
+                    "Inception features of the {} real images (read from {} when computed before)",
+                    data.len(),
+                    crate::inception::cache_dir().display()
+                );
                 let bar = indicatif::ProgressBar::hidden();
                 let f = reference_features(net, &data.values, data.shape, &bar)?;
                 Some(RealStats::new(f)?)

@@ -299,6 +299,9 @@ pub fn run_eval(
     if config.count < 2 || config.batch == 0 || config.reference_steps < 2 {
         bail!("--count must be at least 2, --batch and --reference-steps positive");
     }
+    if config.solvers.is_empty() && config.tuned.is_empty() {
+        bail!("nothing to evaluate: no training-free solver (--solvers none) and no --tuned row");
+    }
     let device = Device::flex();
     let (base, base_fingerprint) = read(&config.base, &device)?;
     let shape = base.bundle().image;
