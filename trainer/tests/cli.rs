@@ -501,7 +501,7 @@ fn eval_smoke_on_a_tiny_model() {
     std::fs::copy(p("base.bin"), p("same4.bin")).unwrap();
     // Other weights: another seed.
     base("other", "1", "other4.bin");
-    let eval = |out: &str, train_classifier: bool, extra: &[&str]| {
+    let eval = |out: &str, train_classifier: bool, t: &str, extra: &[&str]| {
         let mut args: Vec<String> = [
             "eval",
             "--base",
@@ -511,7 +511,7 @@ fn eval_smoke_on_a_tiny_model() {
             "--tuned",
             &format!("other={}", p("other{T}.bin")),
             "--t",
-            "3,4",
+            t,
             "--real",
             "digits",
             "--classifier",
@@ -543,7 +543,7 @@ fn eval_smoke_on_a_tiny_model() {
         ok(&trainer(&args));
         std::fs::read_to_string(dir.path().join(out).join("results.csv")).unwrap()
     };
-    let csv = eval("first", true, &[]);
+    let csv = eval("first", true, "3,4", &[]);
     assert!(dir.path().join("cls.bin").exists());
     let rows: Vec<Vec<String>> = csv
         .lines()
@@ -617,8 +617,13 @@ fn eval_smoke_on_a_tiny_model() {
         "{md}"
     );
     // The saved classifier is reused: the same numbers again, and `--solvers none` leaves
-    // out exactly the training-free rows.
-    let again = eval("second", false, &["--solvers", "none"]);
+    // out exactly the training-free rows. At one T there is no curve against T to draw.
+    let again = eval("second", false, "4", &["--solvers", "none"]);
+    let second = dir.path().join("second");
+    assert!(second.join("grids/same-t4.png").exists());
+    assert!(!second.join("fd_cls_vs_t.png").exists());
+    let md = std::fs::read_to_string(second.join("results.md")).unwrap();
+    assert!(!md.contains("_vs_t.png"), "{md}");
     let strip = |s: &str| -> Vec<String> {
         s.lines()
             .map(|l| {
@@ -637,8 +642,13 @@ fn eval_smoke_on_a_tiny_model() {
     };
     let tuned_only: Vec<String> = csv
         .lines()
-        .filter(|l| !l.contains("EDM rho=7"))
-        .map(str::to_string)
+        .enumerate()
+        .filter(|(i, l)| {
+            // The header, and the tuned rows at T = 4 (`title,"row",solver,T,...`).
+            let t = l.split_once(",\"").map(|(_, r)| r.split(',').nth(2));
+            *i == 0 || (!l.contains("EDM rho=7") && t == Some(Some("4")))
+        })
+        .map(|(_, l)| l.to_string())
         .collect();
     assert_eq!(tuned_only.len(), 1 + 2, "{csv}");
     assert_eq!(strip(&tuned_only.join("\n")), strip(&again));

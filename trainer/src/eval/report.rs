@@ -316,7 +316,13 @@ pub fn plot_results(
         ("fd_cls", "FD-cls", true, &|r| r.fd_cls),
         ("accuracy", "classifier accuracy", false, &|r| r.accuracy),
     ];
-    for (file, label, log, f) in metrics {
+    // A curve against T needs two values of T: an evaluation at one T (the learned rows of
+    // one bundle) would draw lone points.
+    let mut distinct_t: Vec<usize> = results.iter().map(|r| r.t).collect();
+    distinct_t.sort_unstable();
+    distinct_t.dedup();
+    let metrics: &[Metric] = if distinct_t.len() < 2 { &[] } else { &metrics };
+    for &(file, label, log, f) in metrics {
         let f = |r: &RowResult| f(r).map(|v| if log { v.max(1e-12).log10() } else { v });
         let series: Vec<Series> = rows
             .iter()
