@@ -282,6 +282,19 @@ fn bad_input_is_one_line_and_exit_code_2() {
             ],
             "unknown solver 'rk4'",
         ),
+        // The last '=' splits NAME from PATH: a row name may say "T = 8".
+        (
+            vec![
+                "eval",
+                "--base",
+                digits8,
+                "--tuned",
+                "learned at T = 8=no/such/t{T}.bin",
+                "--out",
+                &p("e3"),
+            ],
+            "--tuned row 'learned at T = 8': no bundle at 'no/such/t{T}.bin' for any T",
+        ),
     ] {
         let o = trainer(&args);
         let err = String::from_utf8_lossy(&o.stderr);

@@ -41,7 +41,9 @@ pub(super) struct EvalArgs {
     #[arg(long, value_name = "FILE")]
     base: PathBuf,
     /// A fine-tuned row: NAME=PATH, where {T} in PATH stands for T (repeatable), e.g.
-    /// --tuned "two-stage=runs/t{T}.bin". Missing files leave that T out of the row.
+    /// --tuned "two-stage=runs/t{T}.bin". NAME may hold '=' ("rho=7"), PATH may not (the
+    /// last '=' splits them). A T whose file is missing is left out of the row; a row with
+    /// no file at any T is an error.
     #[arg(long, value_name = "NAME=PATH")]
     tuned: Vec<String>,
     /// Numbers of denoiser evaluations to compare at.
@@ -100,7 +102,7 @@ impl TryFrom<&EvalArgs> for EvalConfig {
     fn try_from(a: &EvalArgs) -> Result<EvalConfig> {
         let mut tuned = Vec::new();
         for spec in &a.tuned {
-            let Some((name, path)) = spec.split_once('=') else {
+            let Some((name, path)) = spec.rsplit_once('=') else {
                 bail!("--tuned expects NAME=PATH, got '{spec}'");
             };
             if name.trim().is_empty() || path.is_empty() {

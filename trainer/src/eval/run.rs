@@ -302,6 +302,21 @@ pub fn run_eval(
     if config.solvers.is_empty() && config.tuned.is_empty() {
         bail!("nothing to evaluate: no training-free solver (--solvers none) and no --tuned row");
     }
+    // A row whose pattern names no file at any T is a typo, not a row to leave out: say so
+    // before minutes of sampling and Inception rather than print a table without it.
+    for (name, pattern) in &config.tuned {
+        let found = config
+            .ts
+            .iter()
+            .any(|t| Path::new(&pattern.replace("{T}", &t.to_string())).exists());
+        if !found {
+            let ts: Vec<String> = config.ts.iter().map(|t| t.to_string()).collect();
+            bail!(
+                "--tuned row '{name}': no bundle at '{pattern}' for any T in {} ({{T}} stands for T)",
+                ts.join(",")
+            );
+        }
+    }
     let device = Device::flex();
     let (base, base_fingerprint) = read(&config.base, &device)?;
     let shape = base.bundle().image;
