@@ -11,7 +11,8 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, anyhow, bail};
 use burn::tensor::{Device, Tensor, TensorData};
-use sampler_core::bundle::{ImageShape, SolverKind};
+use sampler_core::bundle::{ImageShape, ModelSpec, SolverKind};
+use sampler_core::pack::{PACK_MAGIC, PackView};
 use sampler_core::rng;
 use sampler_core::schedule::Schedule;
 use sampler_core::solver::{Denoiser, Stop};
@@ -246,11 +247,33 @@ fn read(path: &Path, device: &Device) -> Result<(Sampler, u64)> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     let bundle =
         sampler_core::Bundle::from_bytes(&bytes).with_context(|| format!("{}", path.display()))?;
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    std::hash::Hasher::write(&mut hasher, &postcard::to_allocvec(&bundle.model)?);
-    let fingerprint = std::hash::Hasher::finish(&hasher);
+    let fingerprint = model_fingerprint(&bundle.model)?;
     let sampler = Sampler::new(bundle, device).with_context(|| format!("{}", path.display()))?;
     Ok((sampler, fingerprint))
+}
+
+/// A hash of the function a model computes: a weights pack's tensors by name, shape and f32
+/// value, so that the same weights stored in another dtype (an f16 base whose levels were
+/// learned and exported in f32) count as the base's; any other model by its serialized
+/// bytes.
+fn model_fingerprint(model: &ModelSpec) -> Result<u64> {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    match model {
+        ModelSpec::Network { config, weights } if weights.starts_with(&PACK_MAGIC) => {
+            postcard::to_allocvec(config)?.hash(&mut hasher);
+            let pack = PackView::parse(weights).map_err(|e| anyhow!("{e}"))?;
+            for t in pack.tensors() {
+                t.name.hash(&mut hasher);
+                t.shape().hash(&mut hasher);
+                for v in t.to_vec() {
+                    v.to_bits().hash(&mut hasher);
+                }
+            }
+        }
+        other => postcard::to_allocvec(other)?.hash(&mut hasher),
+    }
+    Ok(hasher.finish())
 }
 
 /// One row of the comparison: a training-free solver on EDM's levels of the base network,
@@ -527,5 +550,31 @@ mod tests {
         assert_eq!(levels_for(SolverKind::Euler, 8), (8, 8));
         assert_eq!(levels_for(SolverKind::DpmPp2m, 12), (12, 12));
         assert_eq!(levels_for(SolverKind::Ipndm, 5), (5, 5));
+    }
+
+    /// The same weights stored as f16 and as f32 are the same model; other values are not.
+    #[test]
+    fn fingerprint_follows_values_not_storage() {
+        use sampler_core::pack::{PackTensor, WeightDtype, encode, f16_to_f32, f32_to_f16};
+        let config = sampler_core::config::NetConfig::Mlp(sampler_core::config::MlpConfig::new(4));
+        let values: Vec<f32> = (0..24).map(|i| 0.1 + i as f32 / 7.0).collect();
+        let on_f16_grid: Vec<f32> = values.iter().map(|&v| f16_to_f32(f32_to_f16(v))).collect();
+        let model = |vals: &[f32], dtype| ModelSpec::Network {
+            config: config.clone(),
+            weights: encode(
+                &[PackTensor {
+                    name: "UNet.conv.weight".into(),
+                    shape: vec![2, 3, 2, 2],
+                    values: vals.to_vec(),
+                }],
+                dtype,
+            )
+            .unwrap(),
+        };
+        let f16 = model_fingerprint(&model(&values, WeightDtype::F16)).unwrap();
+        let f32_same = model_fingerprint(&model(&on_f16_grid, WeightDtype::F32)).unwrap();
+        let f32_other = model_fingerprint(&model(&values, WeightDtype::F32)).unwrap();
+        assert_eq!(f16, f32_same);
+        assert_ne!(f16, f32_other);
     }
 }
