@@ -475,41 +475,85 @@ fn quantize_row(src: &[f32], dst: &mut [i16], inv: f32, qmax: i32, act: impl Fn(
     }
 }
 
-/// `dst` = row `yy` (output resolution, zeros outside the image) of channel `ci` of `src`,
-/// an int8-stored source without the box filter, through its affine and SiLU and
-/// [`quantize`]d: one pass from the stored bytes, each value computed as
-/// `load_row_affine` then [`quantize_row`] compute it (the same bits), an upsampled row's
-/// values once each.
+/// The stored rows `ys` (input resolution) of channel `ci` of `src`, an int8-stored source
+/// without the box filter, through its affine and SiLU and [`quantize`]d into `dst`, row
+/// `ys.start + j` at `dst[j pitch..]` (an upsampled row's values twice each, side by side):
+/// one pass from the stored bytes, each value computed as `load_row_affine` then
+/// [`quantize_row`] compute it (the same bits), once. The choice of arithmetic is made once
+/// for all the rows (a whole small map at a time: per row it cost as much as 8 values).
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 fn stage_stored<S: Store>(
+    src: &Src<'_>,
+    view: &View<'_, S>,
+    ci: usize,
+    ys: core::ops::Range<usize>,
+    dst: &mut [i16],
+    pitch: usize,
+    inv: f32,
+    qmax: i32,
+) {
+    let full = qmax == i16::MAX as i32;
+    let (a, b) = src.affine.map_or((1.0, 0.0), |a| a[ci]);
+    macro_rules! each_row {
+        ($repeat:literal, $full:literal, $act:expr) => {
+            for (j, y) in ys.clone().enumerate() {
+                let stored: &[i8] = bytemuck::cast_slice(src.stored(view, ci, y));
+                let scale = super::arena::row_scale(stored) * a;
+                let q = &stored[2..2 + src.res_in];
+                let d = &mut dst[j * pitch..j * pitch + $repeat * src.res_in];
+                quantize_stored::<$repeat, $full>(q, d, scale, b, inv, qmax, $act);
+            }
+        };
+    }
+    match (src.resample == Resample::Up, src.silu, full) {
+        (false, false, true) => each_row!(1, true, |v| v),
+        (false, false, false) => each_row!(1, false, |v| v),
+        (false, true, true) => each_row!(1, true, silu_fast),
+        (false, true, false) => each_row!(1, false, silu_fast),
+        (true, false, true) => each_row!(2, true, |v| v),
+        (true, false, false) => each_row!(2, false, |v| v),
+        (true, true, true) => each_row!(2, true, silu_fast),
+        (true, true, false) => each_row!(2, false, silu_fast),
+    }
+}
+
+/// Row `yy` (output resolution, zeros outside the map) of channel `ci` of `src`, staged
+/// into `dst` (`r` values); `row` and `tmp` scratch for the float rows.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn stage_row<S: Store>(
     src: &Src<'_>,
     view: &View<'_, S>,
     ci: usize,
     yy: isize,
     dst: &mut [i16],
+    row: &mut [f32],
+    tmp: &mut [f32],
     inv: f32,
     qmax: i32,
 ) {
-    if yy < 0 || yy as usize >= dst.len() {
-        dst.iter_mut().for_each(|v| *v = 0);
-        return;
-    }
-    let up = src.resample == Resample::Up;
-    let y_in = if up { yy as usize / 2 } else { yy as usize };
-    let stored: &[i8] = bytemuck::cast_slice(src.stored(view, ci, y_in));
-    let (a, b) = src.affine.map_or((1.0, 0.0), |a| a[ci]);
-    let scale = super::arena::row_scale(stored) * a;
-    let q = &stored[2..2 + src.res_in];
-    let full = qmax == i16::MAX as i32;
-    match (up, src.silu, full) {
-        (false, false, f) if f => quantize_stored::<1, true>(q, dst, scale, b, inv, qmax, |v| v),
-        (false, false, _) => quantize_stored::<1, false>(q, dst, scale, b, inv, qmax, |v| v),
-        (false, true, f) if f => quantize_stored::<1, true>(q, dst, scale, b, inv, qmax, silu_fast),
-        (false, true, _) => quantize_stored::<1, false>(q, dst, scale, b, inv, qmax, silu_fast),
-        (true, false, f) if f => quantize_stored::<2, true>(q, dst, scale, b, inv, qmax, |v| v),
-        (true, false, _) => quantize_stored::<2, false>(q, dst, scale, b, inv, qmax, |v| v),
-        (true, true, f) if f => quantize_stored::<2, true>(q, dst, scale, b, inv, qmax, silu_fast),
-        (true, true, _) => quantize_stored::<2, false>(q, dst, scale, b, inv, qmax, silu_fast),
+    let r = dst.len();
+    if S::INTEGER && src.resample != Resample::Down {
+        // Straight from the stored int8 row: no f32 row in between.
+        if yy < 0 || yy as usize >= r {
+            dst.iter_mut().for_each(|v| *v = 0);
+            return;
+        }
+        let y_in = if src.resample == Resample::Up {
+            yy as usize / 2
+        } else {
+            yy as usize
+        };
+        stage_stored(src, view, ci, y_in..y_in + 1, dst, r, inv, qmax);
+    } else if src.silu && src.resample != Resample::Down {
+        // SiLU commutes with nearest-neighbour upsampling, not with the box filter: the
+        // affine only here, SiLU in the rounding pass (one pass less).
+        src.row_with(view, ci, yy, row, tmp, |v| v);
+        quantize_row(&row[..r], dst, inv, qmax, silu_fast);
+    } else {
+        src.row_with(view, ci, yy, row, tmp, silu_fast);
+        quantize_row(&row[..r], dst, inv, qmax, |v| v);
     }
 }
 
@@ -532,30 +576,31 @@ fn quantize_stored<const REPEAT: usize, const FULL: bool>(
 }
 
 /// Column values of four input channels of a 3x3 kernel at one pixel (`src`: their staged
-/// rows from the window's left, 3 rows of `w2` per channel, kernel row `ky` at `rows[ky]`
-/// within a channel's three) into column `off / 4` of `N` interleaved columns (`out`: `36 N`
-/// values): 36 loads and stores.
+/// rows from the window's left, rows of `w2` values, a channel every `cs` values, kernel
+/// row `ky` at `rows[ky]` within a channel's) into column `off / 4` of `N` interleaved
+/// columns (`out`: `36 N` values): 36 loads and stores.
 #[inline(always)]
 fn gather3x3_block<const N: usize>(
     src: &[i16],
     w2: usize,
+    cs: usize,
     rows: &[usize; 3],
     off: usize,
     out: &mut [i16],
 ) {
-    assert!(w2 >= 3 && src.len() >= 11 * w2 + 3 && out.len() >= 36 * N && off < 4 * N);
-    assert!(rows.iter().all(|&r| r <= 2 * w2));
+    assert!(w2 >= 3 && cs >= 3 * w2 && out.len() >= 36 * N && off < 4 * N);
+    assert!(src.len() >= 3 * cs + 2 * w2 + 3 && rows.iter().all(|&r| r <= 2 * w2));
     let out = &mut out[off..];
     for c in 0..4 {
         for (ky, &row) in rows.iter().enumerate() {
             for kx in 0..3 {
                 let k = c * 9 + ky * 3 + kx;
                 let d = (k & !3) | PERM[k & 3];
-                // SAFETY: c*3*w2 + row + kx <= 11*w2 + 2 < src.len(), and
+                // SAFETY: c*cs + row + kx <= 3*cs + 2*w2 + 2 < src.len(), and
                 // N*(d & !3) + (d & 3) + off <= 32 N + 3 + off < 36 N (asserted above).
                 unsafe {
                     *out.get_unchecked_mut(N * (d & !3) + (d & 3)) =
-                        *src.get_unchecked(c * 3 * w2 + row + kx);
+                        *src.get_unchecked(c * cs + row + kx);
                 }
             }
         }
@@ -568,14 +613,14 @@ fn gather3x3_block<const N: usize>(
 /// loads and stores for 36 values one pixel at a time; the loads of overlapping windows
 /// are the difference).
 #[inline(always)]
-fn gather3x3_quad(src: &[i16], w2: usize, rows: &[usize; 3], out: &mut [i16]) {
-    assert!(w2 >= 6 && src.len() >= 11 * w2 + 6 && out.len() >= 144);
+fn gather3x3_quad(src: &[i16], w2: usize, cs: usize, rows: &[usize; 3], out: &mut [i16]) {
+    assert!(w2 >= 6 && cs >= 3 * w2 && src.len() >= 3 * cs + 2 * w2 + 6 && out.len() >= 144);
     assert!(rows.iter().all(|&r| r <= 2 * w2));
     for c in 0..4 {
         for (ky, &row) in rows.iter().enumerate() {
-            // SAFETY: c*3*w2 + row + 5 <= 11*w2 + 5 < src.len() (asserted above).
+            // SAFETY: c*cs + row + 5 <= 3*cs + 2*w2 + 5 < src.len() (asserted above).
             let v: [i16; 6] =
-                core::array::from_fn(|i| unsafe { *src.get_unchecked(c * 3 * w2 + row + i) });
+                core::array::from_fn(|i| unsafe { *src.get_unchecked(c * cs + row + i) });
             for kx in 0..3 {
                 let k = c * 9 + ky * 3 + kx;
                 let d = (k & !3) | PERM[k & 3];
@@ -590,10 +635,11 @@ fn gather3x3_quad(src: &[i16], w2: usize, rows: &[usize; 3], out: &mut [i16]) {
     }
 }
 
-/// The same for a 1x1 kernel (`src`: one staged row per channel, the pixel at `1`).
+/// The same for a 1x1 kernel (`src`: the staged row of each channel, one every `cs` values,
+/// the pixel at `1`).
 #[inline(always)]
-fn gather1x1_block(src: &[i16], w2: usize, off: usize, out: &mut [i16]) {
-    let [a, b, c, d] = [src[1], src[w2 + 1], src[2 * w2 + 1], src[3 * w2 + 1]];
+fn gather1x1_block(src: &[i16], cs: usize, off: usize, out: &mut [i16]) {
+    let [a, b, c, d] = [src[1], src[cs + 1], src[2 * cs + 1], src[3 * cs + 1]];
     let o = &mut out[off..off + 4];
     // PERM order: channels 0, 2, 1, 3.
     o[0] = a;
@@ -728,6 +774,8 @@ struct Term<'w> {
     /// Values per column (`cin k k`) and the same in whole groups of four.
     kdim: usize,
     kpad: usize,
+    /// Values between the staged rows of consecutive input channels.
+    cs: usize,
     /// `1 / step` of the staged values; `qmax` the largest staged magnitude.
     inv: f32,
     qmax: i32,
@@ -753,10 +801,10 @@ impl Term<'_> {
             }
             return;
         }
-        let stride = 4 * 3 * w2;
+        let stride = 4 * self.cs;
         let whole = self.cin / 4;
         for (b, out) in cols[..4 * whole * 36].chunks_exact_mut(4 * 36).enumerate() {
-            gather3x3_quad(&staged[b * stride + x..], w2, rows, out);
+            gather3x3_quad(&staged[b * stride + x..], w2, self.cs, rows, out);
         }
         // Channels past the last whole block of four, and the zero padding.
         for j in 0..4 {
@@ -786,7 +834,7 @@ impl Term<'_> {
                 } else {
                     (tap / self.k) * w2 + tap % self.k + usize::from(self.k == 1)
                 };
-                staged[ci * self.k * w2 + x + at]
+                staged[ci * self.cs + x + at]
             } else {
                 0
             };
@@ -806,7 +854,7 @@ impl Term<'_> {
         cols: &mut [i16],
     ) {
         let block = 4 * self.k * self.k;
-        let stride = 4 * self.k * w2;
+        let stride = 4 * self.cs;
         let whole = self.cin / 4;
         let table = &self.table[..block];
         let span = table.iter().map(|&t| t as usize + 1).max().unwrap_or(0);
@@ -816,11 +864,11 @@ impl Term<'_> {
             .enumerate();
         if self.k == 3 {
             for (b, out) in blocks {
-                gather3x3_block::<N>(&staged[b * stride + x..], w2, rows, off, out);
+                gather3x3_block::<N>(&staged[b * stride + x..], w2, self.cs, rows, off, out);
             }
         } else if self.k == 1 {
             for (b, out) in blocks {
-                gather1x1_block(&staged[b * stride + x..], w2, off, out);
+                gather1x1_block(&staged[b * stride + x..], self.cs, off, out);
             }
         } else {
             for (b, out) in blocks {
@@ -840,6 +888,19 @@ impl Term<'_> {
     }
 }
 
+/// Output maps up to this size have their whole input staged before the first output row
+/// (all of it fits in a few KB): the staging then chooses its arithmetic once per channel
+/// rather than once per row, computes an upsampled row once for its two output rows, and
+/// skips the ring's bookkeeping, which on digits8's 8x8 and 4x4 maps cost as much as the
+/// values themselves. Larger maps keep the rows a kernel needs as a ring.
+const WHOLE_MAP_RES: usize = 8;
+
+/// Rows staged per input channel for a `k x k` kernel at output resolution `r`: the whole
+/// map with its zero rows above and below ([`WHOLE_MAP_RES`]), or the kernel's `k` rows.
+fn staged_rows(k: usize, r: usize) -> usize {
+    if r <= WHOLE_MAP_RES { r + k - 1 } else { k }
+}
+
 /// [`super::ops::run_conv`] on the integer path: `dst = scale * (sum of terms + add[co])`,
 /// a row of outputs at a time.
 pub(super) fn run_conv<S: Store>(
@@ -852,13 +913,14 @@ pub(super) fn run_conv<S: Store>(
 ) {
     let r = terms[0].1.res_out();
     let w2 = r + 2;
+    let whole = r <= WHOLE_MAP_RES;
     let res_in = terms.iter().map(|t| t.1.res_in).max().unwrap_or(0);
     let mark = ctx.f.mark();
     // Staged rows of every convolution term (i16, two to an f32 word), one region.
     let stage_words: usize = terms
         .iter()
         .filter_map(|t| t.0)
-        .map(|cv| (cv.cin * cv.k * w2).div_ceil(2))
+        .map(|cv| (cv.cin * staged_rows(cv.k, r) * w2).div_ceil(2))
         .sum();
     let kpad_max = terms
         .iter()
@@ -910,11 +972,12 @@ pub(super) fn run_conv<S: Store>(
         let qmax = qmax_for(kdim);
         let (step, inv) = fixed_point(source_bound(src, &view), qmax);
         let kk = cv.k * cv.k;
+        let cs = staged_rows(cv.k, r) * w2;
         let mut table = [0u16; 36];
         for (d, t) in table.iter_mut().enumerate().take(4 * kk) {
             let k = (d & !3) | PERM[d & 3];
             let (ci, tap) = (k / kk, k % kk);
-            let off = ci * cv.k * w2 + (tap / cv.k) * w2 + tap % cv.k;
+            let off = ci * cs + (tap / cv.k) * w2 + tap % cv.k;
             *t = (off + usize::from(cv.k == 1)) as u16;
         }
         cv.b.read(0, bias_v);
@@ -929,6 +992,7 @@ pub(super) fn run_conv<S: Store>(
             cin: cv.cin,
             kdim,
             kpad: padded(kdim),
+            cs,
             inv,
             qmax: qmax as i32,
             table,
@@ -962,49 +1026,66 @@ pub(super) fn run_conv<S: Store>(
                 }
                 continue;
             };
-            let len = p.cin * p.k * w2;
+            let len = p.cin * p.cs;
             let st = &mut stage[stage_at..stage_at + len];
             stage_at += len.next_multiple_of(2);
             let sc = &out_scales[scale_at..scale_at + cout];
             scale_at += cout;
-            // Stage the rows this output row needs: y - 1 ..= y + 1 for a 3x3 kernel, all
-            // three at the first row, then one new. A 3x3 kernel's three rows are a ring
-            // (input row y - 1 + ky in slot (y + ky) mod 3; moving two rows up each output
-            // row cost 1.5% of mnist8's instructions); other sizes move their rows up.
             let (inv, qmax) = (p.inv, p.qmax);
-            // SiLU commutes with nearest-neighbour upsampling, not with the box filter.
-            let late_silu = src.silu && src.resample != Resample::Down;
-            let slots = p.k;
             let half = p.k / 2;
-            let ring = p.k == 3;
-            let rows = if ring {
-                [y % 3 * w2, (y + 1) % 3 * w2, (y + 2) % 3 * w2]
-            } else {
-                [0, w2, 2 * w2]
-            };
-            let fresh = if y == 0 { 0..slots } else { slots - 1..slots };
-            for ci in 0..p.cin {
-                let ch = &mut st[ci * slots * w2..(ci + 1) * slots * w2];
-                if y > 0 && slots > 1 && !ring {
-                    ch.copy_within(w2.., 0);
-                }
-                for slot in fresh.clone() {
-                    let yy = y as isize + slot as isize - half as isize;
-                    let at = if ring { (y + slot) % 3 } else { slot };
-                    let dst = &mut ch[at * w2 + 1..at * w2 + 1 + r];
-                    if S::INTEGER && src.resample != Resample::Down {
-                        // Straight from the stored int8 row: no f32 row in between.
-                        stage_stored(src, &view, ci, yy, dst, inv, qmax);
-                    } else if late_silu {
-                        // Affine only here, SiLU in the rounding pass (one pass less).
-                        src.row_with(&view, ci, yy, row, tmp, |v| v);
-                        quantize_row(&row[..r], dst, inv, qmax, silu_fast);
-                    } else {
-                        src.row_with(&view, ci, yy, row, tmp, silu_fast);
-                        quantize_row(&row[..r], dst, inv, qmax, |v| v);
+            let (st, rows): (&[i16], _) = if whole {
+                // The whole map at the first row ([`WHOLE_MAP_RES`]); output row y reads
+                // rows y ..= y + k - 1 of each channel (its zero rows included).
+                if y == 0 {
+                    for ci in 0..p.cin {
+                        // Channel ci from row 0 (after `half` zero rows), column 1.
+                        let ch = &mut st[ci * p.cs + half * w2 + 1..(ci + 1) * p.cs];
+                        if S::INTEGER && src.resample != Resample::Down {
+                            let up = src.resample == Resample::Up;
+                            let pitch = if up { 2 * w2 } else { w2 };
+                            stage_stored(src, &view, ci, 0..src.res_in, ch, pitch, inv, qmax);
+                            if up {
+                                for y2 in (0..r).step_by(2) {
+                                    ch.copy_within(y2 * w2..y2 * w2 + r, (y2 + 1) * w2);
+                                }
+                            }
+                        } else {
+                            for yy in 0..r {
+                                let dst = &mut ch[yy * w2..yy * w2 + r];
+                                stage_row(src, &view, ci, yy as isize, dst, row, tmp, inv, qmax);
+                            }
+                        }
                     }
                 }
-            }
+                (&st[y * w2..], [0, w2, 2 * w2])
+            } else {
+                // Stage the rows this output row needs: y - 1 ..= y + 1 for a 3x3 kernel,
+                // all three at the first row, then one new. A 3x3 kernel's three rows are
+                // a ring (input row y - 1 + ky in slot (y + ky) mod 3; moving two rows up
+                // each output row cost 1.5% of mnist8's instructions); other sizes move
+                // their rows up.
+                let slots = p.k;
+                let ring = p.k == 3;
+                let rows = if ring {
+                    [y % 3 * w2, (y + 1) % 3 * w2, (y + 2) % 3 * w2]
+                } else {
+                    [0, w2, 2 * w2]
+                };
+                let fresh = if y == 0 { 0..slots } else { slots - 1..slots };
+                for ci in 0..p.cin {
+                    let ch = &mut st[ci * slots * w2..(ci + 1) * slots * w2];
+                    if y > 0 && slots > 1 && !ring {
+                        ch.copy_within(w2.., 0);
+                    }
+                    for slot in fresh.clone() {
+                        let yy = y as isize + slot as isize - half as isize;
+                        let at = if ring { (y + slot) % 3 } else { slot };
+                        let dst = &mut ch[at * w2 + 1..at * w2 + 1 + r];
+                        stage_row(src, &view, ci, yy, dst, row, tmp, inv, qmax);
+                    }
+                }
+                (&*st, rows)
+            };
             // Four output pixels at a time against each output channel (three left: the
             // last one twice, cheaper than a pair and a single), then a pair or one.
             let mut x = 0;
@@ -1528,25 +1609,29 @@ mod tests {
     fn the_quad_gather_writes_what_four_single_gathers_write() {
         let w2 = 9;
         let mut s = 3u64;
-        let src: Vec<i16> = (0..12 * w2 + 8).map(|_| lcg(&mut s) as i16).collect();
-        let mut quad = vec![0i16; 144];
-        // Rows in ring order: kernel row ky in slot (1 + ky) mod 3.
-        let rows = [w2, 2 * w2, 0];
-        gather3x3_quad(&src, w2, &rows, &mut quad);
-        let mut single = vec![0i16; 144];
-        for j in 0..4 {
-            gather3x3_block::<4>(&src[j..], w2, &rows, 4 * j, &mut single);
-        }
-        assert_eq!(quad, single);
-        // And the columns are the windows: column j, value k = c*9 + ky*3 + kx.
-        for j in 0..4 {
-            for k in 0..36 {
-                let d = (k & !3) | PERM[k & 3];
-                let (c, ky, kx) = (k / 9, k % 9 / 3, k % 3);
-                assert_eq!(
-                    quad[4 * (d & !3) + 4 * j + (d & 3)],
-                    src[c * 3 * w2 + rows[ky] + kx + j]
-                );
+        // Channels three rows apart (a ring of a 3x3 kernel's rows) and a whole map's
+        // rows apart (`staged_rows`).
+        for cs in [3 * w2, staged_rows(3, w2 - 2) * w2] {
+            let src: Vec<i16> = (0..4 * cs + 8).map(|_| lcg(&mut s) as i16).collect();
+            let mut quad = vec![0i16; 144];
+            // Rows in ring order: kernel row ky in slot (1 + ky) mod 3.
+            let rows = [w2, 2 * w2, 0];
+            gather3x3_quad(&src, w2, cs, &rows, &mut quad);
+            let mut single = vec![0i16; 144];
+            for j in 0..4 {
+                gather3x3_block::<4>(&src[j..], w2, cs, &rows, 4 * j, &mut single);
+            }
+            assert_eq!(quad, single);
+            // And the columns are the windows: column j, value k = c*9 + ky*3 + kx.
+            for j in 0..4 {
+                for k in 0..36 {
+                    let d = (k & !3) | PERM[k & 3];
+                    let (c, ky, kx) = (k / 9, k % 9 / 3, k % 3);
+                    assert_eq!(
+                        quad[4 * (d & !3) + 4 * j + (d & 3)],
+                        src[c * cs + rows[ky] + kx + j]
+                    );
+                }
             }
         }
     }
