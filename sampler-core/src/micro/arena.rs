@@ -136,6 +136,19 @@ pub(super) fn abs_max(vals: &[f32]) -> f32 {
     )
 }
 
+/// The larger of two bounds, NaN if either is: a compare, where `f32::max` is a library
+/// call on the M4 (~11 instructions, run for every stored row a convolution's bound reads).
+#[inline(always)]
+pub(super) fn bound_max(m: f32, b: f32) -> f32 {
+    if b.is_nan() || m.is_nan() {
+        f32::NAN
+    } else if b > m {
+        b
+    } else {
+        m
+    }
+}
+
 /// The scale of an int8 row (its first two units, bfloat16 bits).
 #[inline(always)]
 pub(super) fn row_scale(row: &[i8]) -> f32 {

@@ -25,7 +25,7 @@
 
 use alloc::vec::Vec;
 
-use super::arena::{Buf, Ctx, Store, View, abs_max, disjoint, round_even};
+use super::arena::{Buf, Ctx, Store, View, abs_max, bound_max, disjoint, round_even};
 use super::source::{Dst, Src, residual_row};
 use super::weights::Conv;
 use crate::config::Resample;
@@ -518,6 +518,40 @@ fn stage_stored<S: Store>(
     }
 }
 
+/// The whole input of term `p` at output resolution `r` ([`WHOLE_MAP_RES`]) staged into
+/// `st` (zeros, which stay around the map): channel `ci` from `ci p.cs`, after `half` zero
+/// rows and a zero column.
+#[inline(never)]
+fn stage_map<S: Store>(
+    p: &Term<'_>,
+    src: &Src<'_>,
+    view: &View<'_, S>,
+    st: &mut [i16],
+    r: usize,
+    row: &mut [f32],
+    tmp: &mut [f32],
+) {
+    let (w2, half) = (r + 2, p.k / 2);
+    for ci in 0..p.cin {
+        let ch = &mut st[ci * p.cs + half * w2 + 1..(ci + 1) * p.cs];
+        if S::INTEGER && src.resample != Resample::Down {
+            let up = src.resample == Resample::Up;
+            let pitch = if up { 2 * w2 } else { w2 };
+            stage_stored(src, view, ci, 0..src.res_in, ch, pitch, p.inv, p.qmax);
+            if up {
+                for y2 in (0..r).step_by(2) {
+                    ch.copy_within(y2 * w2..y2 * w2 + r, (y2 + 1) * w2);
+                }
+            }
+        } else {
+            for yy in 0..r {
+                let dst = &mut ch[yy * w2..yy * w2 + r];
+                stage_row(src, view, ci, yy as isize, dst, row, tmp, p.inv, p.qmax);
+            }
+        }
+    }
+}
+
 /// Row `yy` (output resolution, zeros outside the map) of channel `ci` of `src`, staged
 /// into `dst` (`r` values); `row` and `tmp` scratch for the float rows.
 #[inline(always)]
@@ -751,12 +785,7 @@ fn source_bound<S: Store>(src: &Src<'_>, view: &View<'_, S>) -> f32 {
             let mut m = 0.0f32;
             for c in 0..src.channels() {
                 for y in 0..src.res_in {
-                    let b = S::row_bound(src.stored(view, c, y), src.res_in);
-                    m = if b.is_nan() || m.is_nan() {
-                        f32::NAN
-                    } else {
-                        m.max(b)
-                    };
+                    m = bound_max(m, S::row_bound(src.stored(view, c, y), src.res_in));
                 }
             }
             m
@@ -786,7 +815,7 @@ struct Term<'w> {
 
 impl Term<'_> {
     /// [`Term::gather`] of pixels `x .. x + 4` into the four columns of `cols`.
-    #[inline(always)]
+    #[inline(never)]
     fn gather_quad(
         &self,
         staged: &[i16],
@@ -888,6 +917,9 @@ impl Term<'_> {
     }
 }
 
+/// Terms of one [`run_conv`]: a block's second convolution and its skip.
+const MAX_TERMS: usize = 2;
+
 /// Output maps up to this size have their whole input staged before the first output row
 /// (all of it fits in a few KB): the staging then chooses its arithmetic once per channel
 /// rather than once per row, computes an upsampled row once for its two output rows, and
@@ -958,13 +990,19 @@ pub(super) fn run_conv<S: Store>(
         Dst::F32(_) => (View::whole(sdata), &mut []),
     };
     // The terms' plans: input scales from bounds over the whole inputs, before any row is
-    // staged; per output channel the bias sum and each term's f32 scale of its sums.
-    let mut plans: Vec<Option<Term<'_>>> = Vec::with_capacity(terms.len());
-    let mut bias_sum = alloc::vec![0.0f32; cout];
-    let mut out_scales: Vec<f32> = Vec::with_capacity(terms.len() * cout);
-    for (conv, src) in terms {
+    // staged; per output channel the bias sum and each term's f32 scale of its sums (one
+    // heap block for both and the plans on the stack: an allocation costs ~180
+    // instructions on the M4, and digits8 runs 184 convolutions an image).
+    assert!(
+        terms.len() <= MAX_TERMS,
+        "at most a convolution and its skip"
+    );
+    let mut plans: [Option<Term<'_>>; MAX_TERMS] = [None, None];
+    let mut sums = alloc::vec![0.0f32; cout * (1 + terms.len())];
+    let (bias_sum, out_scales) = sums.split_at_mut(cout);
+    let mut scales_at = 0;
+    for ((conv, src), plan) in terms.iter().zip(plans.iter_mut()) {
         let Some(cv) = conv else {
-            plans.push(None);
             continue;
         };
         let w = rows_of(cv).expect("runs() checked the weights");
@@ -985,8 +1023,14 @@ pub(super) fn run_conv<S: Store>(
             .iter_mut()
             .zip(bias_v.iter())
             .for_each(|(s, b)| *s += b);
-        out_scales.extend((0..cout).map(|co| step * w.scale(co)));
-        plans.push(Some(Term {
+        for (co, o) in out_scales[scales_at..scales_at + cout]
+            .iter_mut()
+            .enumerate()
+        {
+            *o = step * w.scale(co);
+        }
+        scales_at += cout;
+        *plan = Some(Term {
             w,
             k: cv.k,
             cin: cv.cin,
@@ -996,12 +1040,12 @@ pub(super) fn run_conv<S: Store>(
             inv,
             qmax: qmax as i32,
             table,
-        }));
+        });
     }
+    let (bias_sum, out_scales) = (&*bias_sum, &*out_scales);
     let stage: &mut [i16] = bytemuck::cast_slice_mut(stage);
     stage.iter_mut().for_each(|v| *v = 0);
     let cols16: &mut [i16] = bytemuck::cast_slice_mut(cols);
-    let units = S::row_units(r);
     // The first term's integer sums go straight into the accumulator (as i32, converted
     // once a row: `bias + sum scale`, the bits the f32 accumulation gave); later terms add
     // their scaled sums in f32.
@@ -1037,25 +1081,7 @@ pub(super) fn run_conv<S: Store>(
                 // The whole map at the first row ([`WHOLE_MAP_RES`]); output row y reads
                 // rows y ..= y + k - 1 of each channel (its zero rows included).
                 if y == 0 {
-                    for ci in 0..p.cin {
-                        // Channel ci from row 0 (after `half` zero rows), column 1.
-                        let ch = &mut st[ci * p.cs + half * w2 + 1..(ci + 1) * p.cs];
-                        if S::INTEGER && src.resample != Resample::Down {
-                            let up = src.resample == Resample::Up;
-                            let pitch = if up { 2 * w2 } else { w2 };
-                            stage_stored(src, &view, ci, 0..src.res_in, ch, pitch, inv, qmax);
-                            if up {
-                                for y2 in (0..r).step_by(2) {
-                                    ch.copy_within(y2 * w2..y2 * w2 + r, (y2 + 1) * w2);
-                                }
-                            }
-                        } else {
-                            for yy in 0..r {
-                                let dst = &mut ch[yy * w2..yy * w2 + r];
-                                stage_row(src, &view, ci, yy as isize, dst, row, tmp, inv, qmax);
-                            }
-                        }
-                    }
+                    stage_map(p, src, &view, st, r, row, tmp);
                 }
                 (&st[y * w2..], [0, w2, 2 * w2])
             } else {
@@ -1167,25 +1193,48 @@ pub(super) fn run_conv<S: Store>(
                 }
             }
         }
-        let only_direct = direct && terms.len() == 1;
-        for (co, a) in acc.chunks_exact_mut(r).enumerate() {
-            let extra = if add.is_some() { add_v[co] } else { 0.0 };
-            if only_direct {
-                // The conversion and the epilogue in one pass (the same operations).
-                let (b, s) = (bias_sum[co], out_scales[co]);
-                a.iter_mut()
-                    .for_each(|v| *v = (b + (v.to_bits() as i32) as f32 * s + extra) * scale);
-            } else {
-                a.iter_mut().for_each(|v| *v = (*v + extra) * scale);
-            }
-            let at = co * r + y;
-            match dst {
-                Dst::Stored(_) => S::save_row(a, &mut out_s[at * units..(at + 1) * units]),
-                Dst::F32(_) => out_f[at * r..(at + 1) * r].copy_from_slice(a),
-            }
-        }
+        let only_direct = (direct && terms.len() == 1).then_some((bias_sum, out_scales));
+        let add = add.is_some().then_some(add_v.as_slice());
+        finish_row(acc, r, y, add, only_direct, scale, dst, out_s, out_f);
     }
     ctx.f.release(mark);
+}
+
+/// Output row `y` of every channel from the accumulator `acc` (`r` values a channel):
+/// `(acc + add[co]) scale`, the accumulator first converted from the first term's integer
+/// sums when it still holds them (`direct`: the bias sums and scales, in the same pass), then
+/// stored in `dst` (`out_s` or `out_f`). Not inlined: [`run_conv`]'s loops kept their
+/// registers better without it.
+#[inline(never)]
+#[allow(clippy::too_many_arguments)]
+fn finish_row<S: Store>(
+    acc: &mut [f32],
+    r: usize,
+    y: usize,
+    add: Option<&[f32]>,
+    direct: Option<(&[f32], &[f32])>,
+    scale: f32,
+    dst: Dst,
+    out_s: &mut [S],
+    out_f: &mut [f32],
+) {
+    let units = S::row_units(r);
+    for (co, a) in acc.chunks_exact_mut(r).enumerate() {
+        let extra = add.map_or(0.0, |v| v[co]);
+        if let Some((bias_sum, out_scales)) = direct {
+            // The conversion and the epilogue in one pass (the same operations).
+            let (b, s) = (bias_sum[co], out_scales[co]);
+            a.iter_mut()
+                .for_each(|v| *v = (b + (v.to_bits() as i32) as f32 * s + extra) * scale);
+        } else {
+            a.iter_mut().for_each(|v| *v = (*v + extra) * scale);
+        }
+        let at = co * r + y;
+        match dst {
+            Dst::Stored(_) => S::save_row(a, &mut out_s[at * units..(at + 1) * units]),
+            Dst::F32(_) => out_f[at * r..(at + 1) * r].copy_from_slice(a),
+        }
+    }
 }
 
 /// Integer sums `d` of some output pixels into their accumulator `a`: as i32 bits while
@@ -1289,12 +1338,7 @@ pub(super) fn attention_core<S: Store>(
         let mut m = 0.0f32;
         for ch in 0..c {
             for y in 0..res {
-                let b = S::row_bound(t_row(3 * ch + which, y), res);
-                m = if b.is_nan() || m.is_nan() {
-                    f32::NAN
-                } else {
-                    m.max(b)
-                };
+                m = bound_max(m, S::row_bound(t_row(3 * ch + which, y), res));
             }
         }
         m

@@ -11,7 +11,6 @@ use super::ops::{
     stats,
 };
 use super::weights::{Block, Embedding, Mlp, Net, UNet};
-use crate::config::noise_frequency;
 
 impl Net<'_> {
     /// `out = F(c_in x, c_noise)` (f32 buffers of the scratch pool), conditioned on `label`.
@@ -59,8 +58,8 @@ impl Embedding<'_> {
             let [e, p, r, m] = disjoint(&mut *ctx.f.data, [emb, pos, row, mid]);
             // EDM's PositionalEmbedding (endpoint) then SongUNet's flip: [sin | cos].
             let half = noise_channels / 2;
-            for i in 0..half {
-                let a = c_noise * noise_frequency(i, half);
+            for (i, &f) in self.freqs.iter().enumerate().take(half) {
+                let a = c_noise * f;
                 p[i] = libm::sinf(a);
                 p[half + i] = libm::cosf(a);
             }

@@ -5,7 +5,7 @@
 
 use alloc::vec::Vec;
 
-use crate::config::BlockSpec;
+use crate::config::{BlockSpec, noise_frequency};
 use crate::config::{MlpConfig, NetConfig, Resample, UNetConfig};
 use crate::error::SamplerError;
 use crate::pack::{PackView, Weight};
@@ -42,6 +42,10 @@ pub(super) struct Norm<'a> {
 pub(super) struct Embedding<'a> {
     /// Channels of the positional embedding of `c_noise`.
     pub(super) noise_channels: usize,
+    /// Its `noise_channels / 2` frequencies ([`noise_frequency`]), computed once: each is
+    /// an f64 power, ~1,000 instructions of soft float on the M4, and every evaluation of
+    /// the network needs them all.
+    pub(super) freqs: Vec<f32>,
     /// Channels of the output `emb`.
     pub(super) channels: usize,
     pub(super) map_label: Option<Lin<'a>>,
@@ -164,8 +168,10 @@ impl<'a> Weights<'_, 'a> {
         let layer = |name: &str, inputs, outputs| {
             self.lin(&alloc::format!("{net}.{name}"), inputs, outputs)
         };
+        let half = noise_channels / 2;
         Ok(Embedding {
             noise_channels,
+            freqs: (0..half).map(|i| noise_frequency(i, half)).collect(),
             channels,
             map_label: if label_dim > 0 {
                 Some(layer("map_label", label_dim, noise_channels)?)
