@@ -42,6 +42,19 @@ pub(super) trait Store: Copy + Default + bytemuck::Pod {
             if v.is_nan() { v } else { m.max(v) }
         })
     }
+    /// [`Store::row_bound`] as an integer ordered as the bounds are (NaN above infinity), so
+    /// the bound of many rows is an integer max ([`Store::key_bound`] turns it back): a
+    /// float max with its NaN checks cost ~40 instructions a row on the M4.
+    #[inline(always)]
+    fn bound_key(row: &[Self], r: usize) -> u32 {
+        // A bound is never negative, and a non-negative f32's bits order as its value.
+        Self::row_bound(row, r).to_bits()
+    }
+    /// The bound of a [`Store::bound_key`].
+    #[inline(always)]
+    fn key_bound(key: u32) -> f32 {
+        f32::from_bits(key)
+    }
 }
 
 impl Store for f32 {
@@ -123,6 +136,15 @@ impl Store for i8 {
     }
     fn row_bound(row: &[Self], _r: usize) -> f32 {
         row_scale(row) * 127.0
+    }
+    /// The scale's bfloat16 bits (never negative: they order as the scales do).
+    #[inline(always)]
+    fn bound_key(row: &[Self], _r: usize) -> u32 {
+        u32::from(u16::from_le_bytes([row[0] as u8, row[1] as u8]))
+    }
+    #[inline(always)]
+    fn key_bound(key: u32) -> f32 {
+        f32::from_bits(key << 16) * 127.0
     }
 }
 

@@ -25,7 +25,7 @@
 
 use alloc::vec::Vec;
 
-use super::arena::{Buf, Ctx, Store, View, abs_max, bound_max, disjoint, round_even};
+use super::arena::{Buf, Ctx, Store, View, abs_max, disjoint, round_even};
 use super::source::{Dst, Src, residual_row};
 use super::weights::Conv;
 use crate::config::Resample;
@@ -782,13 +782,13 @@ fn source_bound<S: Store>(src: &Src<'_>, view: &View<'_, S>) -> f32 {
     let bound = match src.affine {
         Some(_) => src.affine_bound,
         None => {
-            let mut m = 0.0f32;
+            let mut key = 0u32;
             for c in 0..src.channels() {
                 for y in 0..src.res_in {
-                    m = bound_max(m, S::row_bound(src.stored(view, c, y), src.res_in));
+                    key = key.max(S::bound_key(src.stored(view, c, y), src.res_in));
                 }
             }
-            m
+            S::key_bound(key)
         }
     };
     // |silu(z)| <= z for z >= 0, and < 0.2785 for z < 0.
@@ -1012,7 +1012,10 @@ pub(super) fn run_conv<S: Store>(
         let kk = cv.k * cv.k;
         let cs = staged_rows(cv.k, r) * w2;
         let mut table = [0u16; 36];
-        for (d, t) in table.iter_mut().enumerate().take(4 * kk) {
+        // Only other kernel sizes gather through the table (its divisions cost ~50
+        // instructions an entry on the M4).
+        let generic = cv.k != 1 && cv.k != 3;
+        for (d, t) in table.iter_mut().enumerate().take(4 * kk).filter(|_| generic) {
             let k = (d & !3) | PERM[d & 3];
             let (ci, tap) = (k / kk, k % kk);
             let off = ci * cs + (tap / cv.k) * w2 + tap % cv.k;
@@ -1335,13 +1338,13 @@ pub(super) fn attention_core<S: Store>(
     let t = &*t;
     let t_row = |ch: usize, y: usize| &t[(ch * res + y) * units..(ch * res + y + 1) * units];
     let bound_of = |which: usize| {
-        let mut m = 0.0f32;
+        let mut key = 0u32;
         for ch in 0..c {
             for y in 0..res {
-                m = bound_max(m, S::row_bound(t_row(3 * ch + which, y), res));
+                key = key.max(S::bound_key(t_row(3 * ch + which, y), res));
             }
         }
-        m
+        S::key_bound(key)
     };
     // q k over c channels in i32: |q|, |k| <= sqrt(i32::MAX / c).
     let qk_max = libm::floorf(libm::sqrtf(i32::MAX as f32 / c as f32)).min(32767.0);
