@@ -481,9 +481,10 @@ fn quantize_row(src: &[f32], dst: &mut [i16], inv: f32, qmax: i32, act: impl Fn(
 /// one pass from the stored bytes, each value computed as `load_row_affine` then
 /// [`quantize_row`] compute it (the same bits), once. The choice of arithmetic is made once
 /// for all the rows (a whole small map at a time: per row it cost as much as 8 values).
+/// Consecutive values of a row lie `STEP` apart (4 in [`blocked`] staging).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn stage_stored<S: Store>(
+fn stage_stored<S: Store, const STEP: usize>(
     src: &Src<'_>,
     view: &View<'_, S>,
     ci: usize,
@@ -501,8 +502,8 @@ fn stage_stored<S: Store>(
                 let stored: &[i8] = bytemuck::cast_slice(src.stored(view, ci, y));
                 let scale = super::arena::row_scale(stored) * a;
                 let q = &stored[2..2 + src.res_in];
-                let d = &mut dst[j * pitch..j * pitch + $repeat * src.res_in];
-                quantize_stored::<$repeat, $full>(q, d, scale, b, inv, qmax, $act);
+                let d = &mut dst[j * pitch..j * pitch + $repeat * STEP * src.res_in];
+                quantize_stored::<$repeat, $full, STEP>(q, d, scale, b, inv, qmax, $act);
             }
         };
     }
@@ -532,12 +533,16 @@ fn stage_map<S: Store>(
     tmp: &mut [f32],
 ) {
     let (w2, half) = (r + 2, p.k / 2);
+    if p.blocked {
+        stage_map_blocked(p, src, view, st, r, row, tmp);
+        return;
+    }
     for ci in 0..p.cin {
         let ch = &mut st[ci * p.cs + half * w2 + 1..(ci + 1) * p.cs];
         if S::INTEGER && src.resample != Resample::Down {
             let up = src.resample == Resample::Up;
             let pitch = if up { 2 * w2 } else { w2 };
-            stage_stored(src, view, ci, 0..src.res_in, ch, pitch, p.inv, p.qmax);
+            stage_stored::<S, 1>(src, view, ci, 0..src.res_in, ch, pitch, p.inv, p.qmax);
             if up {
                 for y2 in (0..r).step_by(2) {
                     ch.copy_within(y2 * w2..y2 * w2 + r, (y2 + 1) * w2);
@@ -547,6 +552,49 @@ fn stage_map<S: Store>(
             for yy in 0..r {
                 let dst = &mut ch[yy * w2..yy * w2 + r];
                 stage_row(src, view, ci, yy as isize, dst, row, tmp, p.inv, p.qmax);
+            }
+        }
+    }
+}
+
+/// [`stage_map`] for a [`blocked`] term: block `b` of four channels is a plane of `r + 2`
+/// rows of `r + 2` pixels (zeros around the map), a pixel its four channels in [`PERM`]
+/// order (two words: channels 0 and 2, then 1 and 3).
+fn stage_map_blocked<S: Store>(
+    p: &Term<'_>,
+    src: &Src<'_>,
+    view: &View<'_, S>,
+    st: &mut [i16],
+    r: usize,
+    row: &mut [f32],
+    tmp: &mut [f32],
+) {
+    let w2 = r + 2;
+    let (plane, pitch) = (4 * w2 * w2, 4 * w2);
+    let up = src.resample == Resample::Up;
+    for ci in 0..p.cin {
+        let (b, lane) = (ci / 4, PERM[ci % 4]);
+        // Pixel (0, 0) of the map, after the zero row and column.
+        let ch = &mut st[b * plane + pitch + 4 + lane..(b + 1) * plane];
+        if S::INTEGER && src.resample != Resample::Down {
+            let rows_apart = if up { 2 * pitch } else { pitch };
+            stage_stored::<S, 4>(src, view, ci, 0..src.res_in, ch, rows_apart, p.inv, p.qmax);
+        } else {
+            let mut vals = [0i16; WHOLE_MAP_RES];
+            for yy in 0..r {
+                let v = &mut vals[..r];
+                stage_row(src, view, ci, yy as isize, v, row, tmp, p.inv, p.qmax);
+                for (x, &v) in v.iter().enumerate() {
+                    ch[yy * pitch + 4 * x] = v;
+                }
+            }
+        }
+        if up && (ci % 4 == 3 || ci + 1 == p.cin) {
+            // The block's upsampled rows, each twice (its four channels at once).
+            let pl = &mut st[b * plane..(b + 1) * plane];
+            for y2 in (0..r).step_by(2) {
+                let at = (1 + y2) * pitch;
+                pl.copy_within(at..at + pitch, at + pitch);
             }
         }
     }
@@ -579,7 +627,7 @@ fn stage_row<S: Store>(
         } else {
             yy as usize
         };
-        stage_stored(src, view, ci, y_in..y_in + 1, dst, r, inv, qmax);
+        stage_stored::<S, 1>(src, view, ci, y_in..y_in + 1, dst, r, inv, qmax);
     } else if src.silu && src.resample != Resample::Down {
         // SiLU commutes with nearest-neighbour upsampling, not with the box filter: the
         // affine only here, SiLU in the rounding pass (one pass less).
@@ -592,9 +640,9 @@ fn stage_row<S: Store>(
 }
 
 /// `dst` = `act(q scale + shift)` scaled, rounded and [`clamp_staged`], each value written
-/// `REPEAT` times.
+/// `REPEAT` times, `STEP` apart.
 #[inline(always)]
-fn quantize_stored<const REPEAT: usize, const FULL: bool>(
+fn quantize_stored<const REPEAT: usize, const FULL: bool, const STEP: usize>(
     q: &[i8],
     dst: &mut [i16],
     scale: f32,
@@ -603,9 +651,9 @@ fn quantize_stored<const REPEAT: usize, const FULL: bool>(
     qmax: i32,
     act: impl Fn(f32) -> f32,
 ) {
-    for (d, &v) in dst.chunks_exact_mut(REPEAT).zip(q) {
+    for (d, &v) in dst.chunks_exact_mut(REPEAT * STEP).zip(q) {
         let o = clamp_staged::<FULL>(round_even(act(v as f32 * scale + shift) * inv), qmax);
-        d.iter_mut().for_each(|x| *x = o);
+        d.iter_mut().step_by(STEP).for_each(|x| *x = o);
     }
 }
 
@@ -680,6 +728,103 @@ fn gather1x1_block(src: &[i16], cs: usize, off: usize, out: &mut [i16]) {
     o[1] = c;
     o[2] = b;
     o[3] = d;
+}
+
+/// The four interleaved columns of output pixels `x .. x + 4` of row `y` from [`blocked`]
+/// staging (`st`: `blocks` planes) for a `k x k` kernel: per block and tap the four pixels'
+/// words are already side by side, eight words copied where [`gather3x3_quad`] moves 48
+/// halfwords one at a time; each staged row of six pixels is read once for its three taps.
+#[inline(always)]
+fn gather_blocked(
+    st: &[u32],
+    w2: usize,
+    k: usize,
+    (y, x): (usize, usize),
+    blocks: usize,
+    cols: &mut [u32],
+) {
+    let plane = 2 * w2 * w2;
+    if k == 1 {
+        // One tap, the pixel itself (after the zero row and column).
+        for (b, out) in cols[..8 * blocks].chunks_exact_mut(8).enumerate() {
+            let at = b * plane + 2 * ((y + 1) * w2 + x + 1);
+            let v: &[u32; 8] = st[at..at + 8].try_into().expect("8 words");
+            out.copy_from_slice(v);
+        }
+        return;
+    }
+    for (b, out) in cols[..72 * blocks].chunks_exact_mut(72).enumerate() {
+        for (ky, out) in out.chunks_exact_mut(24).enumerate() {
+            let at = b * plane + 2 * ((y + ky) * w2 + x);
+            let v: &[u32; 12] = st[at..at + 12].try_into().expect("12 words");
+            // Word by word: a slice copy here is a memmove call.
+            for (kx, o) in out.chunks_exact_mut(8).enumerate() {
+                for (i, o) in o.iter_mut().enumerate() {
+                    *o = v[2 * kx + i];
+                }
+            }
+        }
+    }
+}
+
+/// Weight rows (`cin` channels) in [`blocked`] order: value `ci 9 + tap` of a row
+/// (PyTorch's `[ci][ky][kx]`) moves to `(9 (ci / 4) + tap) 4 + ci % 4`, so a group of four
+/// is one tap of a block of four channels, as [`gather_blocked`] lays out the columns.
+fn reorder_blocked(w: &[u8], out: &mut [u8], cin: usize) {
+    if cin.is_multiple_of(4) {
+        // Rows of whole blocks: 36 bytes in, 36 out.
+        for (o, v) in out.chunks_exact_mut(36).zip(w.chunks_exact(36)) {
+            for tap in 0..9 {
+                for j in 0..4 {
+                    o[4 * tap + j] = v[9 * j + tap];
+                }
+            }
+        }
+        return;
+    }
+    // The last block of each row padded with zero weights (its staged channels are zeros).
+    let padded_row = 9 * cin.next_multiple_of(4);
+    for (o, v) in out
+        .chunks_exact_mut(padded_row)
+        .zip(w.chunks_exact(9 * cin))
+    {
+        for (b, o) in o.chunks_exact_mut(36).enumerate() {
+            for tap in 0..9 {
+                for j in 0..4 {
+                    let ci = 4 * b + j;
+                    o[4 * tap + j] = if ci < cin { v[9 * ci + tap] } else { 0 };
+                }
+            }
+        }
+    }
+}
+
+/// Weight bytes up to which a convolution reorders its weights for [`blocked`] staging
+/// (into the f32 pool, for the call).
+const MAX_BLOCKED_WEIGHTS: usize = 4096;
+
+/// Whether convolution `cv` at output resolution `r` runs blocked: a 3x3 or 1x1 kernel over
+/// whole blocks of four channels, a whole map in rows of whole quads, and few enough outputs
+/// that reordering a 3x3 kernel's weights each call (~2 instructions a byte; a 1x1 kernel's
+/// are in order already) costs less than the gather it saves (~45 instructions per quad
+/// and block of channels).
+fn blocked(cv: &Conv<'_>, r: usize, cout: usize) -> bool {
+    (cv.k == 3 || (cv.k == 1 && cv.cin.is_multiple_of(4)))
+        && r <= WHOLE_MAP_RES
+        && r.is_multiple_of(4)
+        && cout * cv.cin.next_multiple_of(4) * 9 <= MAX_BLOCKED_WEIGHTS
+        && r * r >= 2 * cout
+}
+
+/// Channels a term stages: a [`blocked`] 3x3 kernel's rounded up to whole blocks (zeros,
+/// against zero weights: a 3x3 kernel on one channel, conv_in's, gathers four times the
+/// values at a fifth of the cost of [`Term::gather_tail`]'s divisions).
+fn staged_cin(cv: &Conv<'_>, r: usize, cout: usize) -> usize {
+    if blocked(cv, r, cout) {
+        cv.cin.next_multiple_of(4)
+    } else {
+        cv.cin
+    }
 }
 
 /// `e^x` for `x <= 0` (`exp2f` of Cephes: `2^i 2^f`, `f` in [-1/2, 1/2] by a degree-6
@@ -798,9 +943,14 @@ fn source_bound<S: Store>(src: &Src<'_>, view: &View<'_, S>) -> f32 {
 /// One convolution term of [`run_conv`]: its weights, staged input rows and gather table.
 struct Term<'w> {
     w: Int8Rows<'w>,
+    /// The weight rows the kernels read: `w`'s, or reordered for [`blocked`] staging.
+    wv: &'w [u8],
+    blocked: bool,
     k: usize,
     cin: usize,
-    /// Values per column (`cin k k`) and the same in whole groups of four.
+    /// Channels staged ([`staged_cin`]).
+    lanes: usize,
+    /// Values per column (`lanes k k`) and the same in whole groups of four.
     kdim: usize,
     kpad: usize,
     /// Values between the staged rows of consecutive input channels.
@@ -933,6 +1083,16 @@ fn staged_rows(k: usize, r: usize) -> usize {
     if r <= WHOLE_MAP_RES { r + k - 1 } else { k }
 }
 
+/// [`staged_rows`] of a term, whose [`blocked`] planes have a zero row above and below
+/// whatever its kernel.
+fn term_rows(cv: &Conv<'_>, r: usize, cout: usize) -> usize {
+    if blocked(cv, r, cout) {
+        r + 2
+    } else {
+        staged_rows(cv.k, r)
+    }
+}
+
 /// [`super::ops::run_conv`] on the integer path: `dst = scale * (sum of terms + add[co])`,
 /// a row of outputs at a time.
 pub(super) fn run_conv<S: Store>(
@@ -952,15 +1112,23 @@ pub(super) fn run_conv<S: Store>(
     let stage_words: usize = terms
         .iter()
         .filter_map(|t| t.0)
-        .map(|cv| (cv.cin * staged_rows(cv.k, r) * w2).div_ceil(2))
+        .map(|cv| (staged_cin(cv, r, cout) * term_rows(cv, r, cout) * w2).div_ceil(2))
         .sum();
     let kpad_max = terms
         .iter()
         .filter_map(|t| t.0)
-        .map(|cv| padded(cv.cin * cv.k * cv.k))
+        .map(|cv| padded(staged_cin(cv, r, cout) * cv.k * cv.k))
         .max()
         .unwrap_or(0);
     let stage = ctx.f.alloc(stage_words);
+    // Reordered weights of the blocked terms, a whole number of words each.
+    let reordered_words: usize = terms
+        .iter()
+        .filter_map(|t| t.0)
+        .filter(|cv| cv.k == 3 && blocked(cv, r, cout))
+        .map(|cv| (cout * staged_cin(cv, r, cout) * 9).div_ceil(4))
+        .sum();
+    let reordered = ctx.f.alloc(reordered_words);
     // Four interleaved columns of i16: two f32 words per value of a column.
     let cols = ctx.f.alloc(2 * kpad_max);
     let acc = ctx.f.alloc(cout * r);
@@ -982,8 +1150,11 @@ pub(super) fn run_conv<S: Store>(
         Some(a) => ctx.f.data[a.off..a.off + a.len].to_vec(),
         None => Vec::new(),
     };
-    let [stage, cols, acc, row, tmp, bias_v, out_f] =
-        disjoint(&mut *ctx.f.data, [stage, cols, acc, row, tmp, bias, out_f]);
+    let [stage, reordered, cols, acc, row, tmp, bias_v, out_f] = disjoint(
+        &mut *ctx.f.data,
+        [stage, reordered, cols, acc, row, tmp, bias, out_f],
+    );
+    let mut reordered: &mut [u8] = bytemuck::cast_slice_mut(reordered);
     let sdata = &mut *ctx.s.data;
     let (view, out_s): (View<'_, S>, &mut [S]) = match dst {
         Dst::Stored(b) => View::around(sdata, b),
@@ -1007,15 +1178,32 @@ pub(super) fn run_conv<S: Store>(
         };
         let w = rows_of(cv).expect("runs() checked the weights");
         let kdim = cv.cin * cv.k * cv.k;
+        let is_blocked = blocked(cv, r, cout);
+        // Blocked terms stage whole blocks of channels, the last one padded with zeros.
+        let lanes = staged_cin(cv, r, cout);
+        let kern = lanes * cv.k * cv.k;
+        let wv: &[u8] = if is_blocked && cv.k == 3 {
+            let (mine, rest) = core::mem::take(&mut reordered).split_at_mut(cout * kern);
+            reordered = rest;
+            reorder_blocked(w.values, mine, cv.cin);
+            mine
+        } else {
+            w.values
+        };
         let qmax = qmax_for(kdim);
         let (step, inv) = fixed_point(source_bound(src, &view), qmax);
         let kk = cv.k * cv.k;
-        let cs = staged_rows(cv.k, r) * w2;
+        let cs = term_rows(cv, r, cout) * w2;
         let mut table = [0u16; 36];
         // Only other kernel sizes gather through the table (its divisions cost ~50
         // instructions an entry on the M4).
         let generic = cv.k != 1 && cv.k != 3;
-        for (d, t) in table.iter_mut().enumerate().take(4 * kk).filter(|_| generic) {
+        for (d, t) in table
+            .iter_mut()
+            .enumerate()
+            .take(4 * kk)
+            .filter(|_| generic)
+        {
             let k = (d & !3) | PERM[d & 3];
             let (ci, tap) = (k / kk, k % kk);
             let off = ci * cs + (tap / cv.k) * w2 + tap % cv.k;
@@ -1035,10 +1223,13 @@ pub(super) fn run_conv<S: Store>(
         scales_at += cout;
         *plan = Some(Term {
             w,
+            wv,
+            blocked: is_blocked,
             k: cv.k,
             cin: cv.cin,
-            kdim,
-            kpad: padded(kdim),
+            lanes,
+            kdim: kern,
+            kpad: padded(kern),
             cs,
             inv,
             qmax: qmax as i32,
@@ -1073,20 +1264,26 @@ pub(super) fn run_conv<S: Store>(
                 }
                 continue;
             };
-            let len = p.cin * p.cs;
+            let len = p.lanes * p.cs;
             let st = &mut stage[stage_at..stage_at + len];
             stage_at += len.next_multiple_of(2);
             let sc = &out_scales[scale_at..scale_at + cout];
             scale_at += cout;
             let (inv, qmax) = (p.inv, p.qmax);
             let half = p.k / 2;
-            let (st, rows): (&[i16], _) = if whole {
+            // Blocked staging is read as words from its start; the other layouts as
+            // halfwords from the rows output row y needs.
+            let (blocks, st, rows): (&[u32], &[i16], _) = if whole {
                 // The whole map at the first row ([`WHOLE_MAP_RES`]); output row y reads
                 // rows y ..= y + k - 1 of each channel (its zero rows included).
                 if y == 0 {
                     stage_map(p, src, &view, st, r, row, tmp);
                 }
-                (&st[y * w2..], [0, w2, 2 * w2])
+                if p.blocked {
+                    (bytemuck::cast_slice(&*st), &[], [0; 3])
+                } else {
+                    (&[], &st[y * w2..], [0, w2, 2 * w2])
+                }
             } else {
                 // Stage the rows this output row needs: y - 1 ..= y + 1 for a 3x3 kernel,
                 // all three at the first row, then one new. A 3x3 kernel's three rows are
@@ -1113,14 +1310,17 @@ pub(super) fn run_conv<S: Store>(
                         stage_row(src, &view, ci, yy, dst, row, tmp, inv, qmax);
                     }
                 }
-                (&*st, rows)
+                (&[], &*st, rows)
             };
             // Four output pixels at a time against each output channel (three left: the
             // last one twice, cheaper than a pair and a single), then a pair or one.
             let mut x = 0;
             while r - x >= 3 {
                 let used = (r - x).min(4);
-                if used == 4 {
+                if p.blocked {
+                    let cols: &mut [u32] = bytemuck::cast_slice_mut(cols16);
+                    gather_blocked(blocks, w2, p.k, (y, x), p.lanes / 4, cols);
+                } else if used == 4 {
                     p.gather_quad(st, w2, &rows, x, cols16);
                 } else {
                     for j in 0..4 {
@@ -1131,7 +1331,7 @@ pub(super) fn run_conv<S: Store>(
                 if direct && used == 4 && p.kdim.is_multiple_of(4) {
                     // Every output channel in one call, the sums in place.
                     let acc_i: &mut [i32] = bytemuck::cast_slice_mut(&mut acc[x..]);
-                    rows_1x4(p.w.values, p.kdim, words, acc_i, r, cout);
+                    rows_1x4(p.wv, p.kdim, words, acc_i, r, cout);
                 } else if p.kdim.is_multiple_of(4) {
                     // Sixteen rows a call (256 bytes of sums on the stack).
                     let mut sums = [0i32; 64];
@@ -1139,7 +1339,7 @@ pub(super) fn run_conv<S: Store>(
                         let n = (cout - co0).min(16);
                         let sums = &mut sums[..4 * n];
                         sums.iter_mut().for_each(|s| *s = 0);
-                        let w = &p.w.values[co0 * p.kdim..(co0 + n) * p.kdim];
+                        let w = &p.wv[co0 * p.kdim..(co0 + n) * p.kdim];
                         rows_1x4(w, p.kdim, words, sums, 4, n);
                         for (i, d) in sums.chunks_exact(4).enumerate() {
                             let co = co0 + i;
@@ -1171,7 +1371,7 @@ pub(super) fn run_conv<S: Store>(
                         let n = (cout - co0).min(16);
                         let sums = &mut sums[..4 * n];
                         sums.iter_mut().for_each(|s| *s = 0);
-                        let w = &p.w.values[co0 * p.kdim..(co0 + n) * p.kdim];
+                        let w = &p.wv[co0 * p.kdim..(co0 + n) * p.kdim];
                         rows_1x2(w, p.kdim, words, sums, 4, n);
                         for (i, d) in sums.chunks_exact(4).enumerate() {
                             let co = co0 + i;
