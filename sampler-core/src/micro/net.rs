@@ -7,8 +7,8 @@ use alloc::vec::Vec;
 
 use super::arena::{Buf, Ctx, Store, disjoint, units};
 use super::ops::{
-    Dst, SKIP_SCALE, Src, affine_len, affine_pairs, attention, linear, resampled, run_conv, silu,
-    stats,
+    Dst, LINEAR_ROW, SKIP_SCALE, Src, affine_len, affine_pairs, attention, linear, resampled,
+    run_conv, silu, stats,
 };
 use super::weights::{Block, Embedding, Mlp, Net, UNet};
 
@@ -257,7 +257,7 @@ fn block<S: Store>(
     let aff0 = ctx.f.alloc(affine_len(b.cin));
     stats(ctx, &b.norm0, &src_in, aff0);
     let add = ctx.f.alloc(b.cout);
-    let row = ctx.f.alloc(b.cout);
+    let row = ctx.f.alloc(b.cout.max(LINEAR_ROW));
     if !ctx.dry {
         let [e, a, r] = disjoint(&mut *ctx.f.data, [emb, add, row]);
         linear(&b.affine, e, a, r);

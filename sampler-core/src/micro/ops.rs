@@ -43,10 +43,16 @@ fn norm_affine<S: Store>(
         let chans = g * per..(g + 1) * per;
         let mut lo = [f32::INFINITY; MAX_GROUP_CHANNELS];
         let mut hi = [f32::NEG_INFINITY; MAX_GROUP_CHANNELS];
+        // Compares, as f32::min and max take them (a NaN `v` changes nothing), where those
+        // are library calls on the M4.
         let seen = |ch: usize, v: f32, lo: &mut [f32], hi: &mut [f32]| {
             let k = (ch - g * per) % MAX_GROUP_CHANNELS;
-            lo[k] = lo[k].min(v);
-            hi[k] = hi[k].max(v);
+            if v < lo[k] {
+                lo[k] = v;
+            }
+            if v > hi[k] {
+                hi[k] = v;
+            }
         };
         let (mut mean, mut var) = match int_rows {
             Some((src, view)) => {
@@ -142,16 +148,28 @@ fn group_moments(
     (mean, sq / count)
 }
 
-/// `out = lin(x)` (+ bias), f32 vectors.
+/// `out = lin(x)` (+ bias), f32 vectors; `row` holds at least one row of the weight, and
+/// as many as fit are read at a time (a read dispatches on the stored type: ~100
+/// instructions on the M4, for digits8's 8-value rows).
 pub(super) fn linear(l: &Lin<'_>, x: &[f32], out: &mut [f32], row: &mut [f32]) {
     l.b.read(0, out);
-    for (i, &xi) in x.iter().enumerate().take(l.inputs) {
-        l.w.read(i * l.outputs, &mut row[..l.outputs]);
-        for (o, &w) in out.iter_mut().zip(row.iter()) {
-            *o += w * xi;
+    let n = l.outputs;
+    let per = (row.len() / n.max(1)).max(1);
+    let x = &x[..l.inputs.min(x.len())];
+    for (c, xs) in x.chunks(per).enumerate() {
+        let rows = &mut row[..xs.len() * n];
+        l.w.read(c * per * n, rows);
+        for (&xi, w) in xs.iter().zip(rows.chunks_exact(n)) {
+            for (o, &w) in out.iter_mut().zip(w) {
+                *o += w * xi;
+            }
         }
     }
 }
+
+/// f32 values of the row buffer [`linear`] gets in a block: several rows of a small weight
+/// a read.
+pub(super) const LINEAR_ROW: usize = 64;
 
 /// `acc[co][y - y0][x] += conv(src)[co][y][x]` for the rows `y0 .. y0 + rows` of a k x k
 /// convolution (k = 1 or 3, zero padding), weights dequantized a filter at a time.
