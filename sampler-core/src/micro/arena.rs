@@ -35,6 +35,13 @@ pub(super) trait Store: Copy + Default + bytemuck::Pod {
     }
     /// `vals` into a stored row.
     fn save_row(vals: &[f32], row: &mut [Self]);
+    /// [`Store::save_row`] given [`abs_max`] of `vals`, which a producer can track as it
+    /// computes them (a pass over the row less).
+    #[inline(always)]
+    fn save_row_max(vals: &[f32], max: f32, row: &mut [Self]) {
+        let _ = max;
+        Self::save_row(vals, row);
+    }
     /// An upper bound of `|value|` over a stored row of `r` values (non-finite if a value is).
     fn row_bound(row: &[Self], r: usize) -> f32 {
         (0..r).fold(0.0f32, |m, x| {
@@ -113,7 +120,10 @@ impl Store for i8 {
         }
     }
     fn save_row(vals: &[f32], row: &mut [Self]) {
-        let max = abs_max(vals);
+        Self::save_row_max(vals, abs_max(vals), row);
+    }
+    #[inline(always)]
+    fn save_row_max(vals: &[f32], max: f32, row: &mut [Self]) {
         let (scale_bits, inv) = if !max.is_finite() {
             // NaN loads back as NaN and infinity as infinity times the value: the sampler
             // reports a non-finite output as it would from f32 storage.
@@ -152,10 +162,13 @@ impl Store for i8 {
 /// as the values do, NaN above infinity), since f32::max is a library call on the M4.
 #[inline(always)]
 pub(super) fn abs_max(vals: &[f32]) -> f32 {
-    f32::from_bits(
-        vals.iter()
-            .fold(0u32, |m, &v| m.max(v.to_bits() & 0x7FFF_FFFF)),
-    )
+    f32::from_bits(vals.iter().fold(0u32, |m, &v| abs_max_bits(m, v)))
+}
+
+/// One step of [`abs_max`]: the larger of `m` and `|v|`'s bits.
+#[inline(always)]
+pub(super) fn abs_max_bits(m: u32, v: f32) -> u32 {
+    m.max(v.to_bits() & 0x7FFF_FFFF)
 }
 
 /// The larger of two bounds, NaN if either is: a compare, where `f32::max` is a library

@@ -25,7 +25,7 @@
 
 use alloc::vec::Vec;
 
-use super::arena::{Buf, Ctx, Store, View, abs_max, disjoint, round_even};
+use super::arena::{Buf, Ctx, Store, View, abs_max, abs_max_bits, disjoint, round_even};
 use super::source::{Dst, Src, residual_row};
 use super::weights::Conv;
 use crate::config::Resample;
@@ -1431,17 +1431,27 @@ fn finish_row<S: Store>(
     let units = S::row_units(r);
     for (co, a) in acc.chunks_exact_mut(r).enumerate() {
         let extra = add.map_or(0.0, |v| v[co]);
+        // The row's largest magnitude as its values are made, for the stored row's scale.
+        let mut m = 0u32;
         if let Some((bias_sum, out_scales)) = direct {
             // The conversion and the epilogue in one pass (the same operations).
             let (b, s) = (bias_sum[co], out_scales[co]);
-            a.iter_mut()
-                .for_each(|v| *v = (b + (v.to_bits() as i32) as f32 * s + extra) * scale);
+            a.iter_mut().for_each(|v| {
+                *v = (b + (v.to_bits() as i32) as f32 * s + extra) * scale;
+                m = abs_max_bits(m, *v);
+            });
         } else {
-            a.iter_mut().for_each(|v| *v = (*v + extra) * scale);
+            a.iter_mut().for_each(|v| {
+                *v = (*v + extra) * scale;
+                m = abs_max_bits(m, *v);
+            });
         }
         let at = co * r + y;
         match dst {
-            Dst::Stored(_) => S::save_row(a, &mut out_s[at * units..(at + 1) * units]),
+            Dst::Stored(_) => {
+                let max = f32::from_bits(m);
+                S::save_row_max(a, max, &mut out_s[at * units..(at + 1) * units]);
+            }
             Dst::F32(_) => out_f[at * r..(at + 1) * r].copy_from_slice(a),
         }
     }
