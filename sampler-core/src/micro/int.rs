@@ -1139,6 +1139,15 @@ pub(super) fn run_conv<S: Store>(
     // Four interleaved columns of i16: two f32 words per value of a column.
     let cols = ctx.f.alloc(2 * kpad_max);
     let acc = ctx.f.alloc(cout * r);
+    // A convolution and its skip convolution both leave their integer sums in place (the
+    // skip's in `acc2`) when every quad is whole, converted together as the row finishes:
+    // the same operations in the same order as converting the first term's and adding the
+    // second's scaled, without the passes between.
+    let in_place = |cv: &&Conv<'_>| (staged_cin(cv, r, cout) * cv.k * cv.k).is_multiple_of(4);
+    let pair = r.is_multiple_of(4)
+        && terms.len() == 2
+        && terms.iter().all(|t| t.0.is_some_and(|cv| in_place(&cv)));
+    let acc2 = ctx.f.alloc(if pair { cout * r } else { 0 });
     let row = ctx.f.alloc(r.max(res_in));
     let tmp = ctx.f.alloc(2 * res_in);
     let bias = ctx.f.alloc(cout);
@@ -1157,10 +1166,11 @@ pub(super) fn run_conv<S: Store>(
         Some(a) => ctx.f.data[a.off..a.off + a.len].to_vec(),
         None => Vec::new(),
     };
-    let [stage, reordered, cols, acc, row, tmp, bias_v, out_f] = disjoint(
+    let [stage, reordered, cols, acc, acc2, row, tmp, bias_v, out_f] = disjoint(
         &mut *ctx.f.data,
-        [stage, reordered, cols, acc, row, tmp, bias, out_f],
+        [stage, reordered, cols, acc, acc2, row, tmp, bias, out_f],
     );
+    let acc2: &mut [i32] = bytemuck::cast_slice_mut(acc2);
     let mut reordered: &mut [u8] = bytemuck::cast_slice_mut(reordered);
     let sdata = &mut *ctx.s.data;
     let (view, out_s): (View<'_, S>, &mut [S]) = match dst {
@@ -1254,6 +1264,7 @@ pub(super) fn run_conv<S: Store>(
     for y in 0..r {
         if direct {
             acc.iter_mut().for_each(|v| *v = 0.0);
+            acc2.iter_mut().for_each(|v| *v = 0);
         } else {
             for (co, a) in acc.chunks_exact_mut(r).enumerate() {
                 a.iter_mut().for_each(|v| *v = bias_sum[co]);
@@ -1339,6 +1350,8 @@ pub(super) fn run_conv<S: Store>(
                     // Every output channel in one call, the sums in place.
                     let acc_i: &mut [i32] = bytemuck::cast_slice_mut(&mut acc[x..]);
                     rows_1x4(p.wv, p.kdim, words, acc_i, r, cout);
+                } else if pair {
+                    rows_1x4(p.wv, p.kdim, words, &mut acc2[x..], r, cout);
                 } else if p.kdim.is_multiple_of(4) {
                     // Sixteen rows a call (256 bytes of sums on the stack).
                     let mut sums = [0i32; 64];
@@ -1395,7 +1408,7 @@ pub(super) fn run_conv<S: Store>(
                 }
                 x += 2;
             }
-            if direct && terms.len() > 1 {
+            if direct && terms.len() > 1 && !pair {
                 for (co, a) in acc.chunks_exact_mut(r).enumerate() {
                     let (b, s) = (bias_sum[co], sc[co]);
                     a.iter_mut()
@@ -1403,18 +1416,41 @@ pub(super) fn run_conv<S: Store>(
                 }
             }
         }
-        let only_direct = (direct && terms.len() == 1).then_some((bias_sum, out_scales));
+        let sums = if direct && terms.len() == 1 {
+            Some(Sums {
+                bias: bias_sum,
+                scales: out_scales,
+                second: None,
+            })
+        } else if pair {
+            let (first, second) = out_scales.split_at(cout);
+            Some(Sums {
+                bias: bias_sum,
+                scales: first,
+                second: Some((second, &*acc2)),
+            })
+        } else {
+            None
+        };
         let add = add.is_some().then_some(add_v.as_slice());
-        finish_row(acc, r, y, add, only_direct, scale, dst, out_s, out_f);
+        finish_row(acc, r, y, add, sums, scale, dst, out_s, out_f);
     }
     ctx.f.release(mark);
 }
 
+/// What an accumulator row still holding integer sums needs to become f32: per output
+/// channel the bias sum and the scale of the first term's sums, and the second term's
+/// scales and sums (`r` a channel) when it left them in place too.
+struct Sums<'a> {
+    bias: &'a [f32],
+    scales: &'a [f32],
+    second: Option<(&'a [f32], &'a [i32])>,
+}
+
 /// Output row `y` of every channel from the accumulator `acc` (`r` values a channel):
-/// `(acc + add[co]) scale`, the accumulator first converted from the first term's integer
-/// sums when it still holds them (`direct`: the bias sums and scales, in the same pass), then
-/// stored in `dst` (`out_s` or `out_f`). Not inlined: [`run_conv`]'s loops kept their
-/// registers better without it.
+/// `(acc + add[co]) scale`, the accumulator first converted from integer sums when it still
+/// holds them (`sums`, in the same pass), then stored in `dst` (`out_s` or `out_f`). Not
+/// inlined: [`run_conv`]'s loops kept their registers better without it.
 #[inline(never)]
 #[allow(clippy::too_many_arguments)]
 fn finish_row<S: Store>(
@@ -1422,7 +1458,7 @@ fn finish_row<S: Store>(
     r: usize,
     y: usize,
     add: Option<&[f32]>,
-    direct: Option<(&[f32], &[f32])>,
+    sums: Option<Sums<'_>>,
     scale: f32,
     dst: Dst,
     out_s: &mut [S],
@@ -1433,13 +1469,27 @@ fn finish_row<S: Store>(
         let extra = add.map_or(0.0, |v| v[co]);
         // The row's largest magnitude as its values are made, for the stored row's scale.
         let mut m = 0u32;
-        if let Some((bias_sum, out_scales)) = direct {
+        if let Some(Sums {
+            bias,
+            scales,
+            second,
+        }) = &sums
+        {
             // The conversion and the epilogue in one pass (the same operations).
-            let (b, s) = (bias_sum[co], out_scales[co]);
-            a.iter_mut().for_each(|v| {
-                *v = (b + (v.to_bits() as i32) as f32 * s + extra) * scale;
-                m = abs_max_bits(m, *v);
-            });
+            let (b, s) = (bias[co], scales[co]);
+            match second {
+                None => a.iter_mut().for_each(|v| {
+                    *v = (b + (v.to_bits() as i32) as f32 * s + extra) * scale;
+                    m = abs_max_bits(m, *v);
+                }),
+                Some((scales2, sums2)) => {
+                    let s2 = scales2[co];
+                    for (v, &d) in a.iter_mut().zip(&sums2[co * r..(co + 1) * r]) {
+                        *v = (b + (v.to_bits() as i32) as f32 * s + d as f32 * s2 + extra) * scale;
+                        m = abs_max_bits(m, *v);
+                    }
+                }
+            }
         } else {
             a.iter_mut().for_each(|v| {
                 *v = (*v + extra) * scale;
