@@ -1142,9 +1142,11 @@ pub(super) fn run_conv<S: Store>(
     // A convolution and its skip convolution both leave their integer sums in place (the
     // skip's in `acc2`) when every quad is whole, converted together as the row finishes:
     // the same operations in the same order as converting the first term's and adding the
-    // second's scaled, without the passes between.
+    // second's scaled, without the passes between. Small maps only: on mnist8's 28x28 the
+    // second accumulator raised the arena's peak past 128 KiB of RAM.
     let in_place = |cv: &&Conv<'_>| (staged_cin(cv, r, cout) * cv.k * cv.k).is_multiple_of(4);
-    let pair = r.is_multiple_of(4)
+    let pair = r <= WHOLE_MAP_RES
+        && r.is_multiple_of(4)
         && terms.len() == 2
         && terms.iter().all(|t| t.0.is_some_and(|cv| in_place(&cv)));
     let acc2 = ctx.f.alloc(if pair { cout * r } else { 0 });
