@@ -496,10 +496,12 @@ fn stage_stored<S: Store, const STEP: usize>(
 ) {
     let full = qmax == i16::MAX as i32;
     let (a, b) = src.affine.map_or((1.0, 0.0), |a| a[ci]);
+    let units = S::row_units(src.res_in);
+    let rows = &src.stored_rows(view, ci)[ys.start * units..ys.end * units];
     macro_rules! each_row {
         ($repeat:literal, $full:literal, $act:expr) => {
-            for (j, y) in ys.clone().enumerate() {
-                let stored: &[i8] = bytemuck::cast_slice(src.stored(view, ci, y));
+            for (j, stored) in rows.chunks_exact(units).enumerate() {
+                let stored: &[i8] = bytemuck::cast_slice(stored);
                 let scale = super::arena::row_scale(stored) * a;
                 let q = &stored[2..2 + src.res_in];
                 let d = &mut dst[j * pitch..j * pitch + $repeat * STEP * src.res_in];
@@ -935,9 +937,10 @@ fn source_bound<S: Store>(src: &Src<'_>, view: &View<'_, S>) -> f32 {
         Some(_) => src.affine_bound,
         None => {
             let mut key = 0u32;
+            let units = S::row_units(src.res_in);
             for c in 0..src.channels() {
-                for y in 0..src.res_in {
-                    key = key.max(S::bound_key(src.stored(view, c, y), src.res_in));
+                for row in src.stored_rows(view, c).chunks_exact(units) {
+                    key = key.max(S::bound_key(row, src.res_in));
                 }
             }
             S::key_bound(key)
@@ -1785,8 +1788,7 @@ pub(super) fn group_moments<S: Store>(
     let (mut total, mut mean, mut m2) = (0.0f32, 0.0f32, 0.0f32);
     for ch in chans {
         let mut key = 0u32;
-        for y in 0..res {
-            let row = src.stored(view, ch, y);
+        for row in src.stored_rows(view, ch).chunks_exact(S::row_units(res)) {
             key = key.max(S::bound_key(row, res));
             let stored: &[i8] = bytemuck::cast_slice(row);
             let s = super::arena::row_scale(stored);

@@ -73,13 +73,30 @@ impl<'t> Src<'t> {
     /// Stored row `y` (input resolution) of channel `c`.
     #[inline(always)]
     pub(super) fn stored<'v, S: Store>(&self, s: &View<'v, S>, c: usize, y: usize) -> &'v [S] {
+        let units = S::row_units(self.res_in);
+        s.slice(self.channel_at::<S>(c) + y * units, units)
+    }
+
+    /// The `res_in` stored rows of channel `c`, one after another: a loop over them finds
+    /// the channel's part and checks its bounds once, not per row (~15 instructions a row
+    /// on the M4).
+    #[inline(always)]
+    pub(super) fn stored_rows<'v, S: Store>(&self, s: &View<'v, S>, c: usize) -> &'v [S] {
+        s.slice(
+            self.channel_at::<S>(c),
+            self.res_in * S::row_units(self.res_in),
+        )
+    }
+
+    /// Where channel `c`'s rows start in the stored pool.
+    #[inline(always)]
+    fn channel_at<S: Store>(&self, c: usize) -> usize {
         let (part, ch) = if c < self.parts[0].1 {
             (self.parts[0].0, c)
         } else {
             (self.parts[1].0, c - self.parts[0].1)
         };
-        let units = S::row_units(self.res_in);
-        s.slice(part.off + (ch * self.res_in + y) * units, units)
+        part.off + ch * self.res_in * S::row_units(self.res_in)
     }
 
     /// Row `y` (input resolution) of channel `c` after the affine and `act` (SiLU when the
