@@ -1080,6 +1080,10 @@ impl Term<'_> {
 /// Terms of one [`run_conv`]: a block's second convolution and its skip.
 const MAX_TERMS: usize = 2;
 
+/// Bias sums and scales a convolution keeps on the stack (`cout (1 + terms)`: up to 32
+/// output channels with a skip).
+const STACK_SUMS: usize = 96;
+
 /// Output maps up to this size have their whole input staged before the first output row
 /// (all of it fits in a few KB): the staging then chooses its arithmetic once per channel
 /// rather than once per row, computes an upsampled row once for its two output rows, and
@@ -1167,14 +1171,30 @@ pub(super) fn run_conv<S: Store>(
             len: 0,
         },
     };
-    let add_v: Vec<f32> = match add {
-        Some(a) => ctx.f.data[a.off..a.off + a.len].to_vec(),
-        None => Vec::new(),
-    };
-    let [stage, reordered, cols, acc, acc2, row, tmp, bias_v, out_f] = disjoint(
+    // The added vector read in place (a live buffer below this call's), not copied to the
+    // heap: an allocation and its release cost ~180 instructions on the M4.
+    let add_buf = add.unwrap_or(Buf {
+        off: bias.off + bias.len,
+        len: 0,
+    });
+    let [
+        stage,
+        reordered,
+        cols,
+        acc,
+        acc2,
+        row,
+        tmp,
+        bias_v,
+        out_f,
+        add_v,
+    ] = disjoint(
         &mut *ctx.f.data,
-        [stage, reordered, cols, acc, acc2, row, tmp, bias, out_f],
+        [
+            stage, reordered, cols, acc, acc2, row, tmp, bias, out_f, add_buf,
+        ],
     );
+    let add_v = &*add_v;
     let acc2: &mut [i32] = bytemuck::cast_slice_mut(acc2);
     let mut reordered: &mut [u8] = bytemuck::cast_slice_mut(reordered);
     let sdata = &mut *ctx.s.data;
@@ -1183,15 +1203,24 @@ pub(super) fn run_conv<S: Store>(
         Dst::F32(_) => (View::whole(sdata), &mut []),
     };
     // The terms' plans: input scales from bounds over the whole inputs, before any row is
-    // staged; per output channel the bias sum and each term's f32 scale of its sums (one
-    // heap block for both and the plans on the stack: an allocation costs ~180
-    // instructions on the M4, and digits8 runs 184 convolutions an image).
+    // staged; per output channel the bias sum and each term's f32 scale of its sums (on
+    // the stack when they fit, else one heap block, and the plans on the stack: an
+    // allocation costs ~180 instructions on the M4, and digits8 runs 184 convolutions an
+    // image).
     assert!(
         terms.len() <= MAX_TERMS,
         "at most a convolution and its skip"
     );
     let mut plans: [Option<Term<'_>>; MAX_TERMS] = [None, None];
-    let mut sums = alloc::vec![0.0f32; cout * (1 + terms.len())];
+    let need = cout * (1 + terms.len());
+    let mut on_stack = [0.0f32; STACK_SUMS];
+    let mut on_heap = Vec::new();
+    let sums: &mut [f32] = if need <= STACK_SUMS {
+        &mut on_stack[..need]
+    } else {
+        on_heap.resize(need, 0.0);
+        &mut on_heap
+    };
     let (bias_sum, out_scales) = sums.split_at_mut(cout);
     let mut scales_at = 0;
     for ((conv, src), plan) in terms.iter().zip(plans.iter_mut()) {
@@ -1437,7 +1466,7 @@ pub(super) fn run_conv<S: Store>(
         } else {
             None
         };
-        let add = add.is_some().then_some(add_v.as_slice());
+        let add = add.is_some().then_some(add_v);
         finish_row(acc, r, y, add, sums, scale, dst, out_s, out_f);
     }
     ctx.f.release(mark);
