@@ -621,6 +621,14 @@ fn eval_smoke_on_a_tiny_model() {
     ] {
         assert!(dir.path().join("first").join(f).exists(), "{f} missing");
     }
+    // Both tuned bundles were exported on EDM's levels: the rulers' table says so, and
+    // tells the base's own weights (a copy) from another network's.
+    let rulers = std::fs::read_to_string(dir.path().join("first/rulers.csv")).unwrap();
+    assert!(rulers.contains(",4,\"same\",euler,edm,base,"), "{rulers}");
+    assert!(
+        rulers.contains(",4,\"other\",euler,edm,finetuned,"),
+        "{rulers}"
+    );
     // The base network's reference images are scored too.
     let md = std::fs::read_to_string(dir.path().join("first/results.md")).unwrap();
     assert!(md.contains("reference images the requested label"), "{md}");
