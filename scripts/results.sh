@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Regenerates docs/results/ and the shipped bundles bundles/{digits8,face8,mnist8,mnist8-dpmpp}.bin: every
+# Regenerates docs/results/ and the shipped bundles bundles/{digits8,face8,mnist8,mnist8-dpmpp,mnist5-dpmpp}.bin: every
 # training run and evaluation of issue 5, one data set per argument:
 #   scripts/results.sh digits   # ~15 min on 2 CPU cores
 #   scripts/results.sh mnist    # ~1 h after the ~1 h pre-training
@@ -7,8 +7,8 @@
 #   scripts/results.sh mnist-distill  # ~2 h: stage 2 against the frozen base teacher
 #   scripts/results.sh faces    # ~45 min
 #   scripts/results.sh fid      # ~1.5 h: every ruler (FID, KID, FD-pixel, FD-cls) side by side
-#   scripts/results.sh fid-learned  # ~2.5 h: learned rows for issue 21 (after fid)
-#   scripts/results.sh cifar10  # ~2 h: the natural-image benchmark (CIFAR-10, FID)
+#   scripts/results.sh fid-learned  # ~5 h: learned rows for issue 21 (after fid)
+#   scripts/results.sh cifar10  # ~3 h: the natural-image benchmark (CIFAR-10, FID)
 # Runs live in $RUNS (default ./runs, git-ignored); a run directory that exists is resumed,
 # so an interrupted call picks up where it stopped. Deterministic up to export time stamps
 # and wall times. The dev profile builds dependencies at opt-level 3, so training runs
@@ -257,11 +257,12 @@ fid-learned)
     # Issue 21: learned rows against the free rows of `fid` in FID and FD-cls, 2,000 samples a
     # row on the noises of seeds 0 and 1: the paper's two-stage Euler with 3,200 weight steps
     # (4 x (40 + 800)) at T = 5, 8, 10; DPM-Solver++(2M) levels learned on each of those
-    # networks (150 stage-1 steps); at T = 5 also DPM-Solver++(2M) two-stage against that
-    # network as a frozen teacher. The free rows are `fid`'s (`--solvers none`); results.csv
+    # networks (150 stage-1 steps, and 400 against a larger teacher pool: the shipped T = 5
+    # row); at T = 5 also DPM-Solver++(2M) two-stage against that network as a frozen
+    # teacher, a second two-stage chain and the paper's EDM-weight ablation. The free rows are `fid`'s (`--solvers none`); results.csv
     # is rebuilt with the learned rows, and scripts/fid_bars.py checks them against issue
     # 21's bars.
-    # ~2.5 h on 2 CPU cores, most of it Inception.
+    # ~5 h on 2 CPU cores, half of it Inception (each 2,000-sample row ~6 min).
     for t in 5 8 10; do
         ft euler-2s-xxl "$t" --mode two-stage --rounds 4 --stage1-steps 40 --stage2-steps 800
         BASE="$RUNS/mnist-euler-2s-xxl-t$t.bin" ft dpmpp-on-euler2s "$t" --solver dpmpp2m \
@@ -296,6 +297,41 @@ fid-learned)
         learned_eval 5 "$seed" "x2-t5-seed$seed" \
             --tuned "Euler two-stage (4 x (40 + 800), twice)=$RUNS/mnist-euler-2s-x2-t{T}.bin" \
             --tuned "DPM-Solver++(2M) stage 1 on that network (twice)=$RUNS/mnist-dpmpp-on-x2-t{T}.bin"
+    done
+    # DPM-Solver++(2M) levels at T = 5 and 10 on the T = 8 network (seed 0): a network
+    # fine-tuned for another T.
+    for t in 5 10; do
+        BASE="$RUNS/mnist-euler-2s-xxl-t8.bin" ft dpmpp-on-e2s8 "$t" --solver dpmpp2m \
+            --mode stage1-only --rounds 1 --stage1-steps 150
+        learned_eval "$t" 0 "e2s8-t$t-seed0" \
+            --tuned "DPM-Solver++(2M) stage 1 on the T = 8 two-stage Euler network=$RUNS/mnist-dpmpp-on-e2s8-t{T}.bin"
+    done
+    # Stage 1 for DPM-Solver++(2M) longer (400 steps) against a larger teacher pool (256
+    # noises) on the T = 5 and 10 networks (T = 10 on seed 0 only: it lost there); at T = 5
+    # the pool alone (150 steps) as a control.
+    for t in 5 10; do
+        TEACHER_POOL=256 BASE="$RUNS/mnist-euler-2s-xxl-t$t.bin" ft dpmpp-long-on-euler2s "$t" \
+            --solver dpmpp2m --mode stage1-only --rounds 1 --stage1-steps 400
+        seeds="0 1"
+        [ "$t" = 5 ] || seeds=0
+        for seed in $seeds; do
+            learned_eval "$t" "$seed" "dpmpp-long-t$t-seed$seed" \
+                --tuned "DPM-Solver++(2M) stage 1 (400 steps, pool 256) on the T = $t two-stage Euler network=$RUNS/mnist-dpmpp-long-on-euler2s-t{T}.bin"
+        done
+    done
+    TEACHER_POOL=256 BASE="$RUNS/mnist-euler-2s-xxl-t5.bin" ft dpmpp-p256-on-euler2s 5 \
+        --solver dpmpp2m --mode stage1-only --rounds 1 --stage1-steps 150
+    learned_eval 5 0 "dpmpp-p256-t5-seed0" \
+        --tuned "DPM-Solver++(2M) stage 1 (150 steps, pool 256) on the T = 5 two-stage Euler network=$RUNS/mnist-dpmpp-p256-on-euler2s-t{T}.bin"
+    # The T = 5 row beat the best free rows on both rulers and both seeds: shipped.
+    "$T" export --run "$RUNS/mnist-dpmpp-long-on-euler2s-t5" --out bundles/mnist5-dpmpp.bin \
+        --name mnist5-dpmpp --description "Class-conditional DDPM++ U-Net (16 channels, mult 1,2) on MNIST 28x28: mnist-base two-stage fine-tuned for Euler at T = 5 (4 x (40 + 800)), then 5 levels learned for DPM-Solver++(2M) (400 stage-1 steps, teacher pool 256)"
+    # The paper's EDM-weight ablation at T = 5: 3,200 weight steps with EDM's loss weight on
+    # EDM's levels, against the two-stage run's 3,200 with lambda on learned levels.
+    ft edm-wf-xxl 5 --mode edm-weight-finetune --rounds 4 --stage1-steps 40 --stage2-steps 800
+    for seed in 0 1; do
+        learned_eval 5 "$seed" "edm-wf-t5-seed$seed" \
+            --tuned "EDM-weight finetune (3,200 weight steps, EDM's levels)=$RUNS/mnist-edm-wf-xxl-t{T}.bin"
     done
     fid_csv
     ;;
