@@ -382,11 +382,18 @@ cifar10)
         --count "${CIFAR_COUNT:-2000}" --ref-count 4 --seed 0 --grid 64 \
         --title "CIFAR-10 32x32, the base network's ODE (Heun, 20 levels), noises image_seed(0, k)" \
         --out docs/results/cifar10/ode-seed0 --quiet
-    # Every row, free then the ODE then learned, ordered by seed and T.
+    # T = 5, where the learned levels won on seed 0: every row again on the noises of seed 1.
+    "$T" eval --base bundles/cifar10-base.bin --t 5 --solvers euler,dpmpp2m,ipndm \
+        --tuned "DPM-Solver++(2M), learned levels (150 stage-1 steps)=$RUNS/cifar10-dpmpp-t{T}.bin" \
+        --real cifar10-test --fid --count "${CIFAR_COUNT:-2000}" --ref-count 4 --seed 1 \
+        --grid 64 --title "CIFAR-10 32x32 at T = 5, noises image_seed(1, k)" \
+        --out docs/results/cifar10/t5-seed1 --quiet
+    # Every row, ordered by seed and T: free, the ODE, learned.
     {
         head -n 1 docs/results/cifar10/seed0/rulers.csv
-        tail -q -n +2 docs/results/cifar10/seed*/rulers.csv docs/results/cifar10/ode-seed0/rulers.csv
-        tail -q -n +2 docs/results/cifar10/learned/*/rulers.csv | sort -s -t, -k1,1n -k2,2n
+        d=docs/results/cifar10
+        tail -q -n +2 "$d"/seed*/rulers.csv "$d/ode-seed0/rulers.csv" "$d/t5-seed1/rulers.csv" \
+            "$d"/learned/*/rulers.csv | sort -s -t, -k1,1n -k2,2n
     } > docs/results/cifar10/results.csv
     ;;
 *)
