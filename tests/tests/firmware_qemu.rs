@@ -181,6 +181,17 @@ fn host_micro(bytes: &[u8], act: Option<Activations>) -> (u32, Vec<u8>) {
     (crc.finalize(), image.iter().map(|&v| to_u8(v)).collect())
 }
 
+/// The firmware's image CRC equals that of the host's 8-bit image `host`.
+fn assert_image_crc(fw: &FirmwareRun, host: &[u8], what: &str) {
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(host);
+    assert_eq!(
+        crc.finalize(),
+        fw.image_crc,
+        "{what}: the firmware's image CRC differs from the host's"
+    );
+}
+
 fn max_diff(a: &[u8], b: &[u8]) -> u8 {
     assert_eq!(a.len(), b.len(), "image size");
     a.iter()
@@ -280,13 +291,7 @@ fn firmware_in_qemu_matches_the_host() {
     let fw = build_and_run(&path, "");
     report("digits8 int8 (integer path)", &fw);
     let (_, micro) = host_micro(&int8, None);
-    let mut crc = crc32fast::Hasher::new();
-    crc.update(&micro);
-    assert_eq!(
-        crc.finalize(),
-        fw.image_crc,
-        "digits8 int8: the firmware's image CRC differs from the host's"
-    );
+    assert_image_crc(&fw, &micro, "digits8 int8");
 
     // 3. mnist8 with int8 weights on the integer path (SMLAD), within the budgets of an
     // STM32F4-class part: 1 MiB of flash, 128 KiB of RAM, and CMSIS-NN-like speed.
@@ -296,13 +301,7 @@ fn firmware_in_qemu_matches_the_host() {
     report("mnist8 int8 (integer path)", &fw);
     let (noise_crc, micro) = host_micro(&int8, None);
     assert_eq!(fw.noise_crc, noise_crc, "mnist8 noise");
-    let mut crc = crc32fast::Hasher::new();
-    crc.update(&micro);
-    assert_eq!(
-        crc.finalize(),
-        fw.image_crc,
-        "mnist8 int8: the firmware's image CRC differs from the host's"
-    );
+    assert_image_crc(&fw, &micro, "mnist8 int8");
     let _ = std::fs::remove_dir_all(&dir);
     assert!(
         fw.flash <= 1024 * 1024,

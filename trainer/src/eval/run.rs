@@ -452,19 +452,20 @@ pub fn run_eval(
             let solver = tuned
                 .as_ref()
                 .map_or(plan.solver, |(s, _)| s.bundle().solver);
-            let edm = Schedule::edm(levels_for(solver, t).0, s_min, s_max)?;
             let schedule = match &tuned {
                 Some((s, _)) => s.bundle().schedule.clone(),
-                None => edm.clone(),
+                None => Schedule::edm(levels_for(solver, t).0, s_min, s_max)?,
             };
             // A tuned bundle may keep EDM's levels (stage 2 alone, the EDM-weight ablation):
-            // its levels are learned only where they moved.
-            let learned_levels = schedule
-                .sigmas()
-                .iter()
-                .zip(edm.sigmas())
-                .any(|(a, b)| (a - b).abs() > 1e-5 * b.abs())
-                || schedule.len() != edm.len();
+            // its levels are learned only where they differ from EDM's of the same count.
+            let learned_levels = tuned.is_some() && {
+                let edm = Schedule::edm(schedule.len(), s_min, s_max)?;
+                schedule
+                    .sigmas()
+                    .iter()
+                    .zip(edm.sigmas())
+                    .any(|(a, b)| (a - b).abs() > 1e-5 * b.abs())
+            };
             // What the levels cost with this solver: a bundle tuned for Heun with T levels
             // spends 2T - 1 evaluations, not T.
             let nfe = solver.nfe(schedule.len());
