@@ -8,6 +8,7 @@
 #   scripts/results.sh faces    # ~45 min
 #   scripts/results.sh fid      # ~1.5 h: every ruler (FID, KID, FD-pixel, FD-cls) side by side
 #   scripts/results.sh fid-learned  # ~5 h: learned rows for issue 21 (after fid)
+#   scripts/results.sh fid-lof  # ~35 min: DPM-Solver++(2M) with a first-order last step (after fid-learned)
 #   scripts/results.sh cifar10  # ~3 h: the natural-image benchmark (CIFAR-10, FID)
 # Runs live in $RUNS (default ./runs, git-ignored); a run directory that exists is resumed,
 # so an interrupted call picks up where it stopped. Deterministic up to export time stamps
@@ -61,7 +62,7 @@ fid_csv() {
     local dir=docs/results/fid
     {
         head -n 1 "$dir/seed0/rulers.csv"
-        tail -q -n +2 "$dir/seed0/rulers.csv" "$dir/seed1/rulers.csv"
+        tail -q -n +2 "$dir/seed0/rulers.csv" "$dir/seed1/rulers.csv" "$dir"/lof/seed*/rulers.csv
         tail -q -n +2 "$dir"/learned/*/rulers.csv | grep -v ',"Euler, EDM rho=7",' |
             sort -s -t, -k1,1n -k2,2n
     } > "$dir/results.csv"
@@ -335,6 +336,35 @@ fid-learned)
     done
     fid_csv
     ;;
+"fid-lof")
+    # DPM-Solver++(2M) with its step into s_min first order (`dpmpp2m-lof`, diffusers'
+    # lower_order_final): free on EDM's levels of the base network (T = 5, 8, 10, both
+    # seeds), then at T = 10 (seed 0) with levels learned for it (stage 1, 150 steps, pool
+    # 64) on the two-stage Euler networks of `fid-learned`, and on the T = 10 one with EDM's
+    # and its own Euler levels (sampler-cli's --solver and --levels, `trainer fid`).
+    for seed in 0 1; do
+        "$T" eval --base bundles/mnist-base.bin --t 5,8,10 --solvers dpmpp2m-lof \
+            --real mnist-test --fid --classifier "$RUNS/mnist-classifier.bin" \
+            --classifier-data mnist --count 2000 --ref-count 20 --seed "$seed" --grid 50 \
+            --title "MNIST 28x28, DPM-Solver++(2M) with a first-order last step on EDM's levels, noises image_seed($seed, k)" \
+            --out "docs/results/fid/lof/seed$seed" --quiet
+    done
+    BASE="$RUNS/mnist-euler-2s-xxl-t10.bin" ft lof-on-euler2s 10 --solver dpmpp2m-lof \
+        --mode stage1-only --rounds 1 --stage1-steps 150
+    BASE="$RUNS/mnist-euler-2s-xxl-t8.bin" ft lof-on-e2s8 10 --solver dpmpp2m-lof \
+        --mode stage1-only --rounds 1 --stage1-steps 150
+    learned_eval 10 0 "lof-t10-seed0" \
+        --tuned "DPM-Solver++(2M) first-order last step, stage 1 (150 steps, pool 64) on the T = 10 two-stage Euler network=$RUNS/mnist-lof-on-euler2s-t{T}.bin" \
+        --tuned "DPM-Solver++(2M) first-order last step, stage 1 (150 steps, pool 64) on the T = 8 two-stage Euler network=$RUNS/mnist-lof-on-e2s8-t{T}.bin"
+    for levels in edm bundle; do
+        rm -rf "$RUNS/lof-e2s10-$levels-images"
+        target/debug/sampler-cli --bundle "$RUNS/mnist-euler-2s-xxl-t10.bin" --solver dpmpp2m-lof \
+            --levels "$levels" --count 2000 --seed 0 --out-dir "$RUNS/lof-e2s10-$levels-images"
+        "$T" fid --real mnist-test --fake "$RUNS/lof-e2s10-$levels-images" \
+            --classifier "$RUNS/mnist-classifier.bin"
+    done
+    fid_csv
+    ;;
 cifar10)
     # Issue 21's natural-image benchmark: an unconditional DDPM++ U-Net (32 channels, mult
     # 1,2,2, two blocks per resolution, no attention, 1.7M parameters: 3,500 steps of 64 took
@@ -397,7 +427,7 @@ cifar10)
     } > docs/results/cifar10/results.csv
     ;;
 *)
-    echo "usage: scripts/results.sh digits|mnist|mnist-long|mnist-distill|faces|fid|fid-learned|cifar10" >&2
+    echo "usage: scripts/results.sh digits|mnist|mnist-long|mnist-distill|faces|fid|fid-learned|fid-lof|cifar10" >&2
     exit 2
     ;;
 esac

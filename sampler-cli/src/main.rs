@@ -73,7 +73,8 @@ struct Args {
     gap: u32,
 
     /// Sample with this solver instead of the bundle's: euler, heun (2T - 1 evaluations),
-    /// dpmpp2m or ipndm.
+    /// dpmpp2m, ipndm or dpmpp2m-lof (DPM-Solver++(2M) with a first-order step into the
+    /// smallest level).
     #[arg(long, value_name = "SOLVER")]
     solver: Option<sampler_core::bundle::SolverKind>,
 

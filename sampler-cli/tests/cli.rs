@@ -262,7 +262,7 @@ fn solver_and_levels_override_the_bundle() {
     let o = cli(&["--bundle", b, "--solver", "rk4"]);
     assert_eq!(o.status.code(), Some(2));
     assert!(
-        stderr(&o).contains("euler, heun, dpmpp2m or ipndm"),
+        stderr(&o).contains("euler, heun, dpmpp2m, ipndm or dpmpp2m-lof"),
         "{}",
         stderr(&o)
     );

@@ -7,14 +7,15 @@
 //!   `x_{i+1} = (s_{i+1}/s_i) x_i + (1 - s_{i+1}/s_i) D(x_i, s_i)`, `s_T = 0`.
 //! - [`heun`]: EDM's second-order deterministic sampler (Karras et al. 2022, Algorithm 1),
 //!   Euler on the last step to `s = 0`; used for reference solutions.
-//! - [`dpmpp_2m`]: DPM-Solver++(2M) as k-diffusion writes it.
+//! - [`dpmpp_2m`]: DPM-Solver++(2M) as k-diffusion writes it, and through [`solve`] with
+//!   a first-order step into `s_min` ([`SolverKind::DpmPp2mLof`]).
 //! - [`ipndm`]: the improved PNDM of Zhang & Chen (Adams-Bashforth on `dx/ds` with a
 //!   lower-order warm start), the strongest training-free solver at 5-10 evaluations in
 //!   their tables.
 //!
 //! Levels come as a tensor so the trainer can differentiate the sampler's output with
 //! respect to them (method.md §5, `exact` gradient). The micro runtime (`crate::micro`)
-//! computes the same four on slices.
+//! computes the same solvers on slices.
 
 use alloc::string::String;
 use serde::{Deserialize, Serialize};
@@ -37,15 +38,23 @@ pub enum SolverKind {
     DpmPp2m,
     /// iPNDM (Adams-Bashforth with a lower-order warm start): T evaluations.
     Ipndm,
+    /// DPM-Solver++(2M) whose step into `s_min = s_{T-1}` is first order too (diffusers'
+    /// `lower_order_final`): T evaluations. Why: on EDM's levels that step is the longest in
+    /// `ln s` (T = 10: 2.3 against 1.7 before it), so `D_hat`'s extrapolation reaches
+    /// furthest there. Measured on MNIST (docs/results/fid, 2,000 samples, seeds 0 / 1), it
+    /// lowers FID by 6% at T = 10 and 13% at T = 8 at the same FD-cls, and at T = 5 trades
+    /// FID (-33%) for FD-cls (+27%).
+    DpmPp2mLof,
 }
 
 impl SolverKind {
     /// Every kind, in encoding order.
-    pub const ALL: [SolverKind; 4] = [
+    pub const ALL: [SolverKind; 5] = [
         SolverKind::Euler,
         SolverKind::Heun,
         SolverKind::DpmPp2m,
         SolverKind::Ipndm,
+        SolverKind::DpmPp2mLof,
     ];
 
     /// The name on command lines.
@@ -55,6 +64,7 @@ impl SolverKind {
             SolverKind::Heun => "heun",
             SolverKind::DpmPp2m => "dpmpp2m",
             SolverKind::Ipndm => "ipndm",
+            SolverKind::DpmPp2mLof => "dpmpp2m-lof",
         }
     }
 
@@ -74,7 +84,9 @@ impl core::str::FromStr for SolverKind {
         SolverKind::ALL
             .into_iter()
             .find(|k| k.name() == s)
-            .ok_or_else(|| alloc::format!("unknown solver '{s}': euler, heun, dpmpp2m or ipndm"))
+            .ok_or_else(|| {
+                alloc::format!("unknown solver '{s}': euler, heun, dpmpp2m, ipndm or dpmpp2m-lof")
+            })
     }
 }
 
@@ -221,6 +233,26 @@ pub fn dpmpp_2m<D: Denoiser + ?Sized>(
     sigmas: Tensor<1>,
     labels: Option<Tensor<2>>,
     stop: Stop,
+    on_step: impl FnMut(Step<'_>),
+) -> Tensor<2> {
+    dpmpp_2m_with(denoiser, x0, sigmas, labels, stop, false, on_step)
+}
+
+/// Whether DPM-Solver++(2M)'s step `i` (from `s_i` to `s_{i+1}`, of `t` levels) extrapolates:
+/// not the first (no `D_{i-1}` yet), and with `lower_order_final` not the one into `s_{t-1}`.
+pub fn dpmpp_2m_second_order(i: usize, t: usize, lower_order_final: bool) -> bool {
+    i > 0 && !(lower_order_final && i + 2 == t)
+}
+
+#[cfg(feature = "burn")]
+/// [`dpmpp_2m`], and with `lower_order_final` [`SolverKind::DpmPp2mLof`].
+fn dpmpp_2m_with<D: Denoiser + ?Sized>(
+    denoiser: &D,
+    x0: Tensor<2>,
+    sigmas: Tensor<1>,
+    labels: Option<Tensor<2>>,
+    stop: Stop,
+    lower_order_final: bool,
     mut on_step: impl FnMut(Step<'_>),
 ) -> Tensor<2> {
     let t = sigmas.dims()[0];
@@ -231,13 +263,13 @@ pub fn dpmpp_2m<D: Denoiser + ?Sized>(
         let denoised = evaluate(denoiser, &x, &sigmas, i, &labels, &mut on_step);
         let ratio = s(i + 1) / s(i); // exp(-h_i)
         let target = match &previous {
-            None => denoised.clone(),
-            Some(prev) => {
+            Some(prev) if dpmpp_2m_second_order(i, t, lower_order_final) => {
                 let h = s(i).log() - s(i + 1).log();
                 let h_last = s(i - 1).log() - s(i).log();
                 let half_inv_r = h / h_last.mul_scalar(2.0); // 1 / (2r)
                 denoised.clone() * half_inv_r.clone().add_scalar(1.0) - prev.clone() * half_inv_r
             }
+            _ => denoised.clone(),
         };
         x = x * ratio.clone() + target * ratio.neg().add_scalar(1.0);
         previous = Some(denoised);
@@ -325,5 +357,6 @@ pub fn solve<D: Denoiser + ?Sized>(
         SolverKind::Heun => heun(denoiser, x0, sigmas, labels, stop, on_step),
         SolverKind::DpmPp2m => dpmpp_2m(denoiser, x0, sigmas, labels, stop, on_step),
         SolverKind::Ipndm => ipndm(denoiser, x0, sigmas, labels, stop, on_step),
+        SolverKind::DpmPp2mLof => dpmpp_2m_with(denoiser, x0, sigmas, labels, stop, true, on_step),
     }
 }

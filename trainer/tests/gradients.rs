@@ -88,12 +88,7 @@ fn losses_with(
 }
 
 fn check(make_den: &dyn Fn(&Device) -> Box<dyn Denoiser>, d: usize, what: &str) {
-    for solver in [
-        SolverKind::Euler,
-        SolverKind::Heun,
-        SolverKind::DpmPp2m,
-        SolverKind::Ipndm,
-    ] {
+    for solver in SolverKind::ALL {
         check_solver(make_den, d, &format!("{what} {}", solver.name()), solver);
     }
 }

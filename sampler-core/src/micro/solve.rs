@@ -25,7 +25,8 @@ impl<'s, S: Store, F: FnMut(&mut Ctx<'s, S>, Buf, Buf, f32)> Solve<'_, 's, S, F>
     pub(super) fn run(self, kind: SolverKind) {
         match kind {
             SolverKind::Euler => self.euler(),
-            SolverKind::DpmPp2m => self.dpmpp_2m(),
+            SolverKind::DpmPp2m => self.dpmpp_2m(false),
+            SolverKind::DpmPp2mLof => self.dpmpp_2m(true),
             SolverKind::Heun => self.heun(),
             SolverKind::Ipndm => self.ipndm(),
         }
@@ -66,8 +67,9 @@ impl<'s, S: Store, F: FnMut(&mut Ctx<'s, S>, Buf, Buf, f32)> Solve<'_, 's, S, F>
     /// Mirrors `crate::solver::dpmpp_2m` (DPM-Solver++(2M), k-diffusion's
     /// `sample_dpmpp_2m`): Euler's step towards `D_hat = (1 + 1/(2r)) D_i - 1/(2r) D_{i-1}`
     /// from the second step on, `r = h_{i-1}/h_i`, `h_i = ln(s_i/s_{i+1})`; the step to
-    /// `s_T = 0` is `x_T = D(x_{T-1}, s_{T-1})`.
-    fn dpmpp_2m(mut self) {
+    /// `s_T = 0` is `x_T = D(x_{T-1}, s_{T-1})`. With `lower_order_final`
+    /// (`SolverKind::DpmPp2mLof`), the step into `s_{T-1}` is first order too.
+    fn dpmpp_2m(mut self, lower_order_final: bool) {
         let (x, den, sigmas) = (self.x, self.den, self.sigmas);
         let t = sigmas.len();
         let prev = self.ctx.f.alloc(x.len);
@@ -80,7 +82,8 @@ impl<'s, S: Store, F: FnMut(&mut Ctx<'s, S>, Buf, Buf, f32)> Solve<'_, 's, S, F>
             let ratio = sigmas[i + 1] / sigmas[i];
             let rest = 1.0 - ratio;
             // From the second step: D_hat = (1 + 1/(2r)) D_i - 1/(2r) D_{i-1}.
-            let half_inv_r = if i == 0 {
+            let second_order = crate::solver::dpmpp_2m_second_order(i, t, lower_order_final);
+            let half_inv_r = if !second_order {
                 0.0
             } else {
                 let h = libm::logf(sigmas[i]) - libm::logf(sigmas[i + 1]);
@@ -90,7 +93,7 @@ impl<'s, S: Store, F: FnMut(&mut Ctx<'s, S>, Buf, Buf, f32)> Solve<'_, 's, S, F>
             for ((xv, &mut dv), pv) in xs.iter_mut().zip(ds).zip(ps.iter_mut()) {
                 // The first step never reads `prev`: its arena slot is unwritten, and NaN
                 // left there by an earlier image or layer times 0 is still NaN.
-                let target = if i == 0 {
+                let target = if !second_order {
                     dv
                 } else {
                     dv * (1.0 + half_inv_r) - *pv * half_inv_r

@@ -86,7 +86,8 @@ pub(super) struct FinetuneArgs {
     /// re-running the sampler for every batch. 0 turns the cache off.
     #[arg(long, default_value_t = defaults().traj_refresh, value_name = "N")]
     traj_refresh: u64,
-    /// The solver to learn for: euler (the paper's), heun, dpmpp2m, ipndm. Other than
+    /// The solver to learn for: euler (the paper's), heun, dpmpp2m, ipndm, dpmpp2m-lof
+    /// (DPM-Solver++(2M) with a first-order step into s_min). Other than
     /// euler, both stages optimize its L_disc through the unrolled solver (--mode stage1-only
     /// or two-stage, exact gradient, teacher target); the bundle records it.
     #[arg(long, default_value = defaults().solver.name(), value_name = "SOLVER")]

@@ -196,6 +196,7 @@ pub fn solver_title(kind: SolverKind) -> &'static str {
         SolverKind::Heun => "Heun",
         SolverKind::DpmPp2m => "DPM-Solver++(2M)",
         SolverKind::Ipndm => "iPNDM",
+        SolverKind::DpmPp2mLof => "DPM-Solver++(2M), first-order last step",
     }
 }
 
