@@ -418,12 +418,22 @@ cifar10)
         --real cifar10-test --fid --count "${CIFAR_COUNT:-2000}" --ref-count 4 --seed 1 \
         --grid 64 --title "CIFAR-10 32x32 at T = 5, noises image_seed(1, k)" \
         --out docs/results/cifar10/t5-seed1 --quiet
+    # DPM-Solver++(2M) with a first-order last step (`fid-lof`), free, on the same noises:
+    # seed 0 at every T, seed 1 at T = 5.
+    "$T" eval --base bundles/cifar10-base.bin --t 5,8,10 --solvers dpmpp2m-lof \
+        --real cifar10-test --fid --count "${CIFAR_COUNT:-2000}" --ref-count 4 --seed 0 \
+        --grid 64 --title "CIFAR-10 32x32, DPM-Solver++(2M) with a first-order last step, noises image_seed(0, k)" \
+        --out docs/results/cifar10/lof-seed0 --quiet
+    "$T" eval --base bundles/cifar10-base.bin --t 5 --solvers dpmpp2m-lof \
+        --real cifar10-test --fid --count "${CIFAR_COUNT:-2000}" --ref-count 4 --seed 1 \
+        --grid 64 --title "CIFAR-10 32x32 at T = 5, DPM-Solver++(2M) with a first-order last step, noises image_seed(1, k)" \
+        --out docs/results/cifar10/lof-t5-seed1 --quiet
     # Every row, ordered by seed and T: free, the ODE, learned.
     {
         head -n 1 docs/results/cifar10/seed0/rulers.csv
         d=docs/results/cifar10
         tail -q -n +2 "$d"/seed*/rulers.csv "$d/ode-seed0/rulers.csv" "$d/t5-seed1/rulers.csv" \
-            "$d"/learned/*/rulers.csv | sort -s -t, -k1,1n -k2,2n
+            "$d"/lof-*/rulers.csv "$d"/learned/*/rulers.csv | sort -s -t, -k1,1n -k2,2n
     } > docs/results/cifar10/results.csv
     ;;
 *)
