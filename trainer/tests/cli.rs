@@ -570,8 +570,8 @@ fn eval_smoke_on_a_tiny_model() {
             v
         })
         .collect();
-    // T = 3: the four training-free rows; T = 4: those and the `same` and `other` rows.
-    assert_eq!(rows.len(), 10, "{csv}");
+    // T = 3: the five training-free rows; T = 4: those and the `same` and `other` rows.
+    assert_eq!(rows.len(), 12, "{csv}");
     assert!(rows.iter().any(|r| r[1] == "iPNDM, EDM rho=7"), "{csv}");
     let find = |name: &str, t: &str| {
         rows.iter()
@@ -579,6 +579,18 @@ fn eval_smoke_on_a_tiny_model() {
             .unwrap_or_else(|| panic!("row {name} T={t} missing:\n{csv}"))
     };
     assert!(rows.iter().all(|r| r[1] != "same" || r[3] == "4"));
+    // With three levels DPM-Solver++(2M)'s only second-order step is the one into s_min,
+    // which its first-order-last-step form takes as Euler: the same samples, so the same
+    // truncation error and distances. At T = 4 it has one second-order step left.
+    let lof = "DPM-Solver++(2M), first-order last step, EDM rho=7";
+    for col in [5, 7, 8] {
+        assert_eq!(
+            find(lof, "3")[col],
+            find("Euler, EDM rho=7", "3")[col],
+            "{csv}"
+        );
+    }
+    assert_ne!(find(lof, "4")[5], find("Euler, EDM rho=7", "4")[5], "{csv}");
     let euler = find("Euler, EDM rho=7", "4");
     let same = find("same", "4");
     // nfe, both trunc RMSEs, FD-pixel, FD-cls and accuracy agree; wall time may not. The
