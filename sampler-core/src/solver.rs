@@ -85,7 +85,11 @@ impl core::str::FromStr for SolverKind {
             .into_iter()
             .find(|k| k.name() == s)
             .ok_or_else(|| {
-                alloc::format!("unknown solver '{s}': euler, heun, dpmpp2m, ipndm or dpmpp2m-lof")
+                // The names from `ALL`, so a new kind cannot be left out of the message.
+                let names: alloc::vec::Vec<&str> =
+                    SolverKind::ALL.iter().map(|k| k.name()).collect();
+                let (last, rest) = names.split_last().expect("ALL is not empty");
+                alloc::format!("unknown solver '{s}': {} or {last}", rest.join(", "))
             })
     }
 }
