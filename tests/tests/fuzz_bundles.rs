@@ -6,10 +6,10 @@
 //! either be refused with an error or give finite pixels; a panic is a failure (an abort or a
 //! hang would stop the test binary, which is a failure too).
 //!
-//! A seeded, bounded run (20,000 inputs, about two minutes) is part of the test suite;
+//! A seeded, bounded run (20,000 inputs, spread over every core) is part of the test suite;
 //! `FEWSTEP_FUZZ_SECONDS=N` runs for N seconds instead (`FEWSTEP_FUZZ_SEED` picks the
-//! stream) and saves every failing input in `tests/fuzz-regressions/`, which is replayed
-//! first on every run.
+//! stream) and saves every failing input in `tests/fuzz-regressions/` as
+//! `{bundle}-{seed}-{input}.bin`, which is replayed first on every run.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::PathBuf;
@@ -249,23 +249,29 @@ fn run(bytes: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
+/// [`run`] under `catch_unwind`: `Ok(sampled?)`, or `Err(())` for a panic, whose input is
+/// saved in `regressions` when `save` (the long mode).
+fn check(regressions: &std::path::Path, name: &str, bytes: &[u8], save: bool) -> Result<bool, ()> {
+    match catch_unwind(AssertUnwindSafe(|| run(bytes))) {
+        Ok(r) => Ok(r.is_ok()),
+        Err(_) => {
+            if save {
+                let _ = std::fs::write(regressions.join(format!("{name}.bin")), bytes);
+            }
+            Err(())
+        }
+    }
+}
+
+/// Draws per input: input `i` reads its own stream from `i * STREAM`, so which mutants a run
+/// tries does not depend on how the inputs are shared among threads.
+const STREAM: u64 = 1 << 32;
+
 #[test]
 fn mutated_bundles_are_sampled_or_refused_never_a_crash() {
     let regressions = repo("tests/fuzz-regressions");
-    let mut failures: Vec<String> = Vec::new();
-    // Ok(sampled?) or Err(()) for a panic, which is recorded (and saved in long mode).
-    let mut check = |name: String, bytes: &[u8], save: bool| -> Result<bool, ()> {
-        match catch_unwind(AssertUnwindSafe(|| run(bytes))) {
-            Ok(r) => Ok(r.is_ok()),
-            Err(_) => {
-                if save {
-                    let _ = std::fs::write(regressions.join(format!("{name}.bin")), bytes);
-                }
-                failures.push(name);
-                Err(())
-            }
-        }
-    };
+    // Quiet the panic messages of caught failures (they are counted and named below).
+    std::panic::set_hook(Box::new(|_| {}));
     // 1. Every input that ever failed.
     let mut kept: Vec<PathBuf> = std::fs::read_dir(&regressions)
         .map(|d| d.flatten().map(|e| e.path()).collect())
@@ -277,10 +283,11 @@ fn mutated_bundles_are_sampled_or_refused_never_a_crash() {
     {
         let bytes = std::fs::read(p).unwrap();
         // Each once got through; now each must be refused (not sampled, not a panic).
-        let outcome = check(p.display().to_string(), &bytes, false);
+        let outcome = check(&regressions, "", &bytes, false);
         assert_eq!(outcome, Ok(false), "{} was not refused", p.display());
     }
-    // 2. Mutations of the shipped bundles.
+    // 2. Mutations of the shipped bundles, on every core: one thread took ~7 minutes of
+    // CI's 28 while the other core idled.
     let seeds: Vec<(&str, Bundle)> = ["digits8.bin", "demo-shapes.bin", "face8.bin", "mnist8.bin"]
         .iter()
         .map(|n| {
@@ -292,33 +299,59 @@ fn mutated_bundles_are_sampled_or_refused_never_a_crash() {
         .ok()
         .and_then(|s| s.parse::<u64>().ok());
     let start = Instant::now();
-    let (mut tried, mut sampled) = (0u64, 0u64);
     let default_seed = 0xF022_u64;
     let seed = std::env::var("FEWSTEP_FUZZ_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(default_seed);
-    let mut d = Draws { seed, n: 0 };
-    // Quiet the panic messages of caught failures (they are counted and named below).
-    std::panic::set_hook(Box::new(|_| {}));
-    loop {
-        match long {
-            Some(secs) if start.elapsed() >= Duration::from_secs(secs) => break,
-            None if tried >= 20_000 => break,
-            _ => {}
-        }
-        let (name, base) = &seeds[d.below(seeds.len() as u64) as usize];
-        let bytes = mutate(base, &mut d);
-        if let Ok(true) = check(format!("{name}-{seed}-{}", d.n), &bytes, long.is_some()) {
-            sampled += 1;
-        }
-        tried += 1;
-    }
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+    // Per thread: (tried, sampled, the names of the inputs that panicked).
+    let results: Vec<(u64, u64, Vec<String>)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let (seeds, regressions) = (&seeds, &regressions);
+                scope.spawn(move || {
+                    let (mut tried, mut sampled, mut failures) = (0u64, 0u64, Vec::new());
+                    for i in (t..).step_by(threads as usize) {
+                        match long {
+                            Some(secs) if start.elapsed() >= Duration::from_secs(secs) => break,
+                            None if i >= 20_000 => break,
+                            _ => {}
+                        }
+                        let mut d = Draws {
+                            seed,
+                            n: i * STREAM,
+                        };
+                        let (name, base) = &seeds[d.below(seeds.len() as u64) as usize];
+                        let bytes = mutate(base, &mut d);
+                        let name = format!("{name}-{seed}-{i}");
+                        match check(regressions, &name, &bytes, long.is_some()) {
+                            Ok(true) => sampled += 1,
+                            Ok(false) => {}
+                            Err(()) => failures.push(name),
+                        }
+                        tried += 1;
+                    }
+                    (tried, sampled, failures)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .expect("a fuzz thread panicked outside catch_unwind")
+            })
+            .collect()
+    });
     let _ = std::panic::take_hook();
+    let tried: u64 = results.iter().map(|r| r.0).sum();
+    let sampled: u64 = results.iter().map(|r| r.1).sum();
+    let failures: Vec<&String> = results.iter().flat_map(|r| &r.2).collect();
     let micro = MICRO_SAMPLED.load(std::sync::atomic::Ordering::Relaxed);
     eprintln!(
-        "fuzz: {tried} inputs in {:.1} s, {sampled} sampled by burn, {micro} by the micro \
-         runtime, {} failures",
+        "fuzz: {tried} inputs in {:.1} s on {threads} threads, {sampled} sampled by burn, \
+         {micro} by the micro runtime, {} failures",
         start.elapsed().as_secs_f64(),
         failures.len()
     );
