@@ -8,7 +8,7 @@
 #   scripts/results.sh faces    # ~45 min
 #   scripts/results.sh fid      # ~1.5 h: every ruler (FID, KID, FD-pixel, FD-cls) side by side
 #   scripts/results.sh fid-learned  # ~5 h: learned rows for issue 21 (after fid)
-#   scripts/results.sh fid-lof  # ~35 min: DPM-Solver++(2M) with a first-order last step (after fid-learned)
+#   scripts/results.sh fid-lof  # ~80 min: DPM-Solver++(2M) with a first-order last step (after fid-learned)
 #   scripts/results.sh fid-ode  # ~25 min: the base network's ODE solution (Heun, 64 levels) under FID and FD-cls
 #   scripts/results.sh cifar10  # ~3 h: the natural-image benchmark (CIFAR-10, FID)
 # Runs live in $RUNS (default ./runs, git-ignored); a run directory that exists is resumed,
@@ -357,6 +357,14 @@ fid-learned)
     learned_eval 10 0 "lof-t10-seed0" \
         --tuned "DPM-Solver++(2M) first-order last step, stage 1 (150 steps, pool 64) on the T = 10 two-stage Euler network=$RUNS/mnist-lof-on-euler2s-t{T}.bin" \
         --tuned "DPM-Solver++(2M) first-order last step, stage 1 (150 steps, pool 64) on the T = 8 two-stage Euler network=$RUNS/mnist-lof-on-e2s8-t{T}.bin"
+    # The paper's two-stage for this solver, from the base network (seed 0 measured).
+    ft lof-2s-xxl 10 --solver dpmpp2m-lof --mode two-stage --rounds 4 --stage1-steps 40 \
+        --stage2-steps 800
+    rm -rf "$RUNS/lof2s-seed0-images"
+    target/debug/sampler-cli --bundle "$RUNS/mnist-lof-2s-xxl-t10.bin" --count 2000 --seed 0 \
+        --out-dir "$RUNS/lof2s-seed0-images"
+    "$T" fid --real mnist-test --fake "$RUNS/lof2s-seed0-images" \
+        --classifier "$RUNS/mnist-classifier.bin"
     for levels in edm bundle; do
         rm -rf "$RUNS/lof-e2s10-$levels-images"
         target/debug/sampler-cli --bundle "$RUNS/mnist-euler-2s-xxl-t10.bin" --solver dpmpp2m-lof \
