@@ -270,8 +270,6 @@ const STREAM: u64 = 1 << 32;
 #[test]
 fn mutated_bundles_are_sampled_or_refused_never_a_crash() {
     let regressions = repo("tests/fuzz-regressions");
-    // Quiet the panic messages of caught failures (they are counted and named below).
-    std::panic::set_hook(Box::new(|_| {}));
     // 1. Every input that ever failed.
     let mut kept: Vec<PathBuf> = std::fs::read_dir(&regressions)
         .map(|d| d.flatten().map(|e| e.path()).collect())
@@ -304,6 +302,8 @@ fn mutated_bundles_are_sampled_or_refused_never_a_crash() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(default_seed);
+    // Quiet the panic messages of caught failures (they are counted and named below).
+    std::panic::set_hook(Box::new(|_| {}));
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
     // Per thread: (tried, sampled, the names of the inputs that panicked).
     let results: Vec<(u64, u64, Vec<String>)> = std::thread::scope(|scope| {
