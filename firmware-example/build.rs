@@ -1,9 +1,10 @@
 //! Puts memory.x on the linker path, links with cortex-m-rt's link.x (binaries only, so
 //! the dependencies build exactly as for any thumbv7em library), copies the bundle to
 //! embed (`FEWSTEP_BUNDLE=path/to/bundle.bin` or the shipped bundles/digits8.bin) and sizes
-//! the activation arena for it (in `FEWSTEP_ACTIVATIONS=f32|f16|int8` storage, default the
-//! one that suits the weights): `sampler_core::micro` plans the arena on the host with the
-//! code the firmware runs, so the static arena is exactly what the bundle needs.
+//! the activation arena for it (in `FEWSTEP_ACTIVATIONS=f32|f16|int8|int-f32` storage,
+//! default the one that suits the weights): `sampler_core::micro` plans the arena on the
+//! host with the code the firmware runs, so the static arena is exactly what the bundle
+//! needs.
 
 use std::path::PathBuf;
 
@@ -32,15 +33,15 @@ fn main() {
     });
     let sampler = MicroSampler::new(&bytes)
         .unwrap_or_else(|e| panic!("{} cannot run on the firmware: {e}", bundle.display()));
-    // FEWSTEP_ACTIVATIONS=f32|f16|int8 overrides the storage that suits the weights (int8
-    // weights run the integer path by default; f16 keeps the earlier float path).
+    // FEWSTEP_ACTIVATIONS=f32|f16|int8|int-f32 overrides the storage that suits the weights
+    // (int8 weights run the integer path on int8 rows by default; int-f32 runs it on f32 rows,
+    // f16 keeps the earlier float path).
     println!("cargo:rerun-if-env-changed=FEWSTEP_ACTIVATIONS");
-    let act = match std::env::var("FEWSTEP_ACTIVATIONS").as_deref() {
+    let act: Activations = match std::env::var("FEWSTEP_ACTIVATIONS").as_deref() {
         Err(_) | Ok("") => sampler.default_activations(),
-        Ok("f32") => Activations::F32,
-        Ok("f16") => Activations::F16,
-        Ok("int8") => Activations::Int8,
-        Ok(other) => panic!("FEWSTEP_ACTIVATIONS={other}: expected f32, f16 or int8"),
+        Ok(name) => name
+            .parse()
+            .unwrap_or_else(|e| panic!("FEWSTEP_ACTIVATIONS={name}: {e}")),
     };
     let words = sampler.arena_words(act);
     std::fs::write(out.join("bundle.bin"), &bytes).expect("write bundle.bin");

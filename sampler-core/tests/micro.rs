@@ -139,6 +139,24 @@ fn no_solver_reads_arena_values_it_did_not_write() {
             assert_eq!(out, clean, "{} {act:?}", kind.name());
         }
     }
+    // The integer paths, whose weight cache lives in the arena too: filled by the first
+    // evaluation, read by the others.
+    let q = as_version2(&shipped("digits8.bin"), WeightDtype::I8);
+    let m = MicroSampler::new(&q).unwrap();
+    for act in [Activations::Int8, Activations::IntF32] {
+        let clean = micro_image(&q, 3, 2, act);
+        let mut arena = vec![u32::MAX; m.arena_words(act)];
+        let mut out = vec![0.0f32; m.bundle().image.values()];
+        m.generate(3, 2, None, act, &mut arena, &mut out).unwrap();
+        assert_eq!(out, clean, "int8 weights, {act:?}");
+        // And a second image in the same arena: the cache belongs to one image.
+        m.generate(3, 5, None, act, &mut arena, &mut out).unwrap();
+        assert_eq!(
+            out,
+            micro_image(&q, 3, 5, act),
+            "int8 weights, {act:?}, second image"
+        );
+    }
 }
 
 #[test]
@@ -238,6 +256,24 @@ fn micro_matches_burn_on_networks_the_bundles_do_not_cover() {
         );
         eprintln!("{what}: {d:.3e}");
         assert!(d <= 1e-5, "{what}: {d}");
+        // f32 weights on the integer path's f32 storage compute on the float path, its
+        // GroupNorm moments in one shifted pass (measured up to 2.1e-5 from F32's two).
+        let e = max_diff(
+            &micro_image(&v2, 1, 0, Activations::F32),
+            &micro_image(&v2, 1, 0, Activations::IntF32),
+        );
+        assert!(e <= 1e-4, "{what}, f32 weights on int-f32 storage: {e}");
+        // int8 weights on the integer path's f32 rows against burn on the same (dequantized)
+        // weights: the 16-bit staging is the only rounding (measured 8.6e-5 to 4.6e-3, VE
+        // the largest). On int8 rows these random networks amplify the 8-bit rows' error
+        // to 0.17 on VE; the shipped bundles stay within 4/255 on both, tested below.
+        let q = as_version2(&v1, WeightDtype::I8);
+        let d = max_diff(
+            &burn_image(&q, 1, 0),
+            &micro_image(&q, 1, 0, Activations::IntF32),
+        );
+        eprintln!("{what}, int8 weights on int-f32: {d:.3e}");
+        assert!(d <= 1e-2, "{what}, int8 weights on int-f32: {d}");
     }
     let mlp = NetConfig::Mlp(
         MlpConfig::new(12)
@@ -387,19 +423,25 @@ fn the_integer_path_stays_within_4_of_255_of_f32() {
             "{name}: arena pools {:?} (f32 words, int8 units)",
             m.arena_pools(Activations::Int8)
         );
-        let mut worst = 0.0f64;
+        let mut worst = [0.0f64; 2];
         let images = 3;
         for index in 0..images {
             let host = burn_image(&v1, 0, index);
             let int = micro_image(&q, 0, index, Activations::Int8);
             let d = mean_abs_255(&host, &int);
+            // The integer path's convolutions on f32 rows: no 8-bit rounding between layers.
+            let int_f32 = micro_image(&q, 0, index, Activations::IntF32);
+            let e = mean_abs_255(&host, &int_f32);
             let f16 = mean_abs_255(&host, &micro_image(&q, 0, index, Activations::F16));
             eprintln!(
-                "{name} image {index}: integer path {d:.3}/255, f16 path {f16:.3}/255 mean |vs f32|; max {:.4}",
-                max_diff(&host, &int)
+                "{name} image {index}: integer path {d:.3}/255 (int8 rows), {e:.3}/255 (f32 rows), \
+                 f16 path {f16:.3}/255 mean |vs f32|; max {:.4}, {:.4}",
+                max_diff(&host, &int),
+                max_diff(&host, &int_f32)
             );
-            worst = worst.max(d);
+            worst = [worst[0].max(d), worst[1].max(e)];
         }
-        assert!(worst <= 4.0, "{name}: {worst}/255");
+        assert!(worst[0] <= 4.0, "{name}, int8 rows: {}/255", worst[0]);
+        assert!(worst[1] <= 4.0, "{name}, f32 rows: {}/255", worst[1]);
     }
 }

@@ -11,15 +11,33 @@ use crate::pack::{f16_to_f32, f32_to_f16};
 /// How activations are stored, a row at a time: the U-Net's maps are `channels x res` rows
 /// of `res` values, and every producer writes (and every consumer reads) whole rows.
 pub(super) trait Store: Copy + Default + bytemuck::Pod {
-    /// Whether convolutions with int8 weights run as integer dot products on this storage
-    /// (`super::int`), rather than on f32 values.
+    /// Whether the rows are int8 with a scale each, whose GroupNorm moments are integer
+    /// sums (`super::int::group_moments`).
     const INTEGER: bool = false;
+    /// Whether convolutions and attention with int8 weights run as integer dot products on
+    /// this storage (`super::int`), rather than on f32 values.
+    const INT_CONVS: bool = false;
+    /// Whether [`Store::save_row_max`] uses the row's largest magnitude (producers track it
+    /// only then: ~3 instructions a value on the M4).
+    const NEEDS_MAX: bool = false;
+    /// Whether a stored row is its `r` values as f32 ([`Store::as_f32_mut`]), so a channel's
+    /// rows are one f32 map.
+    const F32_ROWS: bool = false;
     /// Storage units of one row of `r` values.
     fn row_units(r: usize) -> usize {
         r
     }
     /// Value `x` of a stored row.
     fn at(row: &[Self], x: usize) -> f32;
+    /// One stored unit of a row's values as f32, before the row's factor
+    /// ([`Store::scaled_values`]).
+    fn value(v: Self) -> f32;
+    /// A stored row of `r` values as a factor and the units that, times it, are the values:
+    /// the integer path's staging folds the factor into its per-row affine.
+    #[inline(always)]
+    fn scaled_values(row: &[Self], r: usize) -> (f32, &[Self]) {
+        (1.0, &row[..r])
+    }
     /// A stored row as f32 values (`out.len()` of them).
     #[inline(always)]
     fn load_row(row: &[Self], out: &mut [f32]) {
@@ -41,6 +59,19 @@ pub(super) trait Store: Copy + Default + bytemuck::Pod {
     fn save_row_max(vals: &[f32], max: f32, row: &mut [Self]) {
         let _ = max;
         Self::save_row(vals, row);
+    }
+    /// Stored units as the f32 values they hold, where they are ([`Store::F32_ROWS`]).
+    #[inline(always)]
+    fn as_f32(units: &[Self]) -> Option<&[f32]> {
+        let _ = units;
+        None
+    }
+    /// A stored row as the f32 values it holds, where it is one (a producer then writes
+    /// them in place, not through [`Store::save_row`]).
+    #[inline(always)]
+    fn as_f32_mut(row: &mut [Self]) -> Option<&mut [f32]> {
+        let _ = row;
+        None
     }
     /// An upper bound of `|value|` over a stored row of `r` values (non-finite if a value is).
     fn row_bound(row: &[Self], r: usize) -> f32 {
@@ -70,6 +101,10 @@ impl Store for f32 {
         row[x]
     }
     #[inline(always)]
+    fn value(v: Self) -> f32 {
+        v
+    }
+    #[inline(always)]
     fn save_row(vals: &[f32], row: &mut [Self]) {
         row[..vals.len()].copy_from_slice(vals);
     }
@@ -81,10 +116,60 @@ impl Store for u16 {
         f16_to_f32(row[x])
     }
     #[inline(always)]
+    fn value(v: Self) -> f32 {
+        f16_to_f32(v)
+    }
+    #[inline(always)]
     fn save_row(vals: &[f32], row: &mut [Self]) {
         for (o, &v) in row.iter_mut().zip(vals) {
             *o = f32_to_f16(v);
         }
+    }
+}
+
+/// f32 values for the integer path ([`super::Activations::IntF32`]): convolutions and
+/// attention with int8 weights stage these rows as 16-bit inputs as they do int8 rows, with
+/// no row scale to make or apply and no rounding to 8 bits between layers; a separate type
+/// so that plain f32 storage keeps the float path (the host's numbers).
+#[derive(Clone, Copy, Default, Debug, PartialEq)]
+#[repr(transparent)]
+pub(super) struct IntF32(pub(super) f32);
+
+// SAFETY: a transparent wrapper of an f32: every bit pattern is valid, zero bits are 0.0,
+// no padding.
+unsafe impl bytemuck::Zeroable for IntF32 {}
+// SAFETY: as above.
+unsafe impl bytemuck::Pod for IntF32 {}
+
+impl Store for IntF32 {
+    const INT_CONVS: bool = true;
+    const F32_ROWS: bool = true;
+    #[inline(always)]
+    fn at(row: &[Self], x: usize) -> f32 {
+        row[x].0
+    }
+    #[inline(always)]
+    fn value(v: Self) -> f32 {
+        v.0
+    }
+    #[inline(always)]
+    fn save_row(vals: &[f32], row: &mut [Self]) {
+        for (o, &v) in row.iter_mut().zip(vals) {
+            *o = IntF32(v);
+        }
+    }
+    #[inline(always)]
+    fn as_f32(units: &[Self]) -> Option<&[f32]> {
+        Some(bytemuck::cast_slice(units))
+    }
+    #[inline(always)]
+    fn as_f32_mut(row: &mut [Self]) -> Option<&mut [f32]> {
+        Some(bytemuck::cast_slice_mut(row))
+    }
+    /// The largest `|value|`'s bits, compared as integers ([`abs_max`]).
+    #[inline(always)]
+    fn bound_key(row: &[Self], r: usize) -> u32 {
+        row[..r].iter().fold(0u32, |m, v| abs_max_bits(m, v.0))
     }
 }
 
@@ -95,12 +180,22 @@ impl Store for u16 {
 /// fold the scale into their per-row arithmetic.
 impl Store for i8 {
     const INTEGER: bool = true;
+    const INT_CONVS: bool = true;
+    const NEEDS_MAX: bool = true;
     fn row_units(r: usize) -> usize {
         r + 2
     }
     #[inline(always)]
     fn at(row: &[Self], x: usize) -> f32 {
         row[2 + x] as f32 * row_scale(row)
+    }
+    #[inline(always)]
+    fn value(v: Self) -> f32 {
+        v as f32
+    }
+    #[inline(always)]
+    fn scaled_values(row: &[Self], r: usize) -> (f32, &[Self]) {
+        (row_scale(row), &row[2..2 + r])
     }
     #[inline(always)]
     fn load_row(row: &[Self], out: &mut [f32]) {
@@ -206,7 +301,7 @@ pub(super) fn units<S: Store>(channels: usize, res: usize) -> usize {
 }
 
 /// A region of one of the arena's two pools.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Default)]
 pub(super) struct Buf {
     pub(super) off: usize,
     pub(super) len: usize,
@@ -240,6 +335,62 @@ pub(super) struct Ctx<'s, S> {
     pub(super) f: Pool<'s, f32>,
     pub(super) s: Pool<'s, S>,
     pub(super) dry: bool,
+    /// Weights the integer path reorders for its blocked layout (`int::blocked`), kept
+    /// in the f32 pool for the whole image: the first evaluation fills it, the others
+    /// read it (every evaluation visits the convolutions in the same order).
+    pub(super) weights: WeightCache,
+    /// In a dry run, how far past their tops one evaluation of the network took the two
+    /// pools, once measured: every evaluation allocates alike, so later ones only add it
+    /// to the peaks (planning walked all T evaluations, ~2% of a digits8 image on the M4).
+    pub(super) dry_extent: Option<(usize, usize)>,
+}
+
+/// The region of [`Ctx::weights`] and where the next convolution's part of it starts.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct WeightCache {
+    pub(super) buf: Buf,
+    /// Words of `buf` the convolutions of this evaluation have taken so far (in a dry run:
+    /// have asked for).
+    pub(super) at: usize,
+    /// Whether an earlier evaluation filled `buf`.
+    pub(super) filled: bool,
+}
+
+impl WeightCache {
+    /// The next `words` words of the region (an empty buffer at its end in a dry run,
+    /// which only counts), and whether they still need filling.
+    pub(super) fn take(&mut self, words: usize, dry: bool) -> (Buf, bool) {
+        let at = self.at;
+        self.at += words;
+        if dry {
+            return (
+                Buf {
+                    off: self.buf.off,
+                    len: 0,
+                },
+                false,
+            );
+        }
+        assert!(
+            self.at <= self.buf.len,
+            "the weight cache was planned smaller"
+        );
+        (
+            Buf {
+                off: self.buf.off + at,
+                len: words,
+            },
+            !self.filled,
+        )
+    }
+
+    /// The start of an evaluation: the previous one filled what it took.
+    pub(super) fn next_evaluation(&mut self) {
+        if self.at > 0 {
+            self.filled = true;
+        }
+        self.at = 0;
+    }
 }
 
 impl<'s, S: Store> Ctx<'s, S> {
@@ -257,6 +408,8 @@ impl<'s, S: Store> Ctx<'s, S> {
                 peak: 0,
             },
             dry,
+            weights: WeightCache::default(),
+            dry_extent: None,
         }
     }
 

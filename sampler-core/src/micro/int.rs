@@ -498,29 +498,217 @@ fn stage_stored<S: Store, const STEP: usize>(
     let (a, b) = src.affine.map_or((1.0, 0.0), |a| a[ci]);
     let units = S::row_units(src.res_in);
     let rows = &src.stored_rows(view, ci)[ys.start * units..ys.end * units];
+    let table = core::hint::black_box(&SILU_TABLE);
     macro_rules! each_row {
-        ($repeat:literal, $full:literal, $act:expr) => {
+        ($repeat:literal, $full:literal, $silu:literal) => {
             for (j, stored) in rows.chunks_exact(units).enumerate() {
-                let stored: &[i8] = bytemuck::cast_slice(stored);
-                let scale = super::arena::row_scale(stored) * a;
-                let q = &stored[2..2 + src.res_in];
+                let (row_scale, q) = S::scaled_values(stored, src.res_in);
+                let scale = row_scale * a;
                 let d = &mut dst[j * pitch..j * pitch + $repeat * STEP * src.res_in];
-                quantize_stored::<$repeat, $full, STEP>(q, d, scale, b, inv, qmax, $act);
+                if $silu {
+                    // SiLU's table position `32 v + 512` straight from the stored value, the
+                    // affine folded in (two instructions a value fewer).
+                    let (ts, tb) = (scale * 32.0, b * 32.0 + 512.0);
+                    let act = |v: f32| silu_at(table, v * ts + tb);
+                    quantize_stored::<S, $repeat, $full, STEP>(q, d, inv, qmax, act);
+                } else {
+                    // The affine and the staging's scale folded (one multiply-add a value).
+                    let (si, bi) = (scale * inv, b * inv);
+                    let act = |v: f32| v * si + bi;
+                    quantize_stored::<S, $repeat, $full, STEP>(q, d, 1.0, qmax, act);
+                }
             }
         };
     }
-    let table = core::hint::black_box(&SILU_TABLE);
-    let silu = |v| silu_in(table, v);
-    match (src.resample == Resample::Up, src.silu, full) {
-        (false, false, true) => each_row!(1, true, |v| v),
-        (false, false, false) => each_row!(1, false, |v| v),
-        (false, true, true) => each_row!(1, true, silu),
-        (false, true, false) => each_row!(1, false, silu),
-        (true, false, true) => each_row!(2, true, |v| v),
-        (true, false, false) => each_row!(2, false, |v| v),
-        (true, true, true) => each_row!(2, true, silu),
-        (true, true, false) => each_row!(2, false, silu),
+    if full && STEP == 4 {
+        // f32 rows in blocked staging on the M4 (digits8's maps, which CI's firmware check
+        // runs): the whole channel in one loop of its own.
+        let k = if src.silu {
+            [a * 32.0, b * 32.0 + 512.0, inv]
+        } else {
+            [a * inv, b * inv, 1.0]
+        };
+        let up = src.resample == Resample::Up;
+        let done = match (S::as_f32(rows), up, src.silu) {
+            (Some(v), false, true) => {
+                stage_f32::<1, STEP, true>(v, src.res_in, pitch, dst, k, table)
+            }
+            (Some(v), true, true) => {
+                stage_f32::<2, STEP, true>(v, src.res_in, pitch, dst, k, table)
+            }
+            (Some(v), false, false) => {
+                stage_f32::<1, STEP, false>(v, src.res_in, pitch, dst, k, table)
+            }
+            (Some(v), true, false) => {
+                stage_f32::<2, STEP, false>(v, src.res_in, pitch, dst, k, table)
+            }
+            (None, ..) => false,
+        };
+        if done {
+            return;
+        }
     }
+    match (src.resample == Resample::Up, src.silu, full) {
+        (false, false, true) => each_row!(1, true, false),
+        (false, false, false) => each_row!(1, false, false),
+        (false, true, true) => each_row!(1, true, true),
+        (false, true, false) => each_row!(1, false, true),
+        (true, false, true) => each_row!(2, true, false),
+        (true, false, false) => each_row!(2, false, false),
+        (true, true, true) => each_row!(2, true, true),
+        (true, true, false) => each_row!(2, false, true),
+    }
+}
+
+/// [`quantize_stored`] over the f32 rows `vals` (`res` values each, into `dst` rows `pitch`
+/// apart) with a full-range [`clamp_staged`], as one loop of M4 code per channel: the same
+/// operations in the same order (`VMLA` rounds its product, as the portable code's separate
+/// multiply and add do; `VCVTR` rounds to nearest even as [`round_even`] does within the
+/// staged range), so the same bits. With `SILU`, `k` holds the table position's scale and
+/// offset and the staging's `1 / step` (~19 instructions a value, where the compiled rows
+/// took ~27 with their setup); without, the folded affine `v k0 + k1` is the staged value
+/// (~9). Blocked staging only (`STEP` 4, values a pixel of four channels apart): the layout
+/// CI's firmware check runs (digits8), so every variant here is compared with the host's
+/// bits. Returns whether it ran.
+#[cfg(fewstep_dsp)]
+#[inline(always)]
+fn stage_f32<const REPEAT: usize, const STEP: usize, const SILU: bool>(
+    vals: &[f32],
+    res: usize,
+    pitch: usize,
+    dst: &mut [i16],
+    k: [f32; 3],
+    table: &[[f32; 2]; 1024],
+) -> bool {
+    let width = REPEAT * STEP * res;
+    let rows = vals.len() / res.max(1);
+    if res == 0 || rows == 0 {
+        return true;
+    }
+    if pitch < width || dst.len() < (rows - 1) * pitch + width {
+        return false;
+    }
+    let consts: [f32; 7] = [k[0], k[1], k[2], 1024.0, 512.0, 1.0 / 32.0, 0.0];
+    macro_rules! kernel {
+        (plain, $($store:literal),+) => {
+            // SAFETY: as below, without the table.
+            unsafe {
+                core::arch::asm!(
+                    "vpush {{s0-s15}}",
+                    "vldmia {c}, {{s8-s9}}",
+                    "1:",
+                    "mov {n}, {res}",
+                    "2:",
+                    "vldmia {q}!, {{s0}}",
+                    "vmov.f32 s1, s9",
+                    "vmla.f32 s1, s0, s8",
+                    "vcvtr.s32.f32 s1, s1",
+                    "vmov {t}, s1",
+                    "ssat {t}, #16, {t}",
+                    $($store,)+
+                    "subs {n}, {n}, #1",
+                    "bne 2b",
+                    "add {d}, {d}, {gap}",
+                    "subs {rows}, {rows}, #1",
+                    "bne 1b",
+                    "vpop {{s0-s15}}",
+                    q = inout(reg) vals.as_ptr() => _,
+                    d = inout(reg) dst.as_mut_ptr() => _,
+                    rows = inout(reg) rows => _,
+                    n = out(reg) _,
+                    t = out(reg) _,
+                    res = in(reg) res,
+                    gap = in(reg) 2 * (pitch - width),
+                    c = in(reg) consts.as_ptr(),
+                );
+            }
+        };
+        (silu, $($store:literal),+) => {
+            // SAFETY: reads the `rows res` values of `vals`, the seven constants and the
+            // table entry of each in-range position (index < 1024 checked); writes
+            // `dst[y pitch + j REPEAT STEP + i STEP]` (y < rows, j < res, i < REPEAT), within
+            // `dst` (checked above); saves and restores the float registers it uses
+            // (`asm!` cannot name them on this target without the unstable `vfp2`
+            // feature); clobbers only the named core registers and the flags.
+            unsafe {
+                core::arch::asm!(
+                    "vpush {{s0-s15}}",
+                    "vldmia {c}, {{s8-s14}}",
+                    "1:",
+                    "mov {n}, {res}",
+                    "2:",
+                    "vldmia {q}!, {{s0}}",
+                    "vmov.f32 s1, s9",
+                    "vmla.f32 s1, s0, s8",
+                    "vcvt.s32.f32 s2, s1",
+                    "vmov {t}, s2",
+                    "cmp {t}, #1024",
+                    "bhs 4f",
+                    "vcvt.f32.u32 s2, s2",
+                    "add {t}, {tab}, {t}, lsl #3",
+                    "vldmia {t}, {{s3, s4}}",
+                    "vsub.f32 s1, s1, s2",
+                    "vmla.f32 s3, s1, s4",
+                    "3:",
+                    "vmul.f32 s5, s3, s10",
+                    "vcvtr.s32.f32 s5, s5",
+                    "vmov {t}, s5",
+                    "ssat {t}, #16, {t}",
+                    $($store,)+
+                    "subs {n}, {n}, #1",
+                    "bne 2b",
+                    "add {d}, {d}, {gap}",
+                    "subs {rows}, {rows}, #1",
+                    "bne 1b",
+                    "b 6f",
+                    // Past the table: v itself above it, 0 below.
+                    "4:",
+                    "vcmp.f32 s1, s11",
+                    "vmrs APSR_nzcv, fpscr",
+                    "bge 5f",
+                    "vmov.f32 s3, s14",
+                    "b 3b",
+                    "5:",
+                    "vsub.f32 s3, s1, s12",
+                    "vmul.f32 s3, s3, s13",
+                    "b 3b",
+                    "6:",
+                    "vpop {{s0-s15}}",
+                    q = inout(reg) vals.as_ptr() => _,
+                    d = inout(reg) dst.as_mut_ptr() => _,
+                    rows = inout(reg) rows => _,
+                    n = out(reg) _,
+                    t = out(reg) _,
+                    res = in(reg) res,
+                    gap = in(reg) 2 * (pitch - width),
+                    tab = in(reg) table.as_ptr(),
+                    c = in(reg) consts.as_ptr(),
+                );
+            }
+        };
+    }
+    match (REPEAT, STEP, SILU) {
+        (1, 4, true) => kernel!(silu, "strh {t}, [{d}], #8"),
+        (2, 4, true) => kernel!(silu, "strh {t}, [{d}, #8]", "strh {t}, [{d}], #16"),
+        (1, 4, false) => kernel!(plain, "strh {t}, [{d}], #8"),
+        (2, 4, false) => kernel!(plain, "strh {t}, [{d}, #8]", "strh {t}, [{d}], #16"),
+        _ => return false,
+    }
+    true
+}
+
+/// The portable build stages through [`quantize_stored`].
+#[cfg(not(fewstep_dsp))]
+#[inline(always)]
+fn stage_f32<const REPEAT: usize, const STEP: usize, const SILU: bool>(
+    _vals: &[f32],
+    _res: usize,
+    _pitch: usize,
+    _dst: &mut [i16],
+    _k: [f32; 3],
+    _table: &[[f32; 2]; 1024],
+) -> bool {
+    false
 }
 
 /// The whole input of term `p` at output resolution `r` ([`WHOLE_MAP_RES`]) staged into
@@ -543,7 +731,7 @@ fn stage_map<S: Store>(
     }
     for ci in 0..p.cin {
         let ch = &mut st[ci * p.cs + half * w2 + 1..(ci + 1) * p.cs];
-        if S::INTEGER && src.resample != Resample::Down {
+        if src.resample != Resample::Down {
             let up = src.resample == Resample::Up;
             let pitch = if up { 2 * w2 } else { w2 };
             stage_stored::<S, 1>(src, view, ci, 0..src.res_in, ch, pitch, p.inv, p.qmax);
@@ -580,9 +768,11 @@ fn stage_map_blocked<S: Store>(
         let (b, lane) = (ci / 4, PERM[ci % 4]);
         // Pixel (0, 0) of the map, after the zero row and column.
         let ch = &mut st[b * plane + pitch + 4 + lane..(b + 1) * plane];
-        if S::INTEGER && src.resample != Resample::Down {
+        if src.resample != Resample::Down {
             let rows_apart = if up { 2 * pitch } else { pitch };
             stage_stored::<S, 4>(src, view, ci, 0..src.res_in, ch, rows_apart, p.inv, p.qmax);
+        } else if let Some(vals) = S::as_f32(src.stored_rows(view, ci)) {
+            stage_down_f32(src, ci, vals, r, (ch, pitch), (p.inv, p.qmax));
         } else {
             let mut vals = [0i16; WHOLE_MAP_RES];
             for yy in 0..r {
@@ -604,6 +794,43 @@ fn stage_map_blocked<S: Store>(
     }
 }
 
+/// [`stage_map_blocked`]'s box-filtered channel `ci` from f32 rows `vals` (`2 r` rows of
+/// `2 r` values), in one pass: [`Src::row`]'s operations (the affine, SiLU, the box's
+/// three halvings) and [`quantize_row`]'s in the same order, so the same bits, without its
+/// row copies (four passes a row of ~10 values each on the M4). Output pixel `(y, x)` at
+/// `dst[y pitch + 4 x]`.
+fn stage_down_f32(
+    src: &Src<'_>,
+    ci: usize,
+    vals: &[f32],
+    r: usize,
+    (dst, pitch): (&mut [i16], usize),
+    (inv, qmax): (f32, i32),
+) {
+    let ri = 2 * r;
+    let table = core::hint::black_box(&SILU_TABLE);
+    let affine = src.affine.map(|a| a[ci]);
+    let value = |v: f32| {
+        let v = affine.map_or(v, |(a, b)| v * a + b);
+        if src.silu { silu_in(table, v) } else { v }
+    };
+    let full = qmax == i16::MAX as i32;
+    for (y, rows) in vals[..ri * ri].chunks_exact(2 * ri).enumerate() {
+        let (t0, t1) = rows.split_at(ri);
+        let out = &mut dst[y * pitch..y * pitch + 4 * (r - 1) + 1];
+        for x in 0..r {
+            let top = (value(t0[2 * x]) + value(t0[2 * x + 1])) * 0.5;
+            let bottom = (value(t1[2 * x]) + value(t1[2 * x + 1])) * 0.5;
+            let q = round_even((top + bottom) * 0.5 * inv);
+            out[4 * x] = if full {
+                clamp_staged::<true>(q, qmax)
+            } else {
+                clamp_staged::<false>(q, qmax)
+            };
+        }
+    }
+}
+
 /// Row `yy` (output resolution, zeros outside the map) of channel `ci` of `src`, staged
 /// into `dst` (`r` values); `row` and `tmp` scratch for the float rows.
 #[inline(always)]
@@ -620,7 +847,7 @@ fn stage_row<S: Store>(
     qmax: i32,
 ) {
     let r = dst.len();
-    if S::INTEGER && src.resample != Resample::Down {
+    if src.resample != Resample::Down {
         // Straight from the stored int8 row: no f32 row in between.
         if yy < 0 || yy as usize >= r {
             dst.iter_mut().for_each(|v| *v = 0);
@@ -643,20 +870,18 @@ fn stage_row<S: Store>(
     }
 }
 
-/// `dst` = `act(q scale + shift)` scaled, rounded and [`clamp_staged`], each value written
-/// `REPEAT` times, `STEP` apart.
+/// `dst` = `act(q)` (the row's affine, and SiLU) scaled, rounded and [`clamp_staged`], each
+/// value written `REPEAT` times, `STEP` apart.
 #[inline(always)]
-fn quantize_stored<const REPEAT: usize, const FULL: bool, const STEP: usize>(
-    q: &[i8],
+fn quantize_stored<S: Store, const REPEAT: usize, const FULL: bool, const STEP: usize>(
+    q: &[S],
     dst: &mut [i16],
-    scale: f32,
-    shift: f32,
     inv: f32,
     qmax: i32,
     act: impl Fn(f32) -> f32,
 ) {
     for (d, &v) in dst.chunks_exact_mut(REPEAT * STEP).zip(q) {
-        let o = clamp_staged::<FULL>(round_even(act(v as f32 * scale + shift) * inv), qmax);
+        let o = clamp_staged::<FULL>(round_even(act(S::value(v)) * inv), qmax);
         d.iter_mut().step_by(STEP).for_each(|x| *x = o);
     }
 }
@@ -758,14 +983,81 @@ fn gather_blocked(
         return;
     }
     for (b, out) in cols[..72 * blocks].chunks_exact_mut(72).enumerate() {
-        for (ky, out) in out.chunks_exact_mut(24).enumerate() {
-            let at = b * plane + 2 * ((y + ky) * w2 + x);
-            let v: &[u32; 12] = st[at..at + 12].try_into().expect("12 words");
-            // Word by word: a slice copy here is a memmove call.
-            for (kx, o) in out.chunks_exact_mut(8).enumerate() {
-                for (i, o) in o.iter_mut().enumerate() {
-                    *o = v[2 * kx + i];
-                }
+        let at = b * plane + 2 * (y * w2 + x);
+        // The three staged rows of six pixels (twelve words) the quad's windows cover.
+        let rows = &st[at..at + 2 * 2 * w2 + 12];
+        taps3x3(rows, 2 * w2, out.try_into().expect("72 words"));
+    }
+}
+
+/// The nine taps of [`gather_blocked`]'s 3x3 windows from one block: for each of three
+/// staged rows (`rows[ky pitch..]`, twelve words each), the eight words at `2 kx`, in
+/// `(ky, kx)` order. On the M4 each tap is one `LDM` and one `STM` of eight registers
+/// (~30 instructions a block where word by word took ~145).
+#[cfg(fewstep_dsp)]
+#[inline(always)]
+fn taps3x3(rows: &[u32], pitch: usize, out: &mut [u32; 72]) {
+    assert!(rows.len() >= 2 * pitch + 12);
+    // r10 walks the rows, r11 the output, r12 a window, lr is the row pitch in bytes.
+    // SAFETY: reads words `ky pitch + 2 kx .. + 8` (ky, kx < 3) of `rows`, all below
+    // `2 pitch + 12 <= rows.len()` (asserted), writes the 72 words of `out`; clobbers only
+    // the named registers.
+    unsafe {
+        core::arch::asm!(
+            "ldm r10, {{r0, r1, r2, r3, r4, r5, r8, r9}}",
+            "stm r11!, {{r0, r1, r2, r3, r4, r5, r8, r9}}",
+            "add r12, r10, #8",
+            "ldm r12, {{r0, r1, r2, r3, r4, r5, r8, r9}}",
+            "stm r11!, {{r0, r1, r2, r3, r4, r5, r8, r9}}",
+            "add r12, r10, #16",
+            "ldm r12, {{r0, r1, r2, r3, r4, r5, r8, r9}}",
+            "stm r11!, {{r0, r1, r2, r3, r4, r5, r8, r9}}",
+            "add r10, r10, lr",
+            "ldm r10, {{r0, r1, r2, r3, r4, r5, r8, r9}}",
+            "stm r11!, {{r0, r1, r2, r3, r4, r5, r8, r9}}",
+            "add r12, r10, #8",
+            "ldm r12, {{r0, r1, r2, r3, r4, r5, r8, r9}}",
+            "stm r11!, {{r0, r1, r2, r3, r4, r5, r8, r9}}",
+            "add r12, r10, #16",
+            "ldm r12, {{r0, r1, r2, r3, r4, r5, r8, r9}}",
+            "stm r11!, {{r0, r1, r2, r3, r4, r5, r8, r9}}",
+            "add r10, r10, lr",
+            "ldm r10, {{r0, r1, r2, r3, r4, r5, r8, r9}}",
+            "stm r11!, {{r0, r1, r2, r3, r4, r5, r8, r9}}",
+            "add r12, r10, #8",
+            "ldm r12, {{r0, r1, r2, r3, r4, r5, r8, r9}}",
+            "stm r11!, {{r0, r1, r2, r3, r4, r5, r8, r9}}",
+            "add r12, r10, #16",
+            "ldm r12, {{r0, r1, r2, r3, r4, r5, r8, r9}}",
+            "stm r11!, {{r0, r1, r2, r3, r4, r5, r8, r9}}",
+            inout("r10") rows.as_ptr() => _,
+            inout("r11") out.as_mut_ptr() => _,
+            out("r12") _,
+            in("lr") 4 * pitch,
+            out("r0") _,
+            out("r1") _,
+            out("r2") _,
+            out("r3") _,
+            out("r4") _,
+            out("r5") _,
+            out("r8") _,
+            out("r9") _,
+            options(nostack, preserves_flags),
+        );
+    }
+}
+
+/// [`taps3x3`] word by word (a slice copy here is a memmove call).
+#[cfg(not(fewstep_dsp))]
+#[inline(always)]
+fn taps3x3(rows: &[u32], pitch: usize, out: &mut [u32; 72]) {
+    for (ky, out) in out.chunks_exact_mut(24).enumerate() {
+        let v: &[u32; 12] = rows[ky * pitch..ky * pitch + 12]
+            .try_into()
+            .expect("12 words");
+        for (kx, o) in out.chunks_exact_mut(8).enumerate() {
+            for (i, o) in o.iter_mut().enumerate() {
+                *o = v[2 * kx + i];
             }
         }
     }
@@ -872,7 +1164,20 @@ pub(super) fn silu_fast(v: f32) -> f32 {
 /// for every value.
 #[inline(always)]
 fn silu_in(table: &[[f32; 2]; 1024], v: f32) -> f32 {
-    let t = v * 32.0 + 512.0;
+    silu_table(table, v * 32.0 + 512.0, || v)
+}
+
+/// [`silu_in`] from the table position `t = 32 v + 512` (the staging computes `t` from a
+/// stored value in one multiply-add): beyond the table `v` as `(t - 512) / 32`, within
+/// 2.4e-7 of `v` relative (the rounding of `t`; exact steps after it).
+#[inline(always)]
+fn silu_at(table: &[[f32; 2]; 1024], t: f32) -> f32 {
+    silu_table(table, t, || (t - 512.0) * (1.0 / 32.0))
+}
+
+/// SiLU's interpolation at table position `t`, `above()` for positions past its end.
+#[inline(always)]
+fn silu_table(table: &[[f32; 2]; 1024], t: f32, above: impl FnOnce() -> f32) -> f32 {
     let i = t as i32;
     if (i as u32) < 1024 {
         let i = i as usize;
@@ -881,7 +1186,7 @@ fn silu_in(table: &[[f32; 2]; 1024], v: f32) -> f32 {
         let [a, rise] = unsafe { *table.get_unchecked(i) };
         a + f * rise
     } else if t >= 1024.0 {
-        v
+        above()
     } else {
         0.0
     }
@@ -933,9 +1238,10 @@ pub(super) fn runs(terms: &[(Option<&Conv<'_>>, &Src<'_>)]) -> bool {
 
 /// An upper bound of `|value|` over what `src` yields (after its affine and SiLU).
 fn source_bound<S: Store>(src: &Src<'_>, view: &View<'_, S>) -> f32 {
-    let bound = match src.affine {
-        Some(_) => src.affine_bound,
-        None => {
+    let bound = match (src.affine, src.stored_bound) {
+        (Some(_), _) => src.affine_bound,
+        (None, Some(known)) => known,
+        (None, None) => {
             let mut key = 0u32;
             let units = S::row_units(src.res_in);
             for c in 0..src.channels() {
@@ -1135,17 +1441,29 @@ pub(super) fn run_conv<S: Store>(
         .max()
         .unwrap_or(0);
     let stage = ctx.f.alloc(stage_words);
-    // Reordered weights of the blocked terms, a whole number of words each.
-    let reordered_words: usize = terms
-        .iter()
-        .filter_map(|t| t.0)
-        .filter(|cv| cv.k == 3 && blocked(cv, r, cout))
-        .map(|cv| (cout * staged_cin(cv, r, cout) * 9).div_ceil(4))
-        .sum();
-    let reordered = ctx.f.alloc(reordered_words);
+    // Reordered weights of the blocked terms, a whole number of words each, from the
+    // image's weight cache (one region: the terms take consecutive parts).
+    let mut reordered = Buf::default();
+    let mut fill = false;
+    for cv in terms.iter().filter_map(|t| t.0) {
+        if cv.k == 3 && blocked(cv, r, cout) {
+            let words = (cout * staged_cin(cv, r, cout) * 9).div_ceil(4);
+            let (part, unfilled) = ctx.weights.take(words, ctx.dry);
+            if reordered.len == 0 {
+                reordered.off = part.off;
+            }
+            reordered.len += part.len;
+            fill = unfilled;
+        }
+    }
     // Four interleaved columns of i16: two f32 words per value of a column.
     let cols = ctx.f.alloc(2 * kpad_max);
-    let acc = ctx.f.alloc(cout * r);
+    // On f32 rows a small map's sums stay in the accumulator until its last row, then each
+    // channel's map is finished in one pass (per row, the calls and loops cost as much as
+    // the values on digits8's 8x8 and 4x4 maps); else a row at a time.
+    let band = if S::F32_ROWS && whole { r } else { 1 };
+    let pitch = band * r;
+    let acc = ctx.f.alloc(cout * pitch);
     // A convolution and its skip convolution both leave their integer sums in place (the
     // skip's in `acc2`) when every quad is whole, converted together as the row finishes:
     // the same operations in the same order as converting the first term's and adding the
@@ -1156,7 +1474,7 @@ pub(super) fn run_conv<S: Store>(
         && r.is_multiple_of(4)
         && terms.len() == 2
         && terms.iter().all(|t| t.0.is_some_and(|cv| in_place(&cv)));
-    let acc2 = ctx.f.alloc(if pair { cout * r } else { 0 });
+    let acc2 = ctx.f.alloc(if pair { cout * pitch } else { 0 });
     let row = ctx.f.alloc(r.max(res_in));
     let tmp = ctx.f.alloc(2 * res_in);
     let bias = ctx.f.alloc(cout);
@@ -1234,10 +1552,14 @@ pub(super) fn run_conv<S: Store>(
         let lanes = staged_cin(cv, r, cout);
         let kern = lanes * cv.k * cv.k;
         let wv: &[u8] = if is_blocked && cv.k == 3 {
-            let (mine, rest) = core::mem::take(&mut reordered).split_at_mut(cout * kern);
+            let words = (cout * kern).div_ceil(4);
+            let (mine, rest) = core::mem::take(&mut reordered).split_at_mut(4 * words);
             reordered = rest;
-            reorder_blocked(w.values, mine, cv.cin);
-            mine
+            let mine = &mut mine[..cout * kern];
+            if fill {
+                reorder_blocked(w.values, mine, cv.cin);
+            }
+            &*mine
         } else {
             w.values
         };
@@ -1296,12 +1618,16 @@ pub(super) fn run_conv<S: Store>(
     // their scaled sums in f32.
     let direct = plans.first().is_some_and(|p| p.is_some());
     for y in 0..r {
-        if direct {
-            acc.iter_mut().for_each(|v| *v = 0.0);
-            acc2.iter_mut().for_each(|v| *v = 0);
-        } else {
-            for (co, a) in acc.chunks_exact_mut(r).enumerate() {
-                a.iter_mut().for_each(|v| *v = bias_sum[co]);
+        // This row's sums at `yo` within each channel's `pitch` values of the accumulator.
+        let yo = (y % band) * r;
+        if yo == 0 {
+            if direct {
+                acc.iter_mut().for_each(|v| *v = 0.0);
+                acc2.iter_mut().for_each(|v| *v = 0);
+            } else {
+                for (co, a) in acc.chunks_exact_mut(pitch).enumerate() {
+                    a.iter_mut().for_each(|v| *v = bias_sum[co]);
+                }
             }
         }
         let mut stage_at = 0;
@@ -1310,8 +1636,9 @@ pub(super) fn run_conv<S: Store>(
             let direct = direct && term == 0;
             let Some(p) = plan else {
                 // An identity residual: the source's row as it is.
-                for (co, a) in acc.chunks_exact_mut(r).enumerate() {
+                for (co, a) in acc.chunks_exact_mut(pitch).enumerate() {
                     src.row(&view, co, y as isize, row, tmp);
+                    let a = &mut a[yo..yo + r];
                     a.iter_mut().zip(row.iter()).for_each(|(a, v)| *a += v);
                 }
                 continue;
@@ -1382,10 +1709,10 @@ pub(super) fn run_conv<S: Store>(
                 let words: &[u32] = bytemuck::cast_slice(&cols16[..4 * p.kpad]);
                 if direct && used == 4 && p.kdim.is_multiple_of(4) {
                     // Every output channel in one call, the sums in place.
-                    let acc_i: &mut [i32] = bytemuck::cast_slice_mut(&mut acc[x..]);
-                    rows_1x4(p.wv, p.kdim, words, acc_i, r, cout);
+                    let acc_i: &mut [i32] = bytemuck::cast_slice_mut(&mut acc[yo + x..]);
+                    rows_1x4(p.wv, p.kdim, words, acc_i, pitch, cout);
                 } else if pair {
-                    rows_1x4(p.wv, p.kdim, words, &mut acc2[x..], r, cout);
+                    rows_1x4(p.wv, p.kdim, words, &mut acc2[yo + x..], pitch, cout);
                 } else if p.kdim.is_multiple_of(4) {
                     // Sixteen rows a call (256 bytes of sums on the stack).
                     let mut sums = [0i32; 64];
@@ -1397,18 +1724,15 @@ pub(super) fn run_conv<S: Store>(
                         rows_1x4(w, p.kdim, words, sums, 4, n);
                         for (i, d) in sums.chunks_exact(4).enumerate() {
                             let co = co0 + i;
-                            add_sums(&mut acc[co * r + x..co * r + x + used], d, sc[co], direct);
+                            let at = co * pitch + yo + x;
+                            add_sums(&mut acc[at..at + used], d, sc[co], direct);
                         }
                     }
                 } else {
                     for (co, &scale_co) in sc.iter().enumerate() {
                         let d = dot::<4>(p.w.row(co), words, p.kdim);
-                        add_sums(
-                            &mut acc[co * r + x..co * r + x + used],
-                            &d,
-                            scale_co,
-                            direct,
-                        );
+                        let at = co * pitch + yo + x;
+                        add_sums(&mut acc[at..at + used], &d, scale_co, direct);
                     }
                 }
                 x += used;
@@ -1429,23 +1753,24 @@ pub(super) fn run_conv<S: Store>(
                         rows_1x2(w, p.kdim, words, sums, 4, n);
                         for (i, d) in sums.chunks_exact(4).enumerate() {
                             let co = co0 + i;
-                            let a = &mut acc[co * r + x..co * r + x + used];
-                            add_sums(a, &d[..used], sc[co], direct);
+                            let at = co * pitch + yo + x;
+                            add_sums(&mut acc[at..at + used], &d[..used], sc[co], direct);
                         }
                     }
                 } else {
                     for (co, &scale_co) in sc.iter().enumerate() {
                         let d = dot::<2>(p.w.row(co), words, p.kdim);
-                        let a = &mut acc[co * r + x..co * r + x + used];
-                        add_sums(a, &d[..used], scale_co, direct);
+                        let at = co * pitch + yo + x;
+                        add_sums(&mut acc[at..at + used], &d[..used], scale_co, direct);
                     }
                 }
                 x += 2;
             }
             if direct && terms.len() > 1 && !pair {
-                for (co, a) in acc.chunks_exact_mut(r).enumerate() {
+                for (co, a) in acc.chunks_exact_mut(pitch).enumerate() {
                     let (b, s) = (bias_sum[co], sc[co]);
-                    a.iter_mut()
+                    a[yo..yo + r]
+                        .iter_mut()
                         .for_each(|v| *v = b + (v.to_bits() as i32) as f32 * s);
                 }
             }
@@ -1466,8 +1791,12 @@ pub(super) fn run_conv<S: Store>(
         } else {
             None
         };
-        let add = add.is_some().then_some(add_v);
-        finish_row(acc, r, y, add, sums, scale, dst, out_s, out_f);
+        if yo + r == pitch {
+            let add = add.is_some().then_some(add_v);
+            // Rows y + 1 - band ..= y, which lie one after another in an f32 channel map.
+            let rows = (y + 1 - band, band);
+            finish_row(acc, r, rows, add, sums, scale, dst, out_s, out_f);
+        }
     }
     ctx.f.release(mark);
 }
@@ -1490,7 +1819,7 @@ struct Sums<'a> {
 fn finish_row<S: Store>(
     acc: &mut [f32],
     r: usize,
-    y: usize,
+    (y, band): (usize, usize),
     add: Option<&[f32]>,
     sums: Option<Sums<'_>>,
     scale: f32,
@@ -1499,46 +1828,104 @@ fn finish_row<S: Store>(
     out_f: &mut [f32],
 ) {
     let units = S::row_units(r);
-    for (co, a) in acc.chunks_exact_mut(r).enumerate() {
+    let pitch = band * r;
+    for (co, a) in acc.chunks_exact_mut(pitch).enumerate() {
         let extra = add.map_or(0.0, |v| v[co]);
-        // The row's largest magnitude as its values are made, for the stored row's scale.
-        let mut m = 0u32;
-        if let Some(Sums {
-            bias,
-            scales,
-            second,
-        }) = &sums
-        {
-            // The conversion and the epilogue in one pass (the same operations).
-            let (b, s) = (bias[co], scales[co]);
-            match second {
-                None => a.iter_mut().for_each(|v| {
-                    *v = (b + (v.to_bits() as i32) as f32 * s + extra) * scale;
-                    m = abs_max_bits(m, *v);
-                }),
-                Some((scales2, sums2)) => {
-                    let s2 = scales2[co];
-                    for (v, &d) in a.iter_mut().zip(&sums2[co * r..(co + 1) * r]) {
-                        *v = (b + (v.to_bits() as i32) as f32 * s + d as f32 * s2 + extra) * scale;
-                        m = abs_max_bits(m, *v);
-                    }
-                }
-            }
-        } else {
-            a.iter_mut().for_each(|v| {
-                *v = (*v + extra) * scale;
-                m = abs_max_bits(m, *v);
-            });
-        }
+        // Per output channel: the bias sum, the first term's scale and the second term's
+        // scale and sums, while the accumulator still holds integer sums.
+        let int = sums.as_ref().map(|s| ChannelSums {
+            bias: s.bias[co],
+            scale: s.scales[co],
+            second: s
+                .second
+                .map(|(s2, d2)| (s2[co], &d2[co * pitch..(co + 1) * pitch])),
+        });
         let at = co * r + y;
-        match dst {
-            Dst::Stored(_) => {
-                let max = f32::from_bits(m);
-                S::save_row_max(a, max, &mut out_s[at * units..(at + 1) * units]);
+        // Values go straight into an f32 destination row; otherwise back into `a`, with
+        // their largest magnitude, for the stored row's scale.
+        let out = match dst {
+            Dst::Stored(_) => S::as_f32_mut(&mut out_s[at * units..(at + band) * units]),
+            Dst::F32(_) => Some(&mut out_f[at * r..(at + band) * r]),
+        };
+        match out {
+            Some(out) => {
+                epilogue(
+                    a.iter().copied().zip(out.iter_mut()),
+                    int,
+                    extra,
+                    scale,
+                    false,
+                );
             }
-            Dst::F32(_) => out_f[at * r..(at + 1) * r].copy_from_slice(a),
+            None => {
+                debug_assert_eq!(band, 1, "rows of their own only");
+                let pairs = a.iter_mut().map(|v| (*v, v));
+                let m = epilogue(pairs, int, extra, scale, S::NEEDS_MAX);
+                let row = &mut out_s[at * units..(at + 1) * units];
+                S::save_row_max(a, f32::from_bits(m), row);
+            }
         }
     }
+}
+
+/// One output channel of [`Sums`]: the bias sum, the first term's scale, and the second
+/// term's scale and sums.
+#[derive(Clone, Copy)]
+struct ChannelSums<'a> {
+    bias: f32,
+    scale: f32,
+    second: Option<(f32, &'a [i32])>,
+}
+
+/// [`finish_row`]'s arithmetic on one row: each accumulator value `v` (i32 bits while `int`,
+/// the bias sum and scales, says it holds integer sums: converted in the same pass)
+/// through `(v + extra) scale` into its output, the per-channel constants folded first
+/// (`v (s scale) + (b + extra) scale`: one multiply-add a term); returns the bits of the
+/// largest output magnitude when `track_max`, else 0.
+#[inline(always)]
+fn epilogue<'o>(
+    vals: impl Iterator<Item = (f32, &'o mut f32)>,
+    int: Option<ChannelSums<'_>>,
+    extra: f32,
+    scale: f32,
+    track_max: bool,
+) -> u32 {
+    let mut m = 0u32;
+    let mut put = |o: &mut f32, v: f32| {
+        *o = v;
+        if track_max {
+            m = abs_max_bits(m, v);
+        }
+    };
+    match int {
+        Some(ChannelSums {
+            bias: b,
+            scale: s,
+            second: None,
+        }) => {
+            let (b, s) = ((b + extra) * scale, s * scale);
+            for (v, o) in vals {
+                put(o, b + (v.to_bits() as i32) as f32 * s);
+            }
+        }
+        Some(ChannelSums {
+            bias: b,
+            scale: s,
+            second: Some((s2, d2)),
+        }) => {
+            let (b, s, s2) = ((b + extra) * scale, s * scale, s2 * scale);
+            for ((v, o), &d) in vals.zip(d2) {
+                put(o, b + (v.to_bits() as i32) as f32 * s + d as f32 * s2);
+            }
+        }
+        None => {
+            let b = extra * scale;
+            for (v, o) in vals {
+                put(o, v * scale + b);
+            }
+        }
+    }
+    m
 }
 
 /// Integer sums `d` of some output pixels into their accumulator `a`: as i32 bits while
@@ -1801,8 +2188,8 @@ fn row_moments(q: &[i8]) -> RowMoments {
 /// exact, so its own mean and sum of squared deviations follow without cancellation
 /// (`n sum q^2 - (sum q)^2` in integers, then the row's scale squared), and the rows are
 /// merged with Chan et al.'s pairwise update, as stable as a second pass over the values
-/// and ~30 instructions a row instead of ~5 a value. `seen(ch, v)` gets bounds of each
-/// channel's values: `-m` and `m` for its largest row bound `m` (exact extremes cost ~35
+/// and ~30 instructions a row instead of ~5 a value. `seen(ch, m)` gets a bound of each
+/// channel's `|value|`: its largest row bound `m` (exact extremes cost ~35
 /// instructions a row on the M4, a tenth of digits8's GroupNorm; the looser bound at most
 /// doubles the staged step of a one-sided channel, of 16 bits).
 pub(super) fn group_moments<S: Store>(
@@ -1839,11 +2226,50 @@ pub(super) fn group_moments<S: Store>(
             m2 += row_m2 + delta * delta * total * w;
             total = merged;
         }
-        let m = S::key_bound(key);
-        seen(ch, -m);
-        seen(ch, m);
+        seen(ch, S::key_bound(key));
     }
     (mean, m2 / count)
+}
+
+/// [`group_moments`] on the integer path's f32 storage ([`super::arena::IntF32`]): one
+/// pass over the stored channel maps in place (no row copies), summing each value's
+/// deviation from the group's first value `k` and its square (shifted sums: the
+/// cancellation of `sum d^2 - (sum d)^2 / n` is that of the distance from `k` to the mean,
+/// a few standard deviations, not of the mean itself), and finding each channel's largest
+/// `|value|` (for `seen`). ~9 instructions a value on the M4, where two
+/// passes took ~13.
+pub(super) fn group_moments_f32<S: Store>(
+    src: &Src<'_>,
+    view: &View<'_, S>,
+    chans: core::ops::Range<usize>,
+    count: f32,
+    mut seen: impl FnMut(usize, f32),
+) -> (f32, f32) {
+    let runs = src.stored_runs(view, chans);
+    let per = src.res_in * S::row_units(src.res_in);
+    let k = runs
+        .iter()
+        .find_map(|(_, run)| run.first())
+        .map_or(0.0, |&v| S::value(v));
+    let (mut s1, mut s2) = (0.0f32, 0.0f32);
+    for (first, run) in runs {
+        for (i, map) in run.chunks_exact(per).enumerate() {
+            let mut m = 0u32;
+            for &v in map {
+                let v = S::value(v);
+                let d = v - k;
+                s1 += d;
+                s2 += d * d;
+                m = abs_max_bits(m, v);
+            }
+            seen(first + i, f32::from_bits(m));
+        }
+    }
+    let shift = s1 / count;
+    // Rounding can leave a constant group's variance just below 0; NaN stays NaN.
+    let var = s2 / count - shift * shift;
+    let var = if var < 0.0 { 0.0 } else { var };
+    (k + shift, var)
 }
 
 #[cfg(test)]
@@ -2000,22 +2426,86 @@ mod tests {
             };
             let src = Src::plain(buf, c, res);
             let view = View::whole(&data);
-            let mut ext = vec![(f32::INFINITY, f32::NEG_INFINITY); c];
-            let (m, v) = group_moments(&src, &view, 0..c, n as f32, |ch, x| {
-                ext[ch] = (ext[ch].0.min(x), ext[ch].1.max(x));
+            let mut bounds = vec![None; c];
+            let (m, v) = group_moments(&src, &view, 0..c, n as f32, |ch, b| {
+                assert!(
+                    bounds[ch].replace(b).is_none(),
+                    "channel {ch} reported twice"
+                );
             });
             assert!(
                 ((m as f64 - mean) / mean.abs().max(1.0)).abs() < 1e-6,
                 "{m} vs {mean}"
             );
             assert!(((v as f64 - var) / var).abs() < 1e-4, "{v} vs {var}");
-            for (ch, &(lo, hi)) in ext.iter().enumerate() {
+            for (ch, b) in bounds.iter().enumerate() {
                 let vals = &held[ch * res * res..(ch + 1) * res * res];
                 let most = vals.iter().fold(0.0f64, |m, v| m.max(v.abs()));
-                assert_eq!(lo, -hi);
                 // A row's largest value is 126 or 127 steps of its scale.
-                let hi = hi as f64;
-                assert!(hi >= most && hi <= most * 127.0 / 126.0, "{hi} vs {most}");
+                let b = b.expect("every channel reported") as f64;
+                assert!(b >= most && b <= most * 127.0 / 126.0, "{b} vs {most}");
+            }
+        }
+    }
+
+    #[test]
+    fn f32_group_moments_match_float64_and_bound_each_channel() {
+        use crate::micro::arena::IntF32;
+        // Two parts (a decoder's concatenation), the group crossing from one to the other;
+        // an offset of 1000 standard deviations, which the shifted sums must survive.
+        let (res, mut s) = (6usize, 9u64);
+        for offset in [0.0f32, 1000.0] {
+            let data: Vec<IntF32> = (0..5 * res * res)
+                .map(|_| IntF32(offset + ((lcg(&mut s) % 2001) as f32 / 1000.0 - 1.0)))
+                .collect();
+            let per = res * res;
+            let mut src = Src::plain(
+                Buf {
+                    off: 0,
+                    len: 2 * per,
+                },
+                2,
+                res,
+            );
+            src.parts[1] = (
+                Buf {
+                    off: 3 * per,
+                    len: 2 * per,
+                },
+                2,
+            );
+            let view = View::whole(&data);
+            let held: Vec<f64> = data[..2 * per]
+                .iter()
+                .chain(&data[3 * per..5 * per])
+                .map(|v| v.0 as f64)
+                .collect();
+            let chans = 1..4;
+            let vals = &held[per..4 * per];
+            let n = vals.len() as f64;
+            let mean = vals.iter().sum::<f64>() / n;
+            let var = vals.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / n;
+            let mut bounds = [None; 4];
+            let (m, v) = group_moments_f32(&src, &view, chans, n as f32, |ch, b| {
+                assert!(
+                    bounds[ch].replace(b).is_none(),
+                    "channel {ch} reported twice"
+                );
+            });
+            assert!(
+                ((m as f64 - mean) / mean.abs().max(1.0)).abs() < 1e-6,
+                "{m} vs {mean}"
+            );
+            assert!(
+                ((v as f64 - var) / var).abs() < 1e-3,
+                "{v} vs {var} (offset {offset})"
+            );
+            assert!(bounds[0].is_none());
+            for ch in 1..4 {
+                let most = held[ch * per..(ch + 1) * per]
+                    .iter()
+                    .fold(0.0f64, |m, v| m.max(v.abs()));
+                assert_eq!(bounds[ch], Some(most as f32), "channel {ch}");
             }
         }
     }

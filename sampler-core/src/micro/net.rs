@@ -8,7 +8,7 @@ use alloc::vec::Vec;
 use super::arena::{Buf, Ctx, Store, disjoint, units};
 use super::ops::{
     Dst, LINEAR_ROW, SKIP_SCALE, Src, affine_len, affine_pairs, attention, linear, resampled,
-    run_conv, silu, stats,
+    run_conv, silu, source_bound_of, stats,
 };
 use super::weights::{Block, Embedding, Mlp, Net, UNet};
 
@@ -252,6 +252,7 @@ fn block<S: Store>(
         resample: b.resample,
         affine: None,
         affine_bound: 0.0,
+        stored_bound: None,
         silu: false,
     };
     let aff0 = ctx.f.alloc(affine_len(b.cin));
@@ -276,17 +277,14 @@ fn block<S: Store>(
         Dst::Stored(h),
     );
     drop(pairs0);
-    // 3. silu(norm1(h)): in place, or on integer storage as conv1 reads h (one rounding
-    // to int8 fewer).
+    // 3. silu(norm1(h)): in place, or as conv1 reads h on int8 rows (one rounding to int8
+    // fewer) and wherever conv1 runs on the integer path (its staging applies them).
     let mut src_h = Src::plain(h, b.cout, res);
     let aff1 = ctx.f.alloc(affine_len(b.cout));
     stats(ctx, &b.norm1, &src_h, aff1);
-    let pairs1 = if S::INTEGER {
-        affine_pairs(ctx, aff1)
-    } else {
-        None
-    };
-    if S::INTEGER {
+    let fused = S::INTEGER || (S::INT_CONVS && super::int::runs(&[(Some(&b.conv1), &src_h)]));
+    let pairs1 = if fused { affine_pairs(ctx, aff1) } else { None };
+    if fused {
         src_h.set_affine(pairs1.as_ref());
         src_h.silu = true;
     } else if !ctx.dry {
@@ -312,6 +310,8 @@ fn block<S: Store>(
         resample: b.resample,
         affine: None,
         affine_bound: 0.0,
+        // Resampling (nearest, or a box's averages) keeps the values within x's bound.
+        stored_bound: source_bound_of(ctx, aff0),
         silu: false,
     };
     run_conv(

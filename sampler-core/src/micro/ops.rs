@@ -21,43 +21,46 @@ const NORM_EPS: f32 = GROUP_NORM_EPS as f32;
 /// Per-channel `(scale, shift)` of a GroupNorm over `channels` maps of `res x res` values,
 /// whose rows `rows(c, y, out)` loads: `y = x * scale + shift` is
 /// `(x - mean) / sqrt(var + eps) * gamma + beta`. Returns an upper bound of `|y|` over every
-/// value (from each channel's extremes), which the integer path scales its inputs by.
-/// `int_rows`: on the integer path, the source whose stored int8 rows the first pass sums
-/// as integers.
+/// value (from each channel's extremes), which the integer path scales its inputs by, and
+/// the same of the source's own values (infinite on the float paths, which track none).
+/// `int_rows`: on the integer path, the source whose stored rows the moments read in place
+/// (int8 rows as integer sums), with each channel's bounds.
 fn norm_affine<S: Store>(
     norm: &Norm<'_>,
     res: usize,
     rows: impl Fn(usize, usize, &mut [f32]),
     int_rows: Option<(&Src<'_>, &View<'_, S>)>,
     row: &mut [f32],
-    out: &mut [(f32, f32)],
-) -> f32 {
+    out: &mut [f32],
+) -> (f32, f32) {
     let c = norm.channels;
     let groups = edm_groups(c);
     let per = c / groups;
     let mut gamma = [0.0f32; MAX_GROUP_CHANNELS];
     let mut beta = [0.0f32; MAX_GROUP_CHANNELS];
-    let mut bound = 0.0f32;
+    let (mut bound, mut raw) = (0.0f32, 0.0f32);
     for g in 0..groups {
         let count = (per * res * res) as f32;
         let chans = g * per..(g + 1) * per;
-        let mut lo = [f32::INFINITY; MAX_GROUP_CHANNELS];
-        let mut hi = [f32::NEG_INFINITY; MAX_GROUP_CHANNELS];
-        // Compares, as f32::min and max take them (a NaN `v` changes nothing), where those
-        // are library calls on the M4.
-        let seen = |ch: usize, v: f32, lo: &mut [f32], hi: &mut [f32]| {
+        // Each channel's bound of `|value|` (the float paths track none: infinite).
+        let mut amax = [if int_rows.is_some() {
+            0.0
+        } else {
+            f32::INFINITY
+        }; MAX_GROUP_CHANNELS];
+        let seen = |ch: usize, m: f32, amax: &mut [f32]| {
             let k = (ch - g * per) % MAX_GROUP_CHANNELS;
-            if v < lo[k] {
-                lo[k] = v;
-            }
-            if v > hi[k] {
-                hi[k] = v;
-            }
+            amax[k] = super::arena::bound_max(amax[k], m);
         };
         let (mut mean, mut var) = match int_rows {
+            Some((src, view)) if S::INTEGER => {
+                super::int::group_moments(src, view, chans.clone(), count, |ch, m| {
+                    seen(ch, m, &mut amax)
+                })
+            }
             Some((src, view)) => {
-                super::int::group_moments(src, view, chans.clone(), count, |ch, v| {
-                    seen(ch, v, &mut lo, &mut hi)
+                super::int::group_moments_f32(src, view, chans.clone(), count, |ch, m| {
+                    seen(ch, m, &mut amax)
                 })
             }
             // The float paths need no bound: their first pass only sums.
@@ -85,7 +88,7 @@ fn norm_affine<S: Store>(
         }
         // sqrt(var_true + eps) with var_true = var * unscale^2, kept finite.
         let rstd = 1.0 / (unscale * libm::sqrtf(var + NORM_EPS / (unscale * unscale)));
-        for (ch, o) in out.iter_mut().enumerate().skip(g * per).take(per) {
+        for (ch, o) in out.chunks_exact_mut(2).enumerate().skip(g * per).take(per) {
             let k = (ch - g * per) % MAX_GROUP_CHANNELS;
             if k == 0 {
                 // Up to a slot-full of the group's parameters a read (each read dispatches
@@ -95,14 +98,17 @@ fn norm_affine<S: Store>(
                 norm.beta.read(ch, &mut beta[..n]);
             }
             let scale = gamma[k] * rstd;
-            *o = (scale, beta[k] - mean * scale);
-            let ends = [o.0 * lo[k] + o.1, o.0 * hi[k] + o.1];
-            bound = ends
-                .iter()
-                .fold(bound, |m, &e| super::arena::bound_max(m, libm::fabsf(e)));
+            let shift = beta[k] - mean * scale;
+            o[0] = scale;
+            o[1] = shift;
+            // The larger end of `[-m, m]` through the affine, `|scale| m + |shift|` (the
+            // same rounding as the end where the signs agree).
+            let end = libm::fabsf(scale) * amax[k] + libm::fabsf(shift);
+            bound = super::arena::bound_max(bound, end);
+            raw = super::arena::bound_max(raw, amax[k]);
         }
     }
-    bound
+    (bound, raw)
 }
 
 /// Channels per GroupNorm group whose extremes are tracked one by one (EDM's groups hold
@@ -154,6 +160,19 @@ fn group_moments(
 pub(super) fn linear(l: &Lin<'_>, x: &[f32], out: &mut [f32], row: &mut [f32]) {
     l.b.read(0, out);
     let n = l.outputs;
+    if let Some(w) = l.w.int8_columns().filter(|w| w.columns == n) {
+        // int8 weights: each output's sum of stored values times inputs, scaled once (a
+        // read dequantizing each value cost ~17 instructions a weight on the M4, this ~6).
+        let x = &x[..l.inputs.min(x.len()).min(w.values.len() / n)];
+        for (o, out) in out[..n].iter_mut().enumerate() {
+            let mut sum = 0.0f32;
+            for (i, &xi) in x.iter().enumerate() {
+                sum += w.values[i * n + o] as i8 as f32 * xi;
+            }
+            *out += sum * w.scale(o);
+        }
+        return;
+    }
     let per = (row.len() / n.max(1)).max(1);
     let x = &x[..l.inputs.min(x.len())];
     for (c, xs) in x.chunks(per).enumerate() {
@@ -252,7 +271,7 @@ pub(super) fn run_conv<S: Store>(
     scale: f32,
     dst: Dst,
 ) {
-    if S::INTEGER && int::runs(terms) {
+    if S::INT_CONVS && int::runs(terms) {
         return int::run_conv(ctx, terms, cout, add, scale, dst);
     }
     let r = terms[0].1.res_out();
@@ -336,35 +355,39 @@ pub(super) fn run_conv<S: Store>(
 }
 
 /// The per-channel affine of `norm` over the channels of `src` (before resampling), into the
-/// f32 buffer `aff` (`2 C + 1` values: scale and shift per channel, then an upper bound of
-/// the affine's `|output|`).
+/// f32 buffer `aff` (`2 C + 2` values: scale and shift per channel, then an upper bound of
+/// the affine's `|output|` and one of the source's `|value|`).
 pub(super) fn stats<S: Store>(ctx: &mut Ctx<'_, S>, norm: &Norm<'_>, src: &Src<'_>, aff: Buf) {
     let mark = ctx.f.mark();
     let row = ctx.f.alloc(src.res_in);
     if !ctx.dry {
         let view = View::whole(&*ctx.s.data);
-        let mut pairs: Vec<(f32, f32)> = alloc::vec![(0.0, 0.0); norm.channels];
         let [row, out] = disjoint(&mut *ctx.f.data, [row, aff]);
-        let bound = norm_affine(
+        let (pairs, bounds) = out.split_at_mut(2 * norm.channels);
+        let (bound, raw) = norm_affine(
             norm,
             src.res_in,
             |c, y, out| S::load_row(src.stored(&view, c, y), &mut out[..src.res_in]),
-            S::INTEGER.then_some((src, &view)),
+            S::INT_CONVS.then_some((src, &view)),
             row,
-            &mut pairs,
+            pairs,
         );
-        for (c, (a, b)) in pairs.into_iter().enumerate() {
-            out[2 * c] = a;
-            out[2 * c + 1] = b;
-        }
-        out[2 * norm.channels] = bound;
+        bounds[0] = bound;
+        bounds[1] = raw;
     }
     ctx.f.release(mark);
 }
 
 /// The f32 values an affine buffer of `channels` needs (see [`stats`]).
 pub(super) fn affine_len(channels: usize) -> usize {
-    2 * channels + 1
+    2 * channels + 2
+}
+
+/// The bound of the normalized source's own values in an affine buffer (None in a dry
+/// run): on the integer path what a convolution reading the source without the affine
+/// (a block's skip) scales its inputs by, without a pass over the values of its own.
+pub(super) fn source_bound_of<S: Store>(ctx: &Ctx<'_, S>, aff: Buf) -> Option<f32> {
+    (!ctx.dry).then(|| ctx.f.data[aff.off + aff.len - 1])
 }
 
 /// The (scale, shift) pairs of an affine buffer and its bound, copied out of the arena (None
@@ -372,7 +395,7 @@ pub(super) fn affine_len(channels: usize) -> usize {
 pub(super) fn affine_pairs<S: Store>(ctx: &Ctx<'_, S>, aff: Buf) -> Option<(Vec<(f32, f32)>, f32)> {
     (!ctx.dry).then(|| {
         let v = &ctx.f.data[aff.off..aff.off + aff.len];
-        let (pairs, bound) = v.split_at(aff.len - 1);
+        let (pairs, bound) = v.split_at(aff.len - 2);
         (
             pairs.chunks_exact(2).map(|p| (p[0], p[1])).collect(),
             bound[0],
@@ -412,7 +435,7 @@ pub(super) fn attention<S: Store>(
         Dst::Stored(qkv_buf),
     );
     drop(pairs);
-    if S::INTEGER && int::attention_runs(proj, c) {
+    if S::INT_CONVS && int::attention_runs(proj, c) {
         int::attention_core(ctx, proj, x, qkv_buf, c, res);
         ctx.f.release(fmark);
         ctx.s.release(smark);

@@ -37,6 +37,9 @@ pub(super) struct Src<'t> {
     /// With `affine`: an upper bound of `|value * scale + shift|` over the source (from
     /// [`stats`]), which the integer path scales its inputs by.
     pub(super) affine_bound: f32,
+    /// Without `affine`: an upper bound of `|value|` over the stored source when one is
+    /// known already (from GroupNorm's statistics of the same maps), else None.
+    pub(super) stored_bound: Option<f32>,
     pub(super) silu: bool,
 }
 
@@ -49,6 +52,7 @@ impl<'t> Src<'t> {
             resample: Resample::None,
             affine: None,
             affine_bound: 0.0,
+            stored_bound: None,
             silu: false,
         }
     }
@@ -86,6 +90,29 @@ impl<'t> Src<'t> {
             self.channel_at::<S>(c),
             self.res_in * S::row_units(self.res_in),
         )
+    }
+
+    /// The stored rows of channels `chans`, as consecutive channels' rows in one slice per
+    /// part (the second empty unless `chans` crosses into the second part), each with its
+    /// first channel: a group's maps read with one bounds check, not one per channel.
+    #[inline(always)]
+    pub(super) fn stored_runs<'v, S: Store>(
+        &self,
+        s: &View<'v, S>,
+        chans: core::ops::Range<usize>,
+    ) -> [(usize, &'v [S]); 2] {
+        let per = self.res_in * S::row_units(self.res_in);
+        let split = chans.end.min(self.parts[0].1).max(chans.start);
+        let first = s.slice(
+            self.channel_at::<S>(chans.start),
+            (split - chans.start) * per,
+        );
+        let second = if split < chans.end {
+            s.slice(self.channel_at::<S>(split), (chans.end - split) * per)
+        } else {
+            &[]
+        };
+        [(chans.start, first), (split, second)]
     }
 
     /// Where channel `c`'s rows start in the stored pool.

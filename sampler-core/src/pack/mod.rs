@@ -109,7 +109,7 @@ mod view;
 
 pub use encode::{PackTensor, encode};
 pub use half::{f16_to_f32, f32_to_f16};
-pub use view::{Int8Rows, PackView, TensorView, Weight};
+pub use view::{Int8Columns, Int8Rows, PackView, TensorView, Weight};
 
 #[cfg(test)]
 mod tests;

@@ -112,9 +112,32 @@ impl Int8Rows<'_> {
 
     /// The scale of row `r`: value `i` of the row is `row(r)[i] as i8 * scale(r)`.
     pub fn scale(&self, r: usize) -> f32 {
-        let b = &self.scales[4 * r..4 * r + 4];
-        f32::from_le_bytes([b[0], b[1], b[2], b[3]])
+        scale_at(self.scales, r)
     }
+}
+
+/// An int8 weight whose scale axis is its last (a burn `Linear`'s `[inputs, outputs]`):
+/// value `(i, o)` is `values[i columns + o] as i8 * scale(o)`.
+#[derive(Clone, Copy, Debug)]
+pub struct Int8Columns<'a> {
+    /// The int8 values (two's complement bytes), row after row.
+    pub values: &'a [u8],
+    scales: &'a [u8],
+    /// Values per row, each with its own scale.
+    pub columns: usize,
+}
+
+impl Int8Columns<'_> {
+    /// The scale of column `o`.
+    pub fn scale(&self, o: usize) -> f32 {
+        scale_at(self.scales, o)
+    }
+}
+
+/// Scale `c` of a table of little-endian f32 scales.
+fn scale_at(scales: &[u8], c: usize) -> f32 {
+    let b = &scales[4 * c..4 * c + 4];
+    f32::from_le_bytes([b[0], b[1], b[2], b[3]])
 }
 
 impl<'a> Weight<'a> {
@@ -127,6 +150,17 @@ impl<'a> Weight<'a> {
             scales: self.scales,
             row_len,
             rows,
+        })
+    }
+
+    /// The values as int8 columns of the scale axis, when it is the last (every value of a
+    /// row its own scale).
+    pub fn int8_columns(&self) -> Option<Int8Columns<'a>> {
+        let columns = self.channels as usize;
+        (self.dtype == WeightDtype::I8 && self.inner == 1 && columns > 0).then_some(Int8Columns {
+            values: self.values,
+            scales: self.scales,
+            columns,
         })
     }
 }
