@@ -365,6 +365,13 @@ fid-learned)
         --out-dir "$RUNS/lof2s-seed0-images"
     "$T" fid --real mnist-test --fake "$RUNS/lof2s-seed0-images" \
         --classifier "$RUNS/mnist-classifier.bin"
+    # Stage 1 alone for it on the base network (seed 0 measured).
+    ft lof-on-base 10 --solver dpmpp2m-lof --mode stage1-only --rounds 1 --stage1-steps 150
+    rm -rf "$RUNS/lofbase-seed0-images"
+    target/debug/sampler-cli --bundle "$RUNS/mnist-lof-on-base-t10.bin" --count 2000 --seed 0 \
+        --out-dir "$RUNS/lofbase-seed0-images"
+    "$T" fid --real mnist-test --fake "$RUNS/lofbase-seed0-images" \
+        --classifier "$RUNS/mnist-classifier.bin" --classifier-data mnist
     for levels in edm bundle; do
         rm -rf "$RUNS/lof-e2s10-$levels-images"
         target/debug/sampler-cli --bundle "$RUNS/mnist-euler-2s-xxl-t10.bin" --solver dpmpp2m-lof \
