@@ -34,8 +34,8 @@ fn main() {
     let sampler = MicroSampler::new(&bytes)
         .unwrap_or_else(|e| panic!("{} cannot run on the firmware: {e}", bundle.display()));
     // FEWSTEP_ACTIVATIONS=f32|f16|int8|int-f32 overrides the storage that suits the weights
-    // (int8 weights run the integer path on int8 rows by default; int-f32 runs it on f32 rows,
-    // f16 keeps the earlier float path).
+    // (int8 weights run the integer path by default, on f32 rows for small networks and on
+    // int8 rows otherwise; f16 keeps the earlier float path).
     println!("cargo:rerun-if-env-changed=FEWSTEP_ACTIVATIONS");
     let act: Activations = match std::env::var("FEWSTEP_ACTIVATIONS").as_deref() {
         Err(_) | Ok("") => sampler.default_activations(),

@@ -93,7 +93,8 @@ struct Args {
 
     /// With --engine micro: how activations are stored, `f32`, `f16`, `int8` (the integer
     /// path, for int8 weights) or `int-f32` (the integer path on f32 rows: fastest for small
-    /// networks, 4x int8's RAM). Default: f32 for f32 weights, f16 for f16, int8 for int8.
+    /// networks). Default: f32 for f32 weights, f16 for f16; for int8, int-f32 when its arena
+    /// is at most 32 KiB, else int8.
     #[arg(long, value_name = "f32|f16|int8|int-f32")]
     activations: Option<Activations>,
 

@@ -799,10 +799,19 @@ fn engine_micro_writes_the_micro_runtimes_images_and_refuses_what_it_cannot_run(
     let bytes = b.to_bytes().unwrap();
     std::fs::write(&int8, &bytes).unwrap();
     let micro = MicroSampler::new(&bytes).unwrap();
-    // The integer path (int8's default) and the f16 float path, each image as the library
-    // makes it, whichever thread of the CLI made it.
-    for (flag, act) in [(None, Activations::Int8), (Some("f16"), Activations::F16)] {
-        let out = dir.path().join(format!("imgs-{}", act.name()));
+    // The default (the integer path, on int8 or f32 rows by the arena's size), both integer
+    // paths by name and the f16 float path, each image as the library makes it, whichever
+    // thread of the CLI made it.
+    for (i, (flag, act)) in [
+        (None, micro.default_activations()),
+        (Some("int8"), Activations::Int8),
+        (Some("int-f32"), Activations::IntF32),
+        (Some("f16"), Activations::F16),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let out = dir.path().join(format!("imgs-{i}-{}", act.name()));
         let mut args = vec![
             "--bundle",
             int8.to_str().unwrap(),
@@ -855,7 +864,7 @@ fn engine_micro_writes_the_micro_runtimes_images_and_refuses_what_it_cannot_run(
                 "--activations",
                 "f8",
             ],
-            "f32, f16 or int8",
+            "f32, f16, int8 or int-f32",
         ),
     ];
     for (args, says) in refused {
