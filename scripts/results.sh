@@ -365,13 +365,12 @@ fid-learned)
         --out-dir "$RUNS/lof2s-seed0-images"
     "$T" fid --real mnist-test --fake "$RUNS/lof2s-seed0-images" \
         --classifier "$RUNS/mnist-classifier.bin"
-    # Stage 1 alone for it on the base network (seed 0 measured).
+    # Stage 1 alone for it on the base network, both seeds.
     ft lof-on-base 10 --solver dpmpp2m-lof --mode stage1-only --rounds 1 --stage1-steps 150
-    rm -rf "$RUNS/lofbase-seed0-images"
-    target/debug/sampler-cli --bundle "$RUNS/mnist-lof-on-base-t10.bin" --count 2000 --seed 0 \
-        --out-dir "$RUNS/lofbase-seed0-images"
-    "$T" fid --real mnist-test --fake "$RUNS/lofbase-seed0-images" \
-        --classifier "$RUNS/mnist-classifier.bin" --classifier-data mnist
+    for seed in 0 1; do
+        learned_eval 10 "$seed" "lof-base-t10-seed$seed" \
+            --tuned "DPM-Solver++(2M) first-order last step, stage 1 (150 steps, pool 64) on mnist-base.bin=$RUNS/mnist-lof-on-base-t{T}.bin"
+    done
     for levels in edm bundle; do
         rm -rf "$RUNS/lof-e2s10-$levels-images"
         target/debug/sampler-cli --bundle "$RUNS/mnist-euler-2s-xxl-t10.bin" --solver dpmpp2m-lof \
@@ -464,6 +463,39 @@ cifar10)
         --real cifar10-test --fid --count "${CIFAR_COUNT:-2000}" --ref-count 4 --seed 1 \
         --grid 64 --title "CIFAR-10 32x32 at T = 5, DPM-Solver++(2M) with a first-order last step, noises image_seed(1, k)" \
         --out docs/results/cifar10/lof-t5-seed1 --quiet
+    # The paper's two-stage Euler (2 x (40 + 600): 80 level steps, 1,200 weight steps, ~20
+    # min a T here) at every T, and at T = 10 its ablation at equal weight steps (EDM's loss
+    # weight on EDM's levels); stage 2 as MNIST's (lr 1e-4, EMA 0.98). Seed 0, CIFAR_COUNT.
+    cifar_ft() {
+        local name=$1 t=$2 label=$3
+        shift 3
+        "$T" finetune --base bundles/cifar10-base.bin --data cifar10 \
+            --run "$RUNS/cifar10-$name-t$t" --t "$t" --batch 32 --disc-batch 16 \
+            --teacher-steps 32 --teacher-pool 64 --lr-weights 1e-4 --ema-decay 0.98 --quiet "$@"
+        "$T" export --run "$RUNS/cifar10-$name-t$t" --out "$RUNS/cifar10-$name-t$t.bin" \
+            --name "cifar10-$name-t$t"
+        "$T" eval --base bundles/cifar10-base.bin --t "$t" --solvers none \
+            --tuned "$label=$RUNS/cifar10-$name-t{T}.bin" --real cifar10-test --fid \
+            --count "${CIFAR_COUNT:-2000}" --ref-count 4 --seed 0 --grid 64 \
+            --title "CIFAR-10 32x32, $label at T = $t, noises image_seed(0, k)" \
+            --out "docs/results/cifar10/learned/$name-t$t-seed0" --quiet
+    }
+    for t in 10 5 8; do
+        cifar_ft euler-2s "$t" "Euler two-stage (2 x (40 + 600))" --mode two-stage --rounds 2 \
+            --stage1-steps 40 --stage2-steps 600
+    done
+    cifar_ft edm-wf 10 "EDM-weight finetune (1,200 weight steps, EDM's weight and levels)" \
+        --mode edm-weight-finetune --rounds 1 --stage1-steps 0 --stage2-steps 1200
+    # DPM-Solver++(2M), with either last step, on EDM's levels of those T = 10 networks
+    # (sampler-cli's --solver and --levels, `trainer fid`; seed 0, CIFAR_COUNT).
+    for job in "euler-2s dpmpp2m" "euler-2s dpmpp2m-lof" "edm-wf dpmpp2m"; do
+        set -- $job
+        images="$RUNS/cifar10-$1-t10-$2-images"
+        rm -rf "$images"
+        target/debug/sampler-cli --bundle "$RUNS/cifar10-$1-t10.bin" --solver "$2" --levels edm \
+            --count "${CIFAR_COUNT:-2000}" --seed 0 --batch 50 --out-dir "$images"
+        "$T" fid --real cifar10-test --fake "$images"
+    done
     # Every row, ordered by seed and T: free, the ODE, learned.
     {
         head -n 1 docs/results/cifar10/seed0/rulers.csv
