@@ -496,6 +496,17 @@ cifar10)
             --count "${CIFAR_COUNT:-2000}" --seed 0 --batch 50 --out-dir "$images"
         "$T" fid --real cifar10-test --fake "$images"
     done
+    # Levels learned for DPM-Solver++(2M) on the T = 10 two-stage weights (stage 1 alone).
+    "$T" finetune --base "$RUNS/cifar10-euler-2s-t10.bin" --data cifar10 \
+        --run "$RUNS/cifar10-dpmpp-on-2s-t10" --t 10 --solver dpmpp2m --mode stage1-only \
+        --rounds 1 --stage1-steps 150 --batch 32 --disc-batch 16 --teacher-steps 32 \
+        --teacher-pool 64 --quiet
+    "$T" export --run "$RUNS/cifar10-dpmpp-on-2s-t10" --out "$RUNS/cifar10-dpmpp-on-2s-t10.bin" \
+        --name cifar10-dpmpp-on-2s-t10
+    rm -rf "$RUNS/cifar10-dpmpp-on-2s-t10-images"
+    target/debug/sampler-cli --bundle "$RUNS/cifar10-dpmpp-on-2s-t10.bin" \
+        --count "${CIFAR_COUNT:-2000}" --seed 0 --batch 50 --out-dir "$RUNS/cifar10-dpmpp-on-2s-t10-images"
+    "$T" fid --real cifar10-test --fake "$RUNS/cifar10-dpmpp-on-2s-t10-images"
     # Every row, ordered by seed and T: free, the ODE, learned.
     {
         head -n 1 docs/results/cifar10/seed0/rulers.csv
