@@ -308,7 +308,8 @@ fn bad_input_is_one_line_and_exit_code_2() {
 }
 
 /// `--teacher` defaults to the frozen base network where stage 2 is distillation (two-stage
-/// with a solver other than Euler) and to the shipped weights elsewhere; a flag overrides it.
+/// with a solver other than Euler, stage 2 on L_disc) and to the shipped weights elsewhere; a
+/// flag overrides it.
 #[test]
 fn teacher_default_follows_the_solver_and_mode() {
     let dir = tempfile::tempdir().unwrap();
@@ -316,6 +317,10 @@ fn teacher_default_follows_the_solver_and_mode() {
     for (i, (extra, expected)) in [
         (vec!["--solver", "ipndm"], "Base"),
         (vec!["--solver", "ipndm", "--teacher", "shipped"], "Shipped"),
+        (
+            vec!["--solver", "ipndm", "--stage2-loss", "bound"],
+            "Shipped",
+        ),
         (vec![], "Shipped"),
         (
             vec!["--solver", "dpmpp2m", "--mode", "stage1-only"],

@@ -3,7 +3,7 @@
 use sampler_core::bundle::{Bundle, SolverKind};
 use sampler_core::schedule::Schedule;
 use trainer::eval::{ScheduleEval, evaluate_schedule};
-use trainer::two_stage::{DiscGrad, DiscTarget, Finetune, FinetuneConfig, Mode};
+use trainer::two_stage::{DiscGrad, DiscTarget, Finetune, FinetuneConfig, Mode, Stage2Loss};
 
 fn mixture_bundle(dir: &std::path::Path) -> std::path::PathBuf {
     let m = sampler_core::gmm::Mixture::random(4, 16, 3);
@@ -163,19 +163,29 @@ fn stage1_learns_levels_for_the_higher_order_solvers() {
         learned.push(levels);
     }
     assert_ne!(learned[0], learned[1], "iPNDM learned Euler's levels");
-    // Other solvers optimize L_disc against the teacher with the exact gradient, in stage 1
-    // and in stage 2: the weight-only ablations, the paper gradient and the data target are
-    // Euler's.
+    // Other solvers learn their levels on L_disc against the teacher with the exact
+    // gradient (the paper gradient and the data target are Euler's); their stage 2 is L_disc
+    // too unless --stage2-loss bound, which the weight-only ablations need.
     let mut c = config(base, DiscTarget::Teacher, 1.0);
     c.solver = SolverKind::Ipndm;
     c.mode = Mode::TwoStage;
     c.validate().unwrap();
+    assert_eq!(c.stage2_loss(), Stage2Loss::Disc);
     for mode in [Mode::Stage2Only, Mode::EdmWeightFinetune] {
         let mut bad = c.clone();
         bad.mode = mode;
         let err = bad.validate().unwrap_err().to_string();
-        assert!(err.contains("stage1-only or two-stage"), "{err}");
+        assert!(err.contains("needs --stage2-loss bound"), "{err}");
+        let mut good = bad;
+        good.stage2_loss = Some(Stage2Loss::Bound);
+        good.validate().unwrap();
     }
+    let mut euler = c.clone();
+    euler.solver = SolverKind::Euler;
+    assert_eq!(euler.stage2_loss(), Stage2Loss::Bound);
+    euler.mode = Mode::Stage2Only;
+    euler.stage2_loss = Some(Stage2Loss::Disc);
+    assert!(euler.validate().is_err());
     let mut bad = c.clone();
     bad.disc_grad = DiscGrad::Paper;
     assert!(bad.validate().is_err());

@@ -4,14 +4,14 @@
 
 mod common;
 
-use burn::tensor::{Device, Tensor};
+use burn::tensor::{Device, Tensor, TensorData};
 use sampler_core::bundle::SolverKind;
 use sampler_core::solver::{Stop, heun, solve};
 use sampler_core::{Bundle, Sampler, Schedule};
 use trainer::data::noise;
 use trainer::run::RunDir;
 use trainer::run::scalar;
-use trainer::two_stage::{DiscTarget, Finetune, FinetuneConfig, Mode, Teacher};
+use trainer::two_stage::{DiscTarget, Finetune, FinetuneConfig, Mode, Stage2Loss, Teacher};
 
 fn device() -> Device {
     Device::flex().autodiff()
@@ -92,6 +92,60 @@ fn stage2_of_ipndm_moves_its_endpoint_toward_the_teacher() {
     assert!(last["l_bound"].is_null(), "{last}");
     assert_eq!(last["l_disc"].as_f64(), last["loss"].as_f64());
     assert_eq!(ft.export("x", "").unwrap().solver, SolverKind::Ipndm);
+}
+
+/// `--stage2-loss bound` gives a solver other than Euler the paper's stage 2: the same
+/// lambda-weighted L_bound on the same draws, so its weights after stage 2 equal an Euler
+/// run's on the same levels, the log records the loss as L_bound, and the bundle keeps the
+/// solver.
+#[test]
+fn stage2_bound_of_dpmpp2m_trains_the_weights_as_eulers_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let (base, data) = common::mlp_base(dir.path());
+    let mut c = FinetuneConfig::new(base, 5);
+    c.mode = Mode::TwoStage;
+    c.rounds = 1;
+    c.stage1_steps = 0;
+    c.stage2_steps = 12;
+    c.lr_weights = 1e-3;
+    c.ema_decay = 0.5;
+    c.batch = 16;
+    c.disc_batch = 8;
+    c.teacher_pool = 16;
+    c.teacher_steps = 8;
+    let mut runs = Vec::new();
+    for (i, solver) in [SolverKind::Euler, SolverKind::DpmPp2m]
+        .into_iter()
+        .enumerate()
+    {
+        let mut c = c.clone();
+        c.solver = solver;
+        c.stage2_loss = Some(Stage2Loss::Bound);
+        let run = RunDir::create(&dir.path().join(format!("run{i}"))).unwrap();
+        let ft =
+            trainer::two_stage::run(&run, c, Some(data.clone()), &[device()], None, true).unwrap();
+        let log = std::fs::read_to_string(run.log_path()).unwrap();
+        let last: serde_json::Value = serde_json::from_str(log.lines().last().unwrap()).unwrap();
+        assert_eq!(last["stage"], 2);
+        assert!(last["l_disc"].is_null(), "{last}");
+        assert_eq!(last["l_bound"].as_f64(), last["loss"].as_f64());
+        let bundle = ft.export("x", "").unwrap();
+        assert_eq!(bundle.solver, solver);
+        runs.push((ft, bundle));
+    }
+    let plain = Device::flex();
+    let x = noise(3, 1, 0, 64, 16, &plain).mul_scalar(2.0);
+    let sigma = Tensor::<1>::from_data(TensorData::new(vec![1.5f32; 64], [64]), &plain);
+    let denoised = |f: &Finetune| f.with_shipped(|d| d.denoise(x.clone(), sigma.clone(), None));
+    let (euler, dpmpp) = (denoised(&runs[0].0), denoised(&runs[1].0));
+    let start = Finetune::new(c, Some(data), None, &device()).unwrap();
+    let moved = scalar(&(denoised(&start) - euler.clone()).abs().max());
+    assert!(moved > 1e-3, "stage 2 barely moved the weights: {moved}");
+    let diff = scalar(&(euler - dpmpp).abs().max());
+    assert!(
+        diff < 1e-6,
+        "dpmpp2m's bound stage 2 left Euler's by {diff}"
+    );
 }
 
 /// `--teacher base` freezes the teacher: after stage 2 has moved the weights, the next

@@ -11,7 +11,7 @@ use sampler_core::schedule::Warp;
 
 use super::{DEFAULT_T, DataArgs, RunArgs, batch_arg, count_arg, steps_arg};
 use crate::run::RunDir;
-use crate::two_stage::{DiscGrad, DiscTarget, FinetuneConfig, Mode, Teacher};
+use crate::two_stage::{DiscGrad, DiscTarget, FinetuneConfig, Mode, Stage2Loss, Teacher};
 
 /// The defaults of the flags: [`FinetuneConfig::new`]'s.
 fn defaults() -> FinetuneConfig {
@@ -76,8 +76,8 @@ pub(super) struct FinetuneArgs {
     /// Whose solution the teacher target is: shipped (the weights being fine-tuned,
     /// recomputed each round, so it moves with stage 2) or base (the base bundle's weights,
     /// frozen: stage 2 distils the T-step sampler toward the pre-trained network's ODE).
-    /// Default: base for --mode two-stage with a solver other than euler (stage 2 is then
-    /// that distillation), shipped otherwise.
+    /// Default: base for --mode two-stage with a solver other than euler and stage 2 on
+    /// L_disc (that distillation), shipped otherwise.
     #[arg(long, value_enum)]
     teacher: Option<Teacher>,
     /// Trajectory cache of the paper gradient (--disc-grad paper, teacher target): keep the
@@ -88,10 +88,16 @@ pub(super) struct FinetuneArgs {
     traj_refresh: u64,
     /// The solver to learn for: euler (the paper's), heun, dpmpp2m, ipndm, dpmpp2m-lof
     /// (DPM-Solver++(2M) with a first-order step into s_min). Other than
-    /// euler, both stages optimize its L_disc through the unrolled solver (--mode stage1-only
-    /// or two-stage, exact gradient, teacher target); the bundle records it.
+    /// euler, stage 1 optimizes its L_disc through the unrolled solver (exact gradient,
+    /// teacher target) and so does stage 2 unless --stage2-loss bound; the bundle records it.
     #[arg(long, default_value = defaults().solver.name(), value_name = "SOLVER")]
     solver: SolverKind,
+    /// Stage 2's loss: bound (the lambda-weighted denoising loss toward the data at the
+    /// learned levels; the paper's, and Euler's default) or disc (L_disc against the
+    /// teacher: a distillation toward the teacher's ODE solution; the default of the other
+    /// solvers, which have no bound). bound for another solver uses Euler's lambda weights.
+    #[arg(long, value_enum)]
+    stage2_loss: Option<Stage2Loss>,
     /// EMA decay of the exported weights.
     #[arg(long, default_value_t = defaults().ema_decay)]
     ema_decay: f64,
@@ -112,15 +118,16 @@ impl TryFrom<(&FinetuneArgs, &Bundle)> for FinetuneConfig {
     fn try_from((a, base): (&FinetuneArgs, &Bundle)) -> Result<FinetuneConfig> {
         // An absolute path keeps `trainer export` working from any directory.
         let base_path = std::fs::canonicalize(&a.base).unwrap_or_else(|_| a.base.clone());
-        // Two-stage with another solver than Euler: stage 2 distils the T-step sampler toward
-        // the frozen base network's ODE, so that network is the teacher.
-        let teacher = a.teacher.unwrap_or(
-            if a.solver != SolverKind::Euler && a.mode == Mode::TwoStage {
-                Teacher::Base
-            } else {
-                Teacher::Shipped
-            },
-        );
+        // Two-stage with another solver than Euler and stage 2 on L_disc: stage 2 distils the
+        // T-step sampler toward the frozen base network's ODE, so that network is the teacher.
+        let distils = a.solver != SolverKind::Euler
+            && a.mode == Mode::TwoStage
+            && a.stage2_loss != Some(Stage2Loss::Bound);
+        let teacher = a.teacher.unwrap_or(if distils {
+            Teacher::Base
+        } else {
+            Teacher::Shipped
+        });
         let config = FinetuneConfig {
             base: base_path,
             t: a.t as usize,
@@ -141,6 +148,7 @@ impl TryFrom<(&FinetuneArgs, &Bundle)> for FinetuneConfig {
             teacher,
             traj_refresh: a.traj_refresh,
             solver: a.solver,
+            stage2_loss: a.stage2_loss,
             s_max: a.s_max.unwrap_or(base.schedule.s_max() as f64),
             s_min: a.s_min.unwrap_or(base.schedule.s_min() as f64),
             ema_decay: a.ema_decay,

@@ -54,6 +54,18 @@ pub enum Teacher {
     Base,
 }
 
+/// What stage 2 trains the weights on (method.md §5).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+pub enum Stage2Loss {
+    /// The lambda-weighted `L_bound` at the frozen levels: denoising toward the data at the
+    /// levels the sampler visits. Euler's error bound; for another solver the same weights
+    /// are a choice, not a bound.
+    Bound,
+    /// `L_disc` of the solver against the teacher pool: a distillation toward the teacher's
+    /// ODE solution, which it can at best reach.
+    Disc,
+}
+
 fn shipped_teacher() -> Teacher {
     Teacher::Shipped
 }
@@ -105,6 +117,10 @@ pub struct FinetuneConfig {
     /// The solver stage 1 unrolls and the bundle records (Euler: the paper's two-stage).
     #[serde(default = "euler_solver")]
     pub solver: SolverKind,
+    /// Stage 2's loss; `None` (and configs written before the choice existed) is
+    /// [`FinetuneConfig::stage2_loss`]'s default for the solver.
+    #[serde(default)]
+    pub stage2_loss: Option<Stage2Loss>,
     /// Largest level (default: the base bundle's).
     pub s_max: f64,
     /// Smallest level (default: the base bundle's).
@@ -142,6 +158,7 @@ impl FinetuneConfig {
             teacher: Teacher::Shipped,
             traj_refresh: 0,
             solver: SolverKind::Euler,
+            stage2_loss: None,
             s_max: SIGMA_MAX,
             s_min: SIGMA_MIN,
             ema_decay: 0.999,
@@ -166,20 +183,54 @@ impl FinetuneConfig {
         self.rounds * (a + b)
     }
 
+    /// Stage 2's loss: the chosen one, else `L_bound` for Euler (the paper's) and `L_disc`
+    /// for the other solvers, which have no bound (method.md §4).
+    pub fn stage2_loss(&self) -> Stage2Loss {
+        self.stage2_loss
+            .unwrap_or(if self.solver == SolverKind::Euler {
+                Stage2Loss::Bound
+            } else {
+                Stage2Loss::Disc
+            })
+    }
+
+    fn without_stage2_choice(&self) -> Stage2Loss {
+        FinetuneConfig {
+            stage2_loss: None,
+            ..self.clone()
+        }
+        .stage2_loss()
+    }
+
     /// Checks the numbers a user can get wrong.
     pub fn validate(&self) -> Result<()> {
-        if self.solver != SolverKind::Euler
-            && (!matches!(self.mode, Mode::Stage1Only | Mode::TwoStage)
-                || self.disc_grad != DiscGrad::Exact
-                || self.disc_target != DiscTarget::Teacher)
+        let euler = self.solver == SolverKind::Euler;
+        if !euler && (self.disc_grad != DiscGrad::Exact || self.disc_target != DiscTarget::Teacher)
         {
             bail!(
-                "--solver {} runs --mode stage1-only or two-stage with --disc-grad exact and \
-                 --disc-target teacher: L_bound and the paper gradient are Euler's (method.md \
-                 §4), so both stages of another solver optimize L_disc against the teacher",
+                "--solver {} learns its levels with --disc-grad exact and --disc-target \
+                 teacher: the paper gradient and the data target are Euler's (method.md §4)",
                 self.solver.name()
             );
         }
+        let weights_only = matches!(self.mode, Mode::Stage2Only | Mode::EdmWeightFinetune);
+        if weights_only && self.stage2_loss() == Stage2Loss::Disc {
+            bail!(
+                "--mode {} trains the weights on EDM's levels toward the data: it needs \
+                 --stage2-loss bound{}",
+                if self.mode == Mode::Stage2Only {
+                    "stage2-only"
+                } else {
+                    "edm-weight-finetune"
+                },
+                if euler {
+                    ""
+                } else {
+                    " (another solver than euler defaults to disc)"
+                }
+            );
+        }
+
         if self.t < 3 {
             bail!("--t must be at least 3 (T = 2 has no free level to learn)");
         }
@@ -232,7 +283,7 @@ impl FinetuneConfig {
     pub(super) fn schedule_method(&self) -> String {
         match self.mode {
             Mode::TwoStage | Mode::Stage1Only => format!(
-                "{}{} {:?}/{:?}{} warp={} gamma={} rounds={}",
+                "{}{} {:?}/{:?}{}{} warp={} gamma={} rounds={}",
                 if self.mode == Mode::TwoStage {
                     "two-stage"
                 } else {
@@ -249,6 +300,13 @@ impl FinetuneConfig {
                     " teacher=base"
                 } else {
                     ""
+                },
+                // Said only where it is not the solver's default.
+                match (self.mode, self.stage2_loss) {
+                    (Mode::TwoStage, Some(l)) if l != self.without_stage2_choice() => {
+                        format!(" stage2={l:?}")
+                    }
+                    _ => String::new(),
                 },
                 self.warp.name(),
                 self.gamma,

@@ -32,7 +32,7 @@ mod stage2;
 mod state;
 mod teacher;
 
-pub use config::{DiscGrad, DiscTarget, FinetuneConfig, Mode, Teacher};
+pub use config::{DiscGrad, DiscTarget, FinetuneConfig, Mode, Stage2Loss, Teacher};
 pub use levels::ScheduleLogits;
 pub use state::{Finetune, StepRecord};
 

@@ -3,17 +3,17 @@
 //! Eq. 12) at the learned levels, or at EDM's for the ablations of paper Table 1
 //! (`stage2-only`; `edm-weight-finetune` weights by EDM's `w(s_i)` instead), followed by the
 //! EMA update of the shipped weights. Solvers other than Euler have no bound: their weights
-//! learn on `L_disc` against the teacher pool (a distillation, §5). The batch is split over
+//! learn on `L_disc` against the teacher pool (a distillation, §5) unless `--stage2-loss
+//! bound` gives them the same lambda-weighted `L_bound` at their own levels. The batch is split over
 //! `--devices` ([`crate::parallel`]).
 
 use anyhow::{Result, bail};
 use burn::tensor::Tensor;
 
-use sampler_core::bundle::SolverKind;
 use sampler_core::model::Preconditioned;
 use sampler_core::schedule::{Schedule, lambda_weights};
 
-use super::config::Mode;
+use super::config::{Mode, Stage2Loss};
 use super::state::{BoundDraws, Finetune, StepRecord};
 use crate::losses::{Weighting, bound_loss, disc_loss_exact};
 use crate::model::{Base, ema_decay_at, update_ema};
@@ -30,10 +30,11 @@ impl Finetune {
         let c = self.config.clone();
         let n = self.step_in_stage2();
         let plain = self.device.clone().without_autodiff();
-        // 1. The loss's rows. Solvers other than Euler have no L_bound (method.md §4): their
-        //    weights learn on L_disc, the unrolled solver's end point against the teacher's,
-        //    on the same pool draws as stage 1.
-        let disc_rows = if c.solver == SolverKind::Euler {
+        // 1. The loss's rows. Solvers other than Euler have no L_bound (method.md §4): by
+        //    default their weights learn on L_disc, the unrolled solver's end point against
+        //    the teacher's, on the same pool draws as stage 1; `--stage2-loss bound` gives
+        //    them Euler's lambda-weighted denoising loss at their levels instead.
+        let disc_rows = if c.stage2_loss() == Stage2Loss::Bound {
             None
         } else {
             let pool = self.teacher_pool(round)?;
@@ -104,14 +105,14 @@ impl Finetune {
         let decay = ema_decay_at(c.ema_decay, n);
         let old = std::mem::replace(ema, config.init(&plain));
         *ema = update_ema(old, net, decay);
-        let euler = c.solver == SolverKind::Euler;
+        let bound = disc_rows.is_none();
         Ok(StepRecord {
             step,
             stage: 2,
             loss,
             // Logged as null where the loss is L_disc.
-            l_bound: if euler { loss } else { f64::NAN },
-            l_disc: (!euler).then_some(loss),
+            l_bound: if bound { loss } else { f64::NAN },
+            l_disc: (!bound).then_some(loss),
         })
     }
 
