@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Regenerates docs/results/ and the shipped bundles bundles/{digits8,face8,mnist8,mnist8-dpmpp,mnist5-dpmpp}.bin: every
+# Regenerates docs/results/ and the shipped bundles bundles/{digits8,face8,mnist8,mnist8-dpmpp,mnist5-dpmpp,mnist10-dpmpp}.bin: every
 # training run and evaluation of issue 5, one data set per argument:
 #   scripts/results.sh digits   # ~15 min on 2 CPU cores
 #   scripts/results.sh mnist    # ~1 h after the ~1 h pre-training
@@ -8,7 +8,7 @@
 #   scripts/results.sh faces    # ~45 min
 #   scripts/results.sh fid      # ~1.5 h: every ruler (FID, KID, FD-pixel, FD-cls) side by side
 #   scripts/results.sh fid-learned  # ~5 h: learned rows for issue 21 (after fid)
-#   scripts/results.sh fid-lof  # ~80 min: DPM-Solver++(2M) with a first-order last step (after fid-learned)
+#   scripts/results.sh fid-lof  # ~2.5 h: DPM-Solver++(2M) with a first-order last step (after fid-learned)
 #   scripts/results.sh fid-ode  # ~25 min: the base network's ODE solution (Heun, 64 levels) under FID and FD-cls
 #   scripts/results.sh cifar10  # ~3 h: the natural-image benchmark (CIFAR-10, FID)
 # Runs live in $RUNS (default ./runs, git-ignored); a run directory that exists is resumed,
@@ -371,6 +371,38 @@ fid-learned)
         learned_eval 10 "$seed" "lof-base-t10-seed$seed" \
             --tuned "DPM-Solver++(2M) first-order last step, stage 1 (150 steps, pool 64) on mnist-base.bin=$RUNS/mnist-lof-on-base-t{T}.bin"
     done
+    # The paper's two-stage for it with the paper's stage 2 (`--stage2-loss bound`: the
+    # lambda-weighted L_bound at its own levels, toward the data, instead of L_disc), both
+    # seeds (~13 min of training).
+    ft lof-2sb 10 --solver dpmpp2m-lof --mode two-stage --stage2-loss bound --rounds 4 \
+        --stage1-steps 40 --stage2-steps 800
+    for seed in 0 1; do
+        learned_eval 10 "$seed" "lof-2sb-t10-seed$seed" \
+            --tuned "DPM-Solver++(2M) first-order last step, two-stage with L_bound stage 2 (4 x (40 + 800))=$RUNS/mnist-lof-2sb-t{T}.bin"
+    done
+    # Its weights on EDM's levels (`sampler-cli --levels edm`, `trainer fid`).
+    for seed in 0 1; do
+        rm -rf "$RUNS/lof2sb-edm$seed-images"
+        target/debug/sampler-cli --bundle "$RUNS/mnist-lof-2sb-t10.bin" --levels edm \
+            --count 2000 --seed "$seed" --batch 50 --out-dir "$RUNS/lof2sb-edm$seed-images"
+        "$T" fid --real mnist-test --fake "$RUNS/lof2sb-edm$seed-images" \
+            --classifier "$RUNS/mnist-classifier.bin"
+    done
+    # The paper's stage 2 alone for it on EDM's levels (3,200 weight steps, ~11 min): it beat
+    # the best free rows on both rulers and both seeds, and ships. Then the paper's ablation
+    # at equal steps, EDM's loss weight instead of lambda.
+    ft lof-s2b 10 --solver dpmpp2m-lof --mode stage2-only --stage2-loss bound --rounds 4 \
+        --stage2-steps 800
+    ft lof-edmwf 10 --solver dpmpp2m-lof --mode edm-weight-finetune --stage2-loss bound \
+        --rounds 4 --stage2-steps 800
+    for seed in 0 1; do
+        learned_eval 10 "$seed" "lof-s2b-t10-seed$seed" \
+            --tuned "DPM-Solver++(2M) first-order last step, stage 2 only (L_bound on EDM's levels, 4 x 800)=$RUNS/mnist-lof-s2b-t{T}.bin"
+        learned_eval 10 "$seed" "lof-edmwf-t10-seed$seed" \
+            --tuned "DPM-Solver++(2M) first-order last step, EDM-weight finetune (EDM's loss weight on EDM's levels, 4 x 800)=$RUNS/mnist-lof-edmwf-t{T}.bin"
+    done
+    "$T" export --run "$RUNS/mnist-lof-s2b-t10" --out bundles/mnist10-dpmpp.bin \
+        --name mnist10-dpmpp --description "Class-conditional DDPM++ U-Net (16 channels, mult 1,2) on MNIST 28x28: mnist-base fine-tuned for DPM-Solver++(2M) with a first-order last step at T = 10 on EDM's levels (the paper's stage 2 alone: 3,200 steps of the lambda-weighted L_bound)"
     for levels in edm bundle; do
         rm -rf "$RUNS/lof-e2s10-$levels-images"
         target/debug/sampler-cli --bundle "$RUNS/mnist-euler-2s-xxl-t10.bin" --solver dpmpp2m-lof \
@@ -507,6 +539,22 @@ cifar10)
     target/debug/sampler-cli --bundle "$RUNS/cifar10-dpmpp-on-2s-t10.bin" \
         --count "${CIFAR_COUNT:-2000}" --seed 0 --batch 50 --out-dir "$RUNS/cifar10-dpmpp-on-2s-t10-images"
     "$T" fid --real cifar10-test --fake "$RUNS/cifar10-dpmpp-on-2s-t10-images"
+    # The paper's stage 2 for DPM-Solver++(2M) itself (`--stage2-loss bound`) at T = 10, on
+    # its learned levels and on EDM's (seed 0, CIFAR_COUNT; ~25 min of training).
+    "$T" finetune --base bundles/cifar10-base.bin --data cifar10 \
+        --run "$RUNS/cifar10-dpmpp-2sb-t10" --t 10 --batch 32 --disc-batch 16 \
+        --teacher-steps 32 --teacher-pool 64 --lr-weights 1e-4 --ema-decay 0.98 --quiet \
+        --solver dpmpp2m --mode two-stage --stage2-loss bound --rounds 2 --stage1-steps 40 \
+        --stage2-steps 600
+    "$T" export --run "$RUNS/cifar10-dpmpp-2sb-t10" --out "$RUNS/cifar10-dpmpp-2sb-t10.bin" \
+        --name cifar10-dpmpp-2sb-t10
+    for levels in bundle edm; do
+        images="$RUNS/cifar10-dpmpp-2sb-t10-$levels-images"
+        rm -rf "$images"
+        target/debug/sampler-cli --bundle "$RUNS/cifar10-dpmpp-2sb-t10.bin" --levels "$levels" \
+            --count "${CIFAR_COUNT:-2000}" --seed 0 --batch 50 --out-dir "$images"
+        "$T" fid --real cifar10-test --fake "$images"
+    done
     # Every row, ordered by seed and T: free, the ODE, learned.
     {
         head -n 1 docs/results/cifar10/seed0/rulers.csv
