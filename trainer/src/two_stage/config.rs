@@ -183,23 +183,19 @@ impl FinetuneConfig {
         self.rounds * (a + b)
     }
 
-    /// Stage 2's loss: the chosen one, else `L_bound` for Euler (the paper's) and `L_disc`
-    /// for the other solvers, which have no bound (method.md §4).
+    /// Stage 2's loss: the chosen one, else the solver's default.
     pub fn stage2_loss(&self) -> Stage2Loss {
-        self.stage2_loss
-            .unwrap_or(if self.solver == SolverKind::Euler {
-                Stage2Loss::Bound
-            } else {
-                Stage2Loss::Disc
-            })
+        self.stage2_loss.unwrap_or(self.default_stage2_loss())
     }
 
-    fn without_stage2_choice(&self) -> Stage2Loss {
-        FinetuneConfig {
-            stage2_loss: None,
-            ..self.clone()
+    /// `L_bound` for Euler (the paper's) and `L_disc` for the other solvers, which have no
+    /// bound (method.md §4).
+    fn default_stage2_loss(&self) -> Stage2Loss {
+        if self.solver == SolverKind::Euler {
+            Stage2Loss::Bound
+        } else {
+            Stage2Loss::Disc
         }
-        .stage2_loss()
     }
 
     /// Checks the numbers a user can get wrong.
@@ -303,7 +299,7 @@ impl FinetuneConfig {
                 },
                 // Said only where it is not the solver's default.
                 match (self.mode, self.stage2_loss) {
-                    (Mode::TwoStage, Some(l)) if l != self.without_stage2_choice() => {
+                    (Mode::TwoStage, Some(l)) if l != self.default_stage2_loss() => {
                         format!(" stage2={l:?}")
                     }
                     _ => String::new(),
